@@ -1,0 +1,202 @@
+"""Read redis.conf the way the server does: quoting, `include`, last one wins.
+
+See https://redis.io/docs/latest/operate/oss_and_stack/management/config-file/
+"""
+
+from __future__ import annotations
+
+import glob
+import logging
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+from .errors import PreconditionFailed
+
+log = logging.getLogger(__name__)
+
+#: Directives whose arguments are secrets; they never reach evidence.
+SECRET_DIRECTIVES = frozenset(
+    {"requirepass", "masterauth", "masteruser", "tls-key-file-pass", "tls-client-key-file-pass"}
+)
+MASK = "********"
+
+
+@dataclass(frozen=True)
+class Directive:
+    """One directive line: its lower-cased name, arguments and where it stands."""
+
+    name: str
+    args: tuple[str, ...]
+    file: Path
+    lineno: int
+
+
+@dataclass(frozen=True)
+class ConfigFile:
+    """A parsed config file with its includes, in the order the server reads them."""
+
+    path: Path
+    directives: tuple[Directive, ...]
+    files: tuple[Path, ...]
+
+    def last(self, name: str) -> Directive | None:
+        """The directive that wins for `name` (the server keeps the last one)."""
+        found = [d for d in self.directives if d.name == name]
+        return found[-1] if found else None
+
+    def value(self, name: str) -> str | None:
+        """The effective value of `name` as one string, or None when the file does not set it.
+
+        `save` lines accumulate (each adds a rule; `save ""` clears them), as in the server.
+        """
+        if name == "save":
+            rules: list[str] = []
+            seen = False
+            for d in self.directives:
+                if d.name != "save":
+                    continue
+                seen = True
+                if d.args in ((), ("",)):
+                    rules = []
+                else:
+                    rules.extend(d.args)
+            return " ".join(rules) if seen else None
+        d = self.last(name)
+        return " ".join(d.args) if d else None
+
+
+def split_args(line: str) -> list[str]:
+    """Split a config line like the server's sdssplitargs: "double" (with escapes) and 'single' quotes."""
+    args: list[str] = []
+    i, n = 0, len(line)
+    while True:
+        while i < n and line[i].isspace():
+            i += 1
+        if i >= n:
+            return args
+        cur: list[str] = []
+        if line[i] == '"':
+            i += 1
+            while True:
+                if i >= n:
+                    raise ValueError("unbalanced double quotes")
+                c = line[i]
+                if c == "\\" and i + 1 < n:
+                    nxt = line[i + 1]
+                    if nxt == "x" and i + 3 < n and re.fullmatch(r"[0-9a-fA-F]{2}", line[i + 2 : i + 4]):
+                        cur.append(chr(int(line[i + 2 : i + 4], 16)))
+                        i += 4
+                        continue
+                    cur.append({"n": "\n", "r": "\r", "t": "\t", "b": "\b", "a": "\a"}.get(nxt, nxt))
+                    i += 2
+                    continue
+                if c == '"':
+                    i += 1
+                    if i < n and not line[i].isspace():
+                        raise ValueError("closing quote must be followed by a space")
+                    break
+                cur.append(c)
+                i += 1
+        elif line[i] == "'":
+            i += 1
+            while True:
+                if i >= n:
+                    raise ValueError("unbalanced single quotes")
+                c = line[i]
+                if c == "\\" and i + 1 < n and line[i + 1] == "'":
+                    cur.append("'")
+                    i += 2
+                    continue
+                if c == "'":
+                    i += 1
+                    if i < n and not line[i].isspace():
+                        raise ValueError("closing quote must be followed by a space")
+                    break
+                cur.append(c)
+                i += 1
+        else:
+            while i < n and not line[i].isspace():
+                cur.append(line[i])
+                i += 1
+        args.append("".join(cur))
+
+
+def parse_text(text: str, path: Path) -> list[tuple[int, list[str]]]:
+    """The (line number, arguments) of every directive in `text`; comments and blanks skipped."""
+    out: list[tuple[int, list[str]]] = []
+    for lineno, raw in enumerate(text.splitlines(), start=1):
+        line = raw.strip()
+        if not line or line.startswith("#"):
+            continue
+        try:
+            args = split_args(line)
+        except ValueError as err:
+            raise PreconditionFailed(
+                f"{path}:{lineno}: cannot parse {raw.strip()!r} ({err}); the server would refuse it too. "
+                "Fix the line, then run again."
+            ) from err
+        if args:
+            out.append((lineno, args))
+    return out
+
+
+def read_config(path: str | Path, _seen: tuple[Path, ...] = ()) -> ConfigFile:
+    """Parse `path` and every file it includes (globs allowed, relative to the including file)."""
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8", errors="surrogateescape")
+    except FileNotFoundError as err:
+        raise PreconditionFailed(
+            f"config file {path} does not exist. Pass config_file with the file the server was started with "
+            "(INFO server reports it as config_file)."
+        ) from err
+    except PermissionError as err:
+        raise PreconditionFailed(
+            f"config file {path} is not readable by this user. Run as a user that can read it "
+            "(for example the redis group), or copy it somewhere readable and pass config_file."
+        ) from err
+    resolved = path.resolve()
+    if resolved in _seen:
+        raise PreconditionFailed(f"config file {path} includes itself (through {', '.join(map(str, _seen))}).")
+    directives: list[Directive] = []
+    files: list[Path] = [path]
+    for lineno, args in parse_text(text, path):
+        name = args[0].lower()
+        if name == "include" and len(args) >= 2:
+            pattern = args[1] if Path(args[1]).is_absolute() else str(path.parent / args[1])
+            matches = sorted(glob.glob(pattern)) if glob.has_magic(pattern) else [pattern]
+            for inc in matches:
+                sub = read_config(inc, _seen + (resolved,))
+                directives.extend(sub.directives)
+                files.extend(sub.files)
+            continue
+        directives.append(Directive(name, tuple(args[1:]), path, lineno))
+    return ConfigFile(path=path, directives=tuple(directives), files=tuple(files))
+
+
+_SECRET_LINE = re.compile(r"^(\s*)(\S+)(\s+)(.*)$")
+
+
+def mask_secrets(text: str) -> str:
+    """`text` (a config file or a diff of one) with every password replaced by a mask."""
+    out: list[str] = []
+    for raw in text.splitlines(keepends=True):
+        body = raw.rstrip("\r\n")
+        ending = raw[len(body) :]
+        prefix = ""
+        if body[:1] in "+- " and body[1:2] not in ("", "+", "-") and not body.startswith(("+++", "---")):
+            prefix, body = body[:1], body[1:]
+        m = _SECRET_LINE.match(body)
+        if m and not m.group(2).startswith("#"):
+            name = m.group(2).lower()
+            if name in SECRET_DIRECTIVES:
+                body = f"{m.group(1)}{m.group(2)}{m.group(3)}{MASK}"
+            elif name == "user":
+                words = m.group(4).split()
+                masked = [
+                    w[0] + MASK if w[:1] in (">", "<", "#", "!") and len(w) > 1 else w for w in words
+                ]
+                body = f"{m.group(1)}{m.group(2)}{m.group(3)}{' '.join(masked)}"
+        out.append(prefix + body + ending)
+    return "".join(out)

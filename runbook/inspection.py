@@ -1,0 +1,120 @@
+"""Read-only inspection of one target: identity, settings, drift, files on disk, checks."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .aof import AofOnDisk, DiskFile, aof_on_disk
+from .checks import Check, persistence_checks, worst
+from .configfile import read_config
+from .errors import PreconditionFailed
+from .persistence import Drift, compare, runtime_settings
+from .target import Identity, Target, identify
+
+OVERCOMMIT_PATH = Path("/proc/sys/vm/overcommit_memory")
+
+
+@dataclass(frozen=True)
+class Inspection:
+    """Everything one inspection saw, and its checks."""
+
+    target: str
+    identity: Identity
+    runtime: dict[str, str]
+    info: dict[str, Any]
+    dbsize: int
+    used_memory: int
+    latest_fork_usec: int
+    config_file: str
+    config_error: str
+    drift: tuple[Drift, ...]
+    data_dir: str
+    data_dir_readable: bool
+    files: tuple[DiskFile, ...]
+    aof: AofOnDisk | None
+    checks: tuple[Check, ...]
+    at: float = field(default_factory=time.time)
+
+    @property
+    def verdict(self) -> str:
+        return worst([c.status for c in self.checks])
+
+    def summary(self) -> dict[str, Any]:
+        """The machine-readable record the runner reads back from the executed notebook."""
+        return {
+            "verdict": self.verdict,
+            "target": self.target,
+            "server": self.identity.server,
+            "version": self.identity.version,
+            "role": self.identity.role,
+            "config_file": self.config_file,
+            "dbsize": self.dbsize,
+            "aof_enabled": int(self.info.get("aof_enabled", 0)),
+            "drift": [d.setting for d in self.drift if d.status == "drift"],
+            "checks": {c.name: {"status": c.status, "observed": c.observed, "fix": c.fix} for c in self.checks},
+        }
+
+
+def read_overcommit(path: Path = OVERCOMMIT_PATH) -> int | None:
+    """vm.overcommit_memory of this host, or None when it cannot be read."""
+    try:
+        return int(path.read_text().strip())
+    except (OSError, ValueError):
+        return None
+
+
+def inspect_target(target: Target, config_file: str = "") -> Inspection:
+    """Inspect `target` without changing anything on it."""
+    client = target.client
+    ident = identify(client)
+    runtime = runtime_settings(client, target.config_command)
+    info = client.info("persistence")
+    memory = client.info("memory")
+    stats = client.info("stats")
+    dbsize = int(client.dbsize())
+
+    path = config_file or ident.config_file
+    config, config_error = None, ""
+    if path and not target.local and not config_file:
+        config_error = f"the target is not on this host, so {path} cannot be read here"
+    elif path:
+        try:
+            config = read_config(path)
+        except PreconditionFailed as err:
+            config_error = str(err)
+    drift = compare(runtime, config) if path and not config_error else compare(runtime, None)
+
+    data_dir = runtime.get("dir", "")
+    readable = bool(target.local and data_dir and os.access(data_dir, os.R_OK | os.X_OK))
+    files: list[DiskFile] = []
+    aof: AofOnDisk | None = None
+    if readable:
+        rdb = Path(data_dir) / runtime.get("dbfilename", "dump.rdb")
+        if rdb.is_file():
+            st = rdb.stat()
+            files.append(DiskFile("rdb", rdb, st.st_size, st.st_mtime))
+        aof = aof_on_disk(Path(data_dir), runtime.get("appendfilename", "appendonly.aof"),
+                          runtime.get("appenddirname", "appendonlydir"))
+        files.extend(aof.files)
+
+    checks = persistence_checks(
+        info, runtime, drift,
+        role=ident.role,
+        config_file=path,
+        config_read_error=config_error,
+        now=time.time(),
+        overcommit_memory=read_overcommit() if target.local else None,
+        free_disk_bytes=shutil.disk_usage(data_dir).free if readable else None,
+        used_memory_bytes=int(memory.get("used_memory", 0)) if readable else None,
+    )
+    return Inspection(
+        target=target.name, identity=ident, runtime=runtime, info=dict(info), dbsize=dbsize,
+        used_memory=int(memory.get("used_memory", 0)), latest_fork_usec=int(stats.get("latest_fork_usec", 0)),
+        config_file=path, config_error=config_error, drift=tuple(drift), data_dir=data_dir,
+        data_dir_readable=readable, files=tuple(files), aof=aof, checks=tuple(checks),
+    )

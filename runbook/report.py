@@ -1,0 +1,151 @@
+"""Tables and plots for the notebooks: what a reader of the evidence looks at.
+
+Only the notebooks import this module (it pulls in pandas and matplotlib).
+"""
+
+from __future__ import annotations
+
+import time
+from datetime import datetime, timezone
+from typing import Any, Sequence
+
+import matplotlib.pyplot as plt
+import pandas as pd
+from matplotlib.figure import Figure
+from pandas.io.formats.style import Styler
+
+from .checks import Check
+from .inspection import Inspection
+from .persistence import save_rules
+
+COLOURS = {
+    "pass": "background-color: #d4edda; color: #155724",
+    "same": "background-color: #d4edda; color: #155724",
+    "warn": "background-color: #fff3cd; color: #856404",
+    "unknown": "background-color: #fff3cd; color: #856404",
+    "fail": "background-color: #f8d7da; color: #721c24",
+    "drift": "background-color: #f8d7da; color: #721c24",
+}
+
+
+def _colour(value: object) -> str:
+    return COLOURS.get(str(value), "")
+
+
+def styled(df: pd.DataFrame, column: str = "status") -> Styler:
+    """`df` with its status column coloured pass/warn/fail, left-aligned text, no index."""
+    return (
+        df.style.map(_colour, subset=[column])
+        .hide(axis="index")
+        .set_properties(**{"text-align": "left"})
+    )
+
+
+def age(seconds: float) -> str:
+    """A duration as a short age: 42s, 7m 3s, 5h 2m, 3d 4h."""
+    s = int(max(0, seconds))
+    if s < 60:
+        return f"{s}s"
+    if s < 3600:
+        return f"{s // 60}m {s % 60}s"
+    if s < 86400:
+        return f"{s // 3600}h {s % 3600 // 60}m"
+    return f"{s // 86400}d {s % 86400 // 3600}h"
+
+
+def when(ts: float, now: float | None = None) -> str:
+    """A UNIX time as UTC and as an age."""
+    now = time.time() if now is None else now
+    stamp = datetime.fromtimestamp(ts, timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC")
+    return f"{stamp} ({age(now - ts)} ago)"
+
+
+def identity_table(insp: Inspection) -> pd.DataFrame:
+    i = insp.identity
+    rows = [
+        ("server", i.label), ("mode", i.mode), ("role", i.role),
+        ("config_file", i.config_file or "(none: started without a config file)"),
+        ("data dir", insp.data_dir), ("uptime", age(i.uptime_s)), ("keys (DBSIZE)", f"{insp.dbsize:,}"),
+        ("used_memory", f"{insp.used_memory / 1024**2:,.1f} MiB"),
+    ]
+    return pd.DataFrame(rows, columns=["", "value"]).set_index("")
+
+
+def save_policy_table(insp: Inspection) -> pd.DataFrame:
+    rules = save_rules(insp.runtime.get("save", ""))
+    return pd.DataFrame(
+        [(f"{s}s ({age(s)})", c, f"save if at least {c} key change(s) within {age(s)}") for s, c in rules],
+        columns=["window", "changes", "meaning"],
+    )
+
+
+def settings_table(insp: Inspection) -> Styler:
+    df = pd.DataFrame(
+        [(d.setting, d.runtime, d.file if d.file is not None else "", d.status, d.note) for d in insp.drift],
+        columns=["setting", "runtime", "after restart (file)", "status", "note"],
+    )
+    return styled(df)
+
+
+_TIME_FIELDS = ("rdb_last_save_time",)
+_DURATION_FIELDS = ("rdb_last_bgsave_time_sec", "rdb_current_bgsave_time_sec",
+                    "aof_last_rewrite_time_sec", "aof_current_rewrite_time_sec")
+
+
+def info_table(insp: Inspection) -> pd.DataFrame:
+    """INFO persistence, times shown as ages."""
+    rows = []
+    for k, v in insp.info.items():
+        shown: Any = v
+        if k in _TIME_FIELDS and int(v):
+            shown = when(int(v), insp.at)
+        elif k in _DURATION_FIELDS and int(v) >= 0:
+            shown = f"{v}s"
+        elif k.endswith("_time_sec") and int(v) < 0:
+            shown = "never"
+        rows.append((k, str(shown)))
+    return pd.DataFrame(rows, columns=["field", "value"]).set_index("field")
+
+
+def files_table(insp: Inspection) -> pd.DataFrame:
+    if not insp.data_dir_readable:
+        return pd.DataFrame([("(data dir not readable from here)", "", "")], columns=["file", "size", "age"])
+    rows = [(f.role, str(f.path), f"{f.size:,} B", age(insp.at - f.mtime)) for f in insp.files]
+    if insp.aof is not None and insp.aof.layout == "absent":
+        rows.append(("aof", "(none on disk)", "", ""))
+    return pd.DataFrame(rows, columns=["role", "file", "size", "age"])
+
+
+def checks_table(checks: Sequence[Check]) -> Styler:
+    df = pd.DataFrame([(c.name, c.status, c.observed, c.fix) for c in checks],
+                      columns=["check", "status", "observed", "fix"])
+    return styled(df)
+
+
+def plot_persistence(insp: Inspection) -> Figure:
+    """Left: time since the last save against each save-policy window. Right: files on disk."""
+    fig, (left, right) = plt.subplots(1, 2, figsize=(11, 3.4), constrained_layout=True)
+    rules = save_rules(insp.runtime.get("save", ""))
+    since = max(0, insp.at - int(insp.info.get("rdb_last_save_time", insp.at)))
+    changes = int(insp.info.get("rdb_changes_since_last_save", 0))
+    if rules:
+        labels = [f"save {s} {c}" for s, c in rules]
+        colours = ["#d9534f" if changes >= c and since > s else "#5bc0de" for s, c in rules]
+        left.barh(labels, [s for s, _ in rules], color=colours)
+        left.axvline(since, color="black", linestyle="--", label=f"last save {age(since)} ago, {changes} changes since")
+        left.set_xscale("log")
+        left.legend(loc="lower right", fontsize=8)
+    else:
+        left.text(0.5, 0.5, "no save policy", ha="center", va="center")
+    left.set_title("RDB: time since last save vs save policy (s)")
+    sizes: dict[str, float] = {}
+    for f in insp.files:
+        sizes[f.role] = sizes.get(f.role, 0) + f.size / 1024
+    if sizes:
+        right.bar(list(sizes), list(sizes.values()), color="#5cb85c")
+        right.set_ylabel("KiB")
+    else:
+        right.text(0.5, 0.5, "data dir not readable from here", ha="center", va="center")
+    right.set_title("Persistence files on disk")
+    plt.close(fig)
+    return fig

