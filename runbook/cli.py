@@ -1,0 +1,97 @@
+"""The `runbook` command: run notebooks into the evidence archive, list and verify it."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from typing import Sequence
+
+from .archive import archive_root, read_index, verify
+from .errors import ParameterError, RunbookError
+from .runner import EXIT_FAIL, EXIT_OK, EXIT_USAGE, NOTEBOOKS, SEQUENCES, RunResult, run
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="runbook", description="Redis persistence runbook: notebooks with evidence.")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    r = sub.add_parser("run", help="run notebooks through papermill into the evidence archive")
+    r.add_argument("names", nargs="+", metavar="NAME", help=f"one of: {', '.join([*NOTEBOOKS, *SEQUENCES])}")
+    r.add_argument("-f", "--file", dest="files", action="append", default=[], metavar="FILE",
+                   help="YAML parameter file (repeatable; later files win)")
+    r.add_argument("-p", "--parameter", dest="pairs", action="append", nargs=2, default=[],
+                   metavar=("KEY", "VALUE"), help="one parameter (repeatable; wins over files)")
+    r.add_argument("--archive", help="evidence archive directory (default $RUNBOOK_ARCHIVE or ./archive)")
+    r.add_argument("--json", action="store_true", help="print the result as JSON")
+    r.add_argument("--fail-on", choices=("fail", "warn"), default="fail",
+                   help="exit 1 on failed checks only (default) or on warnings too")
+
+    a = sub.add_parser("archive", help="list or verify the evidence archive")
+    a.add_argument("action", choices=("list", "verify"))
+    a.add_argument("--archive", help="evidence archive directory (default $RUNBOOK_ARCHIVE or ./archive)")
+    return p
+
+
+def _print_run(result: RunResult) -> None:
+    print(f"change {result.change_id}")
+    print(f"{'step':<10} {'target':<28} {'status':<8} key figures")
+    for s in result.steps:
+        figures = s.summary.get("error") or _figures(s.summary)
+        print(f"{s.name:<10} {s.target[:28]:<28} {s.status:<8} {figures}")
+    for s in result.steps:
+        print(f"evidence: {s.notebook}\n          {s.html}")
+    print(f"index:    {result.archive / 'index.jsonl'}")
+
+
+def _figures(summary: dict) -> str:
+    failing = [f"{k}={v['status']}" for k, v in summary.get("checks", {}).items() if v.get("status") != "pass"]
+    parts = [f"{summary.get('server', '?')} {summary.get('version', '')}".strip()]
+    if "dbsize" in summary:
+        parts.append(f"keys={summary['dbsize']}")
+    if summary.get("drift"):
+        parts.append("drift=" + ",".join(summary["drift"]))
+    parts += failing
+    return " ".join(parts)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    args = build_parser().parse_args(argv)
+    try:
+        if args.command == "run":
+            result = run(args.names, args.files, [tuple(p) for p in args.pairs], archive_root(args.archive),
+                         args.fail_on)
+            if args.json:
+                print(json.dumps({
+                    "change_id": result.change_id, "exit_code": result.exit_code,
+                    "steps": [{"notebook": s.name, "target": s.target, "status": s.status,
+                               "exit_code": s.exit_code, "summary": s.summary, "ipynb": str(s.notebook),
+                               "html": str(s.html), "run_id": s.record["run_id"]} for s in result.steps],
+                }, indent=2))
+            else:
+                _print_run(result)
+            return result.exit_code
+        root = archive_root(args.archive)
+        if args.action == "list":
+            for rec in read_index(root):
+                print(f"{rec['started'][:19]}  {rec['change_id']}  {rec['notebook']:<10} {rec['target']:<28} "
+                      f"{rec['status']:<8} {next(iter(rec['files']), '')}")
+            return EXIT_OK
+        problems = verify(root)
+        for p in problems:
+            print(p, file=sys.stderr)
+        if not problems:
+            print(f"{root}: {len(read_index(root))} record(s), chain and files intact")
+        return EXIT_FAIL if problems else EXIT_OK
+    except ParameterError as err:
+        print(f"runbook: parameter error: {err}", file=sys.stderr)
+        return EXIT_USAGE
+    except RunbookError as err:
+        print(f"runbook: {err}", file=sys.stderr)
+        return EXIT_FAIL
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,228 @@
+"""Run notebooks through papermill into the evidence archive, and say how it went.
+
+Exit codes: 0 all checks pass (warnings allowed unless fail_on="warn"); 1 a check
+failed or a notebook raised; 2 usage or parameter error; 3 blocked, a person must act.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import os
+import subprocess
+import uuid
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Iterator, Sequence
+
+from . import __version__
+from .archive import append_record, run_path, sha256_file
+from .errors import ParameterError
+from .evidence import read_summary
+from .params import Param, coerce_pair, load_files, notebook_parameters, validate
+from .target import SANDBOX_DIR_ENV, SANDBOX_URL_ENV
+
+log = logging.getLogger(__name__)
+
+#: Short names of the notebooks, in runbook order.
+NOTEBOOKS: dict[str, str] = {"inspect": "01-inspect.ipynb"}
+#: Names that expand to several notebooks.
+SEQUENCES: dict[str, list[str]] = {"all": ["inspect"]}
+
+EXIT_OK, EXIT_FAIL, EXIT_USAGE, EXIT_BLOCKED = 0, 1, 2, 3
+_EXIT_BY_STATUS = {"pass": EXIT_OK, "warn": EXIT_OK, "fail": EXIT_FAIL, "error": EXIT_FAIL, "blocked": EXIT_BLOCKED}
+
+
+@dataclass(frozen=True)
+class Step:
+    """One notebook to run, with the parameters it declares and receives."""
+
+    name: str
+    path: Path
+    parameters: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class StepResult:
+    name: str
+    target: str
+    status: str  # pass, warn, fail, error, blocked
+    exit_code: int
+    summary: dict[str, Any]
+    notebook: Path
+    html: Path
+    record: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class RunResult:
+    change_id: str
+    archive: Path
+    steps: list[StepResult] = field(default_factory=list)
+
+    @property
+    def exit_code(self) -> int:
+        codes = [s.exit_code for s in self.steps]
+        if EXIT_BLOCKED in codes and EXIT_FAIL not in codes:
+            return EXIT_BLOCKED
+        return max(codes, default=EXIT_OK)
+
+
+def notebooks_dir() -> Path:
+    """$RUNBOOK_NOTEBOOKS, else the repository's notebooks/ next to this package."""
+    return Path(os.environ.get("RUNBOOK_NOTEBOOKS") or Path(__file__).resolve().parent.parent / "notebooks")
+
+
+def expand(names: Sequence[str]) -> list[str]:
+    out: list[str] = []
+    for name in names:
+        for n in SEQUENCES.get(name, [name]):
+            if n not in NOTEBOOKS:
+                valid = ", ".join([*NOTEBOOKS, *SEQUENCES])
+                raise ParameterError(f"unknown notebook {n!r}; choose from: {valid}")
+            out.append(n)
+    return out
+
+
+def plan(names: Sequence[str], files: Sequence[str | Path] = (), pairs: Sequence[tuple[str, str]] = ()) -> list[Step]:
+    """Resolve names and check every parameter before anything runs (ParameterError otherwise)."""
+    steps_spec = [(n, notebooks_dir() / NOTEBOOKS[n]) for n in expand(names)]
+    declared: dict[str, Param] = {}
+    per_step: list[dict[str, Param]] = []
+    for _, path in steps_spec:
+        spec = notebook_parameters(path)
+        per_step.append(spec)
+        declared.update(spec)
+    values = load_files(files)
+    for key, raw in pairs:
+        values[key] = coerce_pair(key, raw, declared.get(key))
+    values = validate(values, declared)
+    return [
+        Step(name, path, {k: v for k, v in values.items() if k in spec})
+        for (name, path), spec in zip(steps_spec, per_step)
+    ]
+
+
+def effective(step: Step, key: str) -> Any:
+    """A parameter's value for `step`: given, else the notebook's default."""
+    if key in step.parameters:
+        return step.parameters[key]
+    return notebook_parameters(step.path)[key].default if key in notebook_parameters(step.path) else None
+
+
+def git_commit() -> str:
+    """The commit of the runbook checkout (with +dirty when it has local changes), or 'unknown'."""
+    repo = Path(__file__).resolve().parent.parent
+    try:
+        head = subprocess.run(["git", "-C", str(repo), "rev-parse", "HEAD"], capture_output=True, text=True,
+                              timeout=5, check=True).stdout.strip()
+        dirty = subprocess.run(["git", "-C", str(repo), "status", "--porcelain", "--untracked-files=no"],
+                               capture_output=True, text=True, timeout=5).stdout.strip()
+        return head + ("+dirty" if dirty else "")
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+
+
+@contextmanager
+def shared_sandbox(steps: Sequence[Step]) -> Iterator[None]:
+    """When the run targets `sandbox`, start one and share it with every notebook of the run."""
+    if not steps or effective(steps[0], "target") != "sandbox" or os.environ.get(SANDBOX_URL_ENV):
+        yield
+        return
+    from .sandbox import seed_sandbox  # noqa: PLC0415
+
+    sb = seed_sandbox(str(effective(steps[0], "sandbox_scenario") or "rdb-only"))
+    os.environ[SANDBOX_URL_ENV], os.environ[SANDBOX_DIR_ENV] = sb.url, str(sb.root)
+    try:
+        yield
+    finally:
+        os.environ.pop(SANDBOX_URL_ENV, None)
+        os.environ.pop(SANDBOX_DIR_ENV, None)
+        sb.cleanup()
+
+
+def run(
+    names: Sequence[str],
+    files: Sequence[str | Path] = (),
+    pairs: Sequence[tuple[str, str]] = (),
+    archive: Path = Path("archive"),
+    fail_on: str = "fail",
+) -> RunResult:
+    """Run the named notebooks in order under one change id; stop at the first that fails."""
+    steps = plan(names, files, pairs)
+    result = RunResult(change_id=uuid.uuid4().hex[:12], archive=archive)
+    commit = git_commit()
+    with shared_sandbox(steps):
+        for step in steps:
+            res = _run_step(step, result.change_id, archive, commit, fail_on)
+            result.steps.append(res)
+            if res.exit_code != EXIT_OK:
+                break
+    return result
+
+
+def _run_step(step: Step, change_id: str, archive: Path, commit: str, fail_on: str) -> StepResult:
+    import nbformat  # noqa: PLC0415  (heavy: only when running)
+    import papermill as pm  # noqa: PLC0415
+    from papermill.exceptions import PapermillExecutionError  # noqa: PLC0415
+
+    target = str(effective(step, "target"))
+    started = datetime.now(timezone.utc)
+    out = run_path(archive, step.name, target, started)
+    run_id = uuid.uuid4().hex
+    error: dict[str, str] | None = None
+    try:
+        pm.execute_notebook(
+            str(step.path), str(out), parameters=step.parameters, progress_bar=False, log_output=False,
+            request_save_on_cell_execute=False,
+        )
+    except PapermillExecutionError as err:
+        error = {"ename": err.ename, "evalue": err.evalue, "cell": str(err.cell_index)}
+    ended = datetime.now(timezone.utc)
+
+    nb = nbformat.read(str(out), as_version=4)
+    summary = read_summary(nb) or {}
+    if error:
+        status = "blocked" if error["ename"] == "Blocked" else "error"
+        summary = {**summary, "verdict": status, "error": f"{error['ename']}: {error['evalue']}"}
+    else:
+        status = str(summary.get("verdict", "error"))
+        if not summary:
+            summary = {"verdict": "error", "error": "the notebook recorded no summary"}
+    exit_code = _EXIT_BY_STATUS.get(status, EXIT_FAIL)
+    if status == "warn" and fail_on == "warn":
+        exit_code = EXIT_FAIL
+
+    html = out.with_suffix(".html")
+    html.write_text(render_html(nb), encoding="utf-8")
+    record = append_record(archive, {
+        "run_id": run_id,
+        "change_id": change_id,
+        "notebook": step.name,
+        "target": target,
+        "started": started.isoformat(),
+        "ended": ended.isoformat(),
+        "status": status,
+        "exit_code": exit_code,
+        "summary": summary,
+        "parameters": step.parameters,
+        "runbook_version": __version__,
+        "git_commit": commit,
+        "files": {str(p.relative_to(archive)): sha256_file(p) for p in (out, html)},
+    })
+    return StepResult(step.name, target, status, exit_code, summary, out, html, record)
+
+
+@functools.lru_cache(maxsize=1)
+def _exporter() -> Any:
+    from nbconvert import HTMLExporter  # noqa: PLC0415  (heavy: only when rendering)
+
+    return HTMLExporter()
+
+
+def render_html(nb: Any) -> str:
+    """The executed notebook as standalone HTML, rendered in this process (no second nbconvert process)."""
+    body, _ = _exporter().from_notebook_node(nb)
+    return str(body)
