@@ -45,10 +45,12 @@ class ConfigFile:
         found = [d for d in self.directives if d.name == name]
         return found[-1] if found else None
 
-    def value(self, name: str) -> str | None:
+    def value(self, name: str, *, single_save_rule: bool = False) -> str | None:
         """The effective value of `name` as one string, or None when the file does not set it.
 
         `save` lines accumulate (each adds a rule; `save ""` clears them), as in the server.
+        Servers before 7.0 take one rule per `save` line and silently ignore a line with more
+        (`single_save_rule=True` reads the file as they do).
         """
         if name == "save":
             rules: list[str] = []
@@ -59,6 +61,8 @@ class ConfigFile:
                 seen = True
                 if d.args in ((), ("",)):
                     rules = []
+                elif single_save_rule and len(d.args) != 2:
+                    continue
                 else:
                     rules.extend(d.args)
             return " ".join(rules) if seen else None

@@ -87,7 +87,8 @@ def inspect_target(target: Target, config_file: str = "") -> Inspection:
             config = read_config(path)
         except PreconditionFailed as err:
             config_error = str(err)
-    drift = compare(runtime, config) if path and not config_error else compare(runtime, None)
+    major = int(ident.version.split(".")[0]) if ident.server == "redis" and ident.version[:1].isdigit() else 7
+    drift = compare(runtime, config if path and not config_error else None, major)
 
     data_dir = runtime.get("dir", "")
     readable = bool(target.local and data_dir and os.access(data_dir, os.R_OK | os.X_OK))

@@ -104,8 +104,11 @@ class Drift:
     note: str = ""
 
 
-def compare(runtime: dict[str, str], config: ConfigFile | None) -> list[Drift]:
-    """Runtime vs file for every persistence setting the server reports."""
+def compare(runtime: dict[str, str], config: ConfigFile | None, server_major: int = 7) -> list[Drift]:
+    """Runtime vs file for every persistence setting the server reports.
+
+    `server_major` matters for `save`: before 7.0 a line with several rules is ignored.
+    """
     rows: list[Drift] = []
     for name, default in PERSISTENCE_SETTINGS.items():
         if name not in runtime:
@@ -114,7 +117,7 @@ def compare(runtime: dict[str, str], config: ConfigFile | None) -> list[Drift]:
         if config is None:
             rows.append(Drift(name, rt, None, False, "unknown", "config file not read"))
             continue
-        raw = config.value(name)
+        raw = config.value(name, single_save_rule=server_major < 7)
         in_file = raw is not None
         effective = raw if in_file else default
         note = "" if in_file else "not in the file: the default applies"

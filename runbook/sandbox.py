@@ -31,7 +31,10 @@ protected-mode yes
 daemonize no
 
 ################################ SNAPSHOTTING  ################################
-save 3600 1 300 100 60 10000
+# One rule per line: Redis before 7.0 ignores a save line with several rules.
+save 3600 1
+save 300 100
+save 60 10000
 stop-writes-on-bgsave-error yes
 rdbcompression yes
 dbfilename dump.rdb
