@@ -75,6 +75,12 @@ def notebooks_dir() -> Path:
     return Path(os.environ.get("RUNBOOK_NOTEBOOKS") or Path(__file__).resolve().parent.parent / "notebooks")
 
 
+def default_params_file() -> Path | None:
+    """params/sandbox.yaml beside the notebooks: what a run uses when no -f is given."""
+    path = notebooks_dir().parent / "params" / "sandbox.yaml"
+    return path if path.is_file() else None
+
+
 def expand(names: Sequence[str]) -> list[str]:
     out: list[str] = []
     for name in names:
@@ -95,6 +101,9 @@ def plan(names: Sequence[str], files: Sequence[str | Path] = (), pairs: Sequence
         spec = notebook_parameters(path)
         per_step.append(spec)
         declared.update(spec)
+    if not files:
+        default = default_params_file()
+        files = [default] if default else []
     values = load_files(files)
     for key, raw in pairs:
         values[key] = coerce_pair(key, raw, declared.get(key))
