@@ -38,9 +38,12 @@ def run_path(root: Path, notebook: str, target: str, started: datetime) -> Path:
     day.mkdir(parents=True, exist_ok=True)
     stem = f"{started.strftime('%H%M%S.%f')[:-3]}Z-{notebook}-{slug(target)}"
     path, n = day / f"{stem}.ipynb", 2
-    while path.exists():
-        path, n = day / f"{stem}-{n}.ipynb", n + 1
-    return path
+    while True:
+        try:
+            path.touch(exist_ok=False)  # reserve the name, even against a concurrent runner
+            return path
+        except FileExistsError:
+            path, n = day / f"{stem}-{n}.ipynb", n + 1
 
 
 def sha256_file(path: Path) -> str:

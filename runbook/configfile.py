@@ -71,7 +71,12 @@ class ConfigFile:
 
 
 def split_args(line: str) -> list[str]:
-    """Split a config line like the server's sdssplitargs: "double" (with escapes) and 'single' quotes."""
+    """Split a config line exactly like the server's sdssplitargs.
+
+    "double quotes" take escapes (\\n, \\xHH, ...), 'single quotes' only \\'; a quote may open
+    in the middle of a word (foo"bar baz" is one argument), and a closing quote must be
+    followed by a space or the end of the line.
+    """
     args: list[str] = []
     i, n = 0, len(line)
     while True:
@@ -80,49 +85,49 @@ def split_args(line: str) -> list[str]:
         if i >= n:
             return args
         cur: list[str] = []
-        if line[i] == '"':
-            i += 1
-            while True:
-                if i >= n:
+        inq = insq = False
+        while True:
+            c = line[i] if i < n else ""
+            if inq:
+                if not c:
                     raise ValueError("unbalanced double quotes")
-                c = line[i]
+                if c == "\\" and i + 3 < n and line[i + 1] == "x" and re.fullmatch(r"[0-9a-fA-F]{2}", line[i + 2 : i + 4]):
+                    cur.append(chr(int(line[i + 2 : i + 4], 16)))
+                    i += 4
+                    continue
                 if c == "\\" and i + 1 < n:
-                    nxt = line[i + 1]
-                    if nxt == "x" and i + 3 < n and re.fullmatch(r"[0-9a-fA-F]{2}", line[i + 2 : i + 4]):
-                        cur.append(chr(int(line[i + 2 : i + 4], 16)))
-                        i += 4
-                        continue
-                    cur.append({"n": "\n", "r": "\r", "t": "\t", "b": "\b", "a": "\a"}.get(nxt, nxt))
+                    cur.append({"n": "\n", "r": "\r", "t": "\t", "b": "\b", "a": "\a"}.get(line[i + 1], line[i + 1]))
                     i += 2
                     continue
                 if c == '"':
-                    i += 1
-                    if i < n and not line[i].isspace():
+                    if i + 1 < n and not line[i + 1].isspace():
                         raise ValueError("closing quote must be followed by a space")
+                    i += 1
                     break
                 cur.append(c)
-                i += 1
-        elif line[i] == "'":
-            i += 1
-            while True:
-                if i >= n:
+            elif insq:
+                if not c:
                     raise ValueError("unbalanced single quotes")
-                c = line[i]
                 if c == "\\" and i + 1 < n and line[i + 1] == "'":
                     cur.append("'")
                     i += 2
                     continue
                 if c == "'":
-                    i += 1
-                    if i < n and not line[i].isspace():
+                    if i + 1 < n and not line[i + 1].isspace():
                         raise ValueError("closing quote must be followed by a space")
+                    i += 1
                     break
                 cur.append(c)
-                i += 1
-        else:
-            while i < n and not line[i].isspace():
-                cur.append(line[i])
-                i += 1
+            else:
+                if not c or c.isspace():
+                    break
+                if c == '"':
+                    inq = True
+                elif c == "'":
+                    insq = True
+                else:
+                    cur.append(c)
+            i += 1
         args.append("".join(cur))
 
 
@@ -145,8 +150,8 @@ def parse_text(text: str, path: Path) -> list[tuple[int, list[str]]]:
     return out
 
 
-def read_config(path: str | Path, _seen: tuple[Path, ...] = ()) -> ConfigFile:
-    """Parse `path` and every file it includes (globs allowed, relative to the including file)."""
+def read_config(path: str | Path, _seen: tuple[Path, ...] = (), _cwd: Path | None = None) -> ConfigFile:
+    """Parse `path` and every file it includes (globs allowed; relative ones as the server resolves them)."""
     path = Path(path)
     try:
         text = path.read_text(encoding="utf-8", errors="surrogateescape")
@@ -165,13 +170,19 @@ def read_config(path: str | Path, _seen: tuple[Path, ...] = ()) -> ConfigFile:
         raise PreconditionFailed(f"config file {path} includes itself (through {', '.join(map(str, _seen))}).")
     directives: list[Directive] = []
     files: list[Path] = [path]
+    # The server opens a relative include from its working directory, which a `dir` line
+    # before it moves; the directory it was started in is unknown here, so we start from the
+    # config file's own directory.
+    cwd = _cwd if _cwd is not None else path.parent
     for lineno, args in parse_text(text, path):
         name = args[0].lower()
+        if name == "dir" and len(args) >= 2:
+            cwd = cwd / args[1]
         if name == "include" and len(args) >= 2:
-            pattern = args[1] if Path(args[1]).is_absolute() else str(path.parent / args[1])
+            pattern = str(cwd / args[1])
             matches = sorted(glob.glob(pattern)) if glob.has_magic(pattern) else [pattern]
             for inc in matches:
-                sub = read_config(inc, _seen + (resolved,))
+                sub = read_config(inc, _seen + (resolved,), cwd)
                 directives.extend(sub.directives)
                 files.extend(sub.files)
             continue
@@ -198,9 +209,10 @@ def mask_secrets(text: str) -> str:
                 body = f"{m.group(1)}{m.group(2)}{m.group(3)}{MASK}"
             elif name == "user":
                 words = m.group(4).split()
-                masked = [
-                    w[0] + MASK if w[:1] in (">", "<", "#", "!") and len(w) > 1 else w for w in words
-                ]
+                masked = []
+                for w in words:
+                    bare = w.strip("\"'")
+                    masked.append(bare[0] + MASK if bare[:1] in (">", "<", "#", "!") and len(bare) > 1 else w)
                 body = f"{m.group(1)}{m.group(2)}{m.group(3)}{' '.join(masked)}"
         out.append(prefix + body + ending)
     return "".join(out)

@@ -18,7 +18,7 @@ import yaml
 from .errors import ParameterError
 from .target import check_target_parameter
 
-_LINE = re.compile(r"^(?P<name>[A-Za-z_]\w*)\s*:\s*(?P<type>[\w\[\], |]+?)\s*=\s*(?P<default>.+?)\s*(?:#\s*(?P<help>.*))?$")
+_LINE = re.compile(r"^(?P<name>[A-Za-z_]\w*)\s*:\s*(?P<type>[\w\[\], |]+?)\s*=\s*(?P<rest>.+)$")
 _TYPES: dict[str, type | tuple[type, ...]] = {
     "str": str, "int": int, "float": (int, float), "bool": bool, "dict": dict, "list": list,
 }
@@ -54,14 +54,20 @@ def parse_parameters_cell(source: str) -> dict[str, Param]:
         m = _LINE.match(line.strip())
         if not m:
             raise ParameterError(f"parameters cell line is not `name: type = default  # help`: {line!r}")
-        default_src = m.group("default")
-        # The default may itself contain '#' inside quotes; literal_eval decides.
-        try:
-            default = ast.literal_eval(default_src)
-        except (ValueError, SyntaxError) as err:
-            raise ParameterError(f"parameters cell default is not a literal: {line!r}") from err
-        out[m.group("name")] = Param(m.group("name"), m.group("type").strip(), default, (m.group("help") or "").strip())
+        default, help_text = _default_and_help(m.group("rest"), line)
+        out[m.group("name")] = Param(m.group("name"), m.group("type").strip(), default, help_text)
     return out
+
+
+def _default_and_help(rest: str, line: str) -> tuple[Any, str]:
+    """Split `default  # help`: the comment starts at the first '#' after which the default parses."""
+    cuts = [i for i, ch in enumerate(rest) if ch == "#"] + [len(rest)]
+    for cut in cuts:
+        try:
+            return ast.literal_eval(rest[:cut].strip()), rest[cut + 1 :].strip()
+        except (ValueError, SyntaxError):
+            continue
+    raise ParameterError(f"parameters cell default is not a literal: {line!r}")
 
 
 def load_files(files: Iterable[str | Path]) -> dict[str, Any]:

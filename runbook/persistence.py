@@ -12,7 +12,7 @@ from pathlib import Path
 import redis
 
 from .configfile import ConfigFile
-from .errors import PreconditionFailed
+from .errors import ChangeFailed, PreconditionFailed
 
 #: Every persistence setting the runbook compares, with the server's default (None: no fixed default).
 PERSISTENCE_SETTINGS: dict[str, str | None] = {
@@ -134,3 +134,14 @@ def compare(runtime: dict[str, str], config: ConfigFile | None, server_major: in
             continue
         rows.append(Drift(name, rt, fv, in_file, "same" if fv == rt else "drift", note))
     return rows
+
+
+def config_set(client: redis.Redis, name: str, value: str, config_command: str = "CONFIG") -> None:
+    """CONFIG SET one setting through the (possibly renamed) CONFIG command.
+
+    See https://redis.io/docs/latest/commands/config-set/
+    """
+    try:
+        client.execute_command(config_command, "SET", name, value)
+    except redis.ResponseError as err:
+        raise ChangeFailed(f"{config_command} SET {name} {value} was refused: {err}") from err

@@ -149,3 +149,66 @@ def plot_persistence(insp: Inspection) -> Figure:
     right.set_title("Persistence files on disk")
     plt.close(fig)
     return fig
+
+
+def plan_table(rows: Sequence[Any]) -> Styler:
+    """Setting, current, desired, and whether it changes (rows with .setting/.current/.desired/.change)."""
+    df = pd.DataFrame([(r.setting, r.current, r.desired, "change" if r.change else "same") for r in rows],
+                      columns=["setting", "current", "desired", "status"])
+    return df.style.map(lambda v: COLOURS["warn"] if v == "change" else COLOURS["pass"], subset=["status"]).hide(axis="index")
+
+
+def progress(total_s: float, label: str = "waiting for the AOF rewrite") -> Any:
+    """A progress callback(elapsed_s, info) drawing a text bar against the deadline."""
+    from tqdm.std import tqdm  # noqa: PLC0415
+
+    bar = tqdm(total=round(total_s, 1), desc=label, unit="s", mininterval=0.5, leave=True,
+               bar_format="{desc}: {n:.1f}/{total:.0f}s {bar} {postfix}")
+
+    def update(elapsed: float, info: Any) -> None:
+        bar.n = round(min(elapsed, total_s), 1)
+        bar.set_postfix_str(f"rewrite_in_progress:{info.get('aof_rewrite_in_progress')}", refresh=False)
+        bar.refresh()
+        if int(info.get("aof_enabled", 0)) and not int(info.get("aof_rewrite_in_progress", 0)) \
+                and not int(info.get("aof_rewrite_scheduled", 0)):
+            bar.close()
+
+    return update
+
+
+def latency_table(stats: Any, latest_fork_usec: int, rewrite_s: float | None, seconds: float) -> pd.DataFrame:
+    s = stats.summary() if stats.count else {}
+    rows = [
+        ("PING samples during the change", s.get("samples", 0)),
+        ("p50 latency", f"{s['p50_ms']:.2f} ms" if s else "n/a"),
+        ("p99 latency", f"{s['p99_ms']:.2f} ms" if s else "n/a"),
+        ("max latency", f"{s['max_ms']:.2f} ms" if s else "n/a"),
+        ("probe errors", s.get("errors", 0)),
+        ("latest_fork_usec", f"{latest_fork_usec:,} µs"),
+        ("server's rewrite time (aof_last_rewrite_time_sec)", f"{rewrite_s:.0f} s" if rewrite_s is not None else "n/a"),
+        ("CONFIG SET to rewrite complete (this notebook)", f"{seconds:.3f} s"),
+    ]
+    return pd.DataFrame(rows, columns=["figure", "value"]).set_index("figure")
+
+
+def plot_latency(stats: Any, title: str = "PING latency on a second connection during the change") -> Figure:
+    fig, ax = plt.subplots(figsize=(11, 3), constrained_layout=True)
+    if stats.count:
+        t = [x for x, _ in stats.samples]
+        ms = [y for _, y in stats.samples]
+        ax.plot(t, ms, ".", markersize=3, color="#337ab7")
+        ax.axhline(stats.percentile(99), color="#d9534f", linestyle="--", label=f"p99 {stats.percentile(99):.2f} ms")
+        ax.legend(loc="upper right", fontsize=8)
+    else:
+        ax.text(0.5, 0.5, "no change was made, so nothing was probed", ha="center", va="center")
+    ax.set_xlabel("seconds since the first CONFIG SET")
+    ax.set_ylabel("ms")
+    ax.set_title(title)
+    plt.close(fig)
+    return fig
+
+
+def drift_rows(insp: Inspection) -> pd.DataFrame:
+    """Only the settings a restart would change."""
+    return pd.DataFrame([(d.setting, d.runtime, d.file) for d in insp.drift if d.status == "drift"],
+                        columns=["setting", "runtime", "after restart (file)"])

@@ -27,7 +27,7 @@ from .target import SANDBOX_DIR_ENV, SANDBOX_URL_ENV
 log = logging.getLogger(__name__)
 
 #: Short names of the notebooks, in runbook order.
-NOTEBOOKS: dict[str, str] = {"inspect": "01-inspect.ipynb"}
+NOTEBOOKS: dict[str, str] = {"inspect": "01-inspect.ipynb", "enable-aof": "02-enable-aof.ipynb"}
 #: Names that expand to several notebooks.
 SEQUENCES: dict[str, list[str]] = {"all": ["inspect"]}
 
@@ -201,6 +201,8 @@ def _run_step(step: Step, change_id: str, archive: Path, commit: str, fail_on: s
         if not summary:
             summary = {"verdict": "error", "error": "the notebook recorded no summary"}
     exit_code = _EXIT_BY_STATUS.get(status, EXIT_FAIL)
+    if error and error["ename"] == "ParameterError":
+        exit_code = EXIT_USAGE
     if status == "warn" and fail_on == "warn":
         exit_code = EXIT_FAIL
 

@@ -121,6 +121,7 @@ class Sandbox:
     root: Path | None = None
     password: str | None = None
     extra_args: tuple[str, ...] = ()
+    run_as: str | None = None  # a system user to run the server as (needs root and setpriv)
 
     def __post_init__(self) -> None:
         self.binary = Path(self.binary) if self.binary else find_server_binary()
@@ -130,6 +131,8 @@ class Sandbox:
         self.data_dir.mkdir(parents=True, exist_ok=True)
         self.config_path: Path | None = self.root / "redis.conf" if self.config is not None else None
         self.log_path = self.root / "redis.log"
+        if self.run_as:
+            self._hand_over(self.run_as)
         self.port = 0
         self._proc: subprocess.Popen[bytes] | None = None
 
@@ -147,6 +150,7 @@ class Sandbox:
                 stdout=subprocess.DEVNULL,
                 stderr=subprocess.DEVNULL,
                 start_new_session=True,
+                preexec_fn=_die_with_parent,
             )
             try:
                 self._wait_ready(timeout_s)
@@ -226,7 +230,7 @@ class Sandbox:
             ("bind", "127.0.0.1"),
             ("daemonize", "no"),
             ("dir", str(self.data_dir)),
-            ("pidfile", str(self.root / "redis.pid")),
+            ("pidfile", str((self.data_dir if self.run_as else self.root) / "redis.pid")),
             ("logfile", str(self.log_path)),
         ]
         if self.password:
@@ -239,8 +243,21 @@ class Sandbox:
         lines += [f'{k} "{v}"' for k, v in self._overrides()]
         return "\n".join(lines) + "\n"
 
+    def _hand_over(self, user: str) -> None:
+        """Let `user` reach the root dir and own the data dir; the root dir itself stays root's."""
+        import pwd  # noqa: PLC0415
+
+        pw = pwd.getpwnam(user)
+        assert self.root is not None
+        self.root.chmod(0o755)
+        os.chown(self.data_dir, pw.pw_uid, pw.pw_gid)
+        self.log_path.touch()
+        os.chown(self.log_path, pw.pw_uid, pw.pw_gid)
+
     def _command(self) -> list[str]:
         cmd = [str(self.binary)]
+        if self.run_as:
+            cmd = ["setpriv", f"--reuid={self.run_as}", f"--regid={self.run_as}", "--clear-groups", *cmd]
         if self.config_path is not None:
             cmd.append(str(self.config_path))
         else:
@@ -271,6 +288,20 @@ class Sandbox:
                 last = str(err)
             time.sleep(0.02)
         raise WaitTimeout(f"sandbox on port {self.port} did not answer PING within {timeout_s}s (last: {last})")
+
+
+def _die_with_parent() -> None:
+    """In the child before exec: get SIGKILL when the process that started us dies (Linux).
+
+    A sandbox must not outlive the kernel or test run that owns it, even when that one is
+    killed without running its atexit handlers.
+    """
+    try:
+        import ctypes  # noqa: PLC0415
+
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass
 
 
 class _PortTaken(Exception):

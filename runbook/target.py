@@ -13,7 +13,7 @@ import logging
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from urllib.parse import urlparse
+from urllib.parse import parse_qs, parse_qsl, urlparse
 
 import redis
 
@@ -67,27 +67,34 @@ def check_target_parameter(target: str) -> None:
     if target == "sandbox":
         return
     parsed = urlparse(target)
-    if parsed.scheme not in ("redis", "rediss", "unix"):
-        raise ParameterError(
-            f"target {target!r} is not a redis://, rediss:// or unix:// URL, nor the word sandbox"
-        )
-    if parsed.password:
+    query = {k.lower() for k in parse_qs(parsed.query)}
+    if parsed.password or "password" in query or ("@" in target and parsed.scheme not in ("redis", "rediss", "unix")):
         raise ParameterError(
             f"target {redact_url(target)} carries a password; parameters are copied into the evidence. "
             "Remove it from the URL and put it in the environment variable named by password_env "
             "(default REDIS_PASSWORD)."
+        )
+    if parsed.scheme not in ("redis", "rediss", "unix"):
+        raise ParameterError(
+            f"target {target!r} is not a redis://, rediss:// or unix:// URL, nor the word sandbox"
         )
     if parsed.scheme != "unix" and not parsed.hostname:
         raise ParameterError(f"target {target!r} names no host")
 
 
 def redact_url(url: str) -> str:
-    """`url` with any password replaced by a mask."""
+    """`url` with any password (in the user part or the query) replaced by a mask."""
     p = urlparse(url)
-    if not p.password:
+    if "@" in url and p.scheme not in ("redis", "rediss", "unix"):
+        return "********@" + url.rsplit("@", 1)[1]
+    if not p.password and "password" not in {k.lower() for k in parse_qs(p.query)}:
         return url
-    netloc = f"{p.username or ''}:********@{p.hostname}" + (f":{p.port}" if p.port else "")
-    return p._replace(netloc=netloc).geturl()
+    if p.password:
+        p = p._replace(netloc=f"{p.username or ''}:********@{p.netloc.rsplit('@', 1)[1]}")
+    if p.query:
+        pairs = [(k, "********" if k.lower() == "password" else v) for k, v in parse_qsl(p.query, keep_blank_values=True)]
+        p = p._replace(query="&".join(f"{k}={v}" for k, v in pairs))
+    return p.geturl()
 
 
 def is_local(url: str) -> bool:

@@ -71,7 +71,10 @@ def make_sandbox(tmp_path: Path) -> Iterator[Callable[..., Sandbox]]:
     started: list[Sandbox] = []
 
     def make(binary: Path, **kwargs: object) -> Sandbox:
-        sb = Sandbox(binary=binary, root=tmp_path / f"sb{len(started)}", **kwargs)  # type: ignore[arg-type]
+        # A server run as another user must reach its files: tmp_path's parents are 0700, so
+        # such a sandbox makes its own dir under the system temp dir (removed at cleanup).
+        root = None if kwargs.get("run_as") else tmp_path / f"sb{len(started)}"
+        sb = Sandbox(binary=binary, root=root, **kwargs)  # type: ignore[arg-type]
         started.append(sb)
         return sb.start()
 
