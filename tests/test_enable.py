@@ -146,3 +146,62 @@ def test_renamed_config_command_is_used_for_the_change(default_binary: Path, mak
     result = enable.apply_enable(target, pre, enable.plan_enable(pre), apply=True, timeout_s=30)
     assert result.result == "changed"
     assert sb.client().info("persistence")["aof_enabled"] == 1
+
+
+# -- through the runner, as cron or CI runs it ------------------------------------------------
+
+from helpers import index, run_json  # noqa: E402
+
+
+@pytest.mark.notebook
+def test_notebook_apply_then_unchanged(default_binary: Path, make_sandbox, clean_env, tmp_path: Path) -> None:
+    sb = make_sandbox(default_binary)
+    populate(sb.client(), 20_000)
+    sb.client().save()
+    rc, out, err = run_json(tmp_path, "enable-aof", "-p", "target", sb.url)
+    assert rc == 0, err
+    assert out["steps"][0]["summary"]["result"] == "planned"
+    assert sb.client().config_get("appendonly")["appendonly"] == "no"
+
+    rc, out, err = run_json(tmp_path, "enable-aof", "-p", "target", sb.url, "-p", "apply", "true")
+    assert rc == 0, err
+    summary = out["steps"][0]["summary"]
+    assert summary["result"] == "changed"
+    assert summary["dbsize_before"] == summary["dbsize"] == 20_000 == sb.client().dbsize()
+    assert summary["drift_after"] == ["appendonly"]  # not yet permanent: said plainly
+    assert summary["latency"]["samples"] > 0
+    assert sb.client().info("persistence")["aof_enabled"] == 1
+
+    rc, out, err = run_json(tmp_path, "enable-aof", "-p", "target", sb.url, "-p", "apply", "true")
+    assert rc == 0, err
+    assert out["steps"][0]["summary"]["result"] == "unchanged"
+    assert [r["summary"]["result"] for r in index(tmp_path)] == ["planned", "changed", "unchanged"]
+
+
+@pytest.mark.notebook
+@needs_redis_user
+def test_notebook_failure_is_archived_and_server_left_as_found(default_binary: Path, make_sandbox, clean_env,
+                                                              tmp_path: Path) -> None:
+    sb = make_sandbox(default_binary, run_as="redis")
+    populate(sb.client(), 500)
+    sb.client().save()
+    _unwritable_dir(sb, keep_aof_dir=True)
+    rc, out, _ = run_json(tmp_path, "enable-aof", "-p", "target", sb.url, "-p", "apply", "true",
+                          "-p", "timeout_s", "20")
+    assert rc == 1
+    step = out["steps"][0]
+    assert step["status"] == "error" and "ChangeFailed" in step["summary"]["error"]
+    assert "Permission denied" in step["summary"]["error"]
+    assert index(tmp_path)[0]["status"] == "error" and Path(step["ipynb"]).exists()
+    assert sb.client().info("persistence")["aof_enabled"] == 0
+
+
+@pytest.mark.notebook
+def test_notebook_refuses_a_replica(default_binary: Path, make_sandbox, clean_env, tmp_path: Path) -> None:
+    master = make_sandbox(default_binary)
+    replica = make_sandbox(default_binary, config=SEED_CONFIG + f"replicaof 127.0.0.1 {master.port}\n")
+    rc, out, _ = run_json(tmp_path, "enable-aof", "-p", "target", replica.url, "-p", "apply", "true")
+    assert rc == 1
+    assert "PreconditionFailed" in out["steps"][0]["summary"]["error"]
+    assert "allow_replica" in out["steps"][0]["summary"]["error"]
+    assert replica.client().config_get("appendonly")["appendonly"] == "no"

@@ -6,36 +6,18 @@ the seed's two states on every binary, the other scenarios on one binary.
 
 from __future__ import annotations
 
-import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
+from helpers import index, run_json, runbook_cli
 from runbook.sandbox import SEED_CONFIG, free_port
 
 pytestmark = pytest.mark.notebook
-REPO = Path(__file__).resolve().parent.parent
-
-
-def runbook_cli(*args: str, env: dict[str, str] | None = None, timeout: int = 180) -> subprocess.CompletedProcess[str]:
-    base = {k: v for k, v in os.environ.items()
-            if k not in ("REDIS_PASSWORD", "RUNBOOK_SANDBOX_URL", "RUNBOOK_SANDBOX_DIR", "RUNBOOK_ARCHIVE")}
-    base.update(env or {})
-    return subprocess.run([sys.executable, "-m", "runbook", *args], capture_output=True, text=True,
-                          env=base, timeout=timeout, cwd=REPO)
 
 
 def run_inspect(archive: Path, *extra: str, env: dict[str, str] | None = None) -> tuple[int, dict, str]:
-    proc = runbook_cli("run", "inspect", "--archive", str(archive), "--json", *extra, env=env)
-    out = json.loads(proc.stdout) if proc.stdout.strip().startswith("{") else {}
-    return proc.returncode, out, proc.stderr
-
-
-def index(archive: Path) -> list[dict]:
-    return [json.loads(line) for line in (archive / "index.jsonl").read_text().splitlines()]
+    return run_json(archive, "inspect", *extra, env=env)
 
 
 @pytest.mark.parametrize("scenario, code, verdict", [("rdb-only", 0, "warn"), ("runtime-aof", 1, "fail")])

@@ -1,0 +1,30 @@
+"""Helpers for tests that drive the `runbook` command in a subprocess, as cron or CI would."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+_SCRUB = ("REDIS_PASSWORD", "RUNBOOK_SANDBOX_URL", "RUNBOOK_SANDBOX_DIR", "RUNBOOK_ARCHIVE")
+
+
+def runbook_cli(*args: str, env: dict[str, str] | None = None, timeout: int = 300) -> subprocess.CompletedProcess[str]:
+    base = {k: v for k, v in os.environ.items() if k not in _SCRUB}
+    base.update(env or {})
+    return subprocess.run([sys.executable, "-m", "runbook", *args], capture_output=True, text=True,
+                          env=base, timeout=timeout, cwd=REPO)
+
+
+def run_json(archive: Path, *args: str, env: dict[str, str] | None = None) -> tuple[int, dict, str]:
+    """`runbook run ARGS --json`: exit code, parsed JSON (empty when none) and stderr."""
+    proc = runbook_cli("run", *args, "--archive", str(archive), "--json", env=env)
+    out = json.loads(proc.stdout) if proc.stdout.strip().startswith("{") else {}
+    return proc.returncode, out, proc.stderr
+
+
+def index(archive: Path) -> list[dict]:
+    return [json.loads(line) for line in (archive / "index.jsonl").read_text().splitlines()]
