@@ -144,14 +144,15 @@ class Sandbox:
                 self.port = free_port()
                 if self.config_path is not None:
                     self.config_path.write_text(self._config_text())
-            self._proc = subprocess.Popen(
-                self._command(),
-                cwd=self.root,
-                stdout=subprocess.DEVNULL,
-                stderr=subprocess.DEVNULL,
-                start_new_session=True,
-                preexec_fn=_die_with_parent,
-            )
+            with (self.root / "stdout.log").open("ab") as out:
+                self._proc = subprocess.Popen(
+                    self._command(),
+                    cwd=self.root,
+                    stdout=out,
+                    stderr=subprocess.STDOUT,
+                    start_new_session=True,
+                    preexec_fn=_die_with_parent,
+                )
             try:
                 self._wait_ready(timeout_s)
                 return self
@@ -221,7 +222,9 @@ class Sandbox:
         return redis.Redis(host="127.0.0.1", port=self.port, **opts)  # type: ignore[arg-type]
 
     def log_text(self) -> str:
-        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+        """The server's log, and what it printed before it could open the log (config errors)."""
+        parts = [p.read_text(errors="replace") for p in (self.root / "stdout.log", self.log_path) if p.exists()]
+        return "\n".join(x for x in parts if x.strip())
 
     # -- internals -------------------------------------------------------------------
     def _overrides(self) -> list[tuple[str, str]]:

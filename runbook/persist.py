@@ -1,0 +1,359 @@
+"""Make the runtime persistence settings permanent in the config file, without the restart trap.
+
+Methods: `rewrite` (CONFIG REWRITE, the server writes its own file), `edit` (a careful
+file edit done here), `auto` (rewrite when the server can write its config directory
+and the file has no includes, else edit when we can write the file, else blocked).
+See https://redis.io/docs/latest/commands/config-rewrite/
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping
+
+import redis
+
+from .aof import AofOnDisk, aof_on_disk, aof_ready
+from .checks import FAIL, PASS, WARN, Check, worst
+from .configedit import atomic_write, backup, edit_text, unified_diff, utc_stamp
+from .configfile import ConfigFile, read_config
+from .errors import Blocked, ChangeFailed, ParameterError, PreconditionFailed, VerificationFailed
+from .persistence import PERSISTENCE_SETTINGS, Drift, compare, normalize, runtime_settings
+from .target import Identity, Target, identify
+
+log = logging.getLogger(__name__)
+
+METHODS = ("auto", "rewrite", "edit")
+#: Settings persisted when they drift (appenddirname/appendfilename cannot change at runtime anyway).
+PERSISTED = tuple(k for k in PERSISTENCE_SETTINGS if k not in ("appendfilename", "appenddirname"))
+
+
+@dataclass(frozen=True)
+class PersistPlan:
+    """What would be written where, by which method, and why."""
+
+    identity: Identity
+    config_file: str
+    changes: tuple[Drift, ...]  # runtime = value to write, file = value after a restart now
+    desired: dict[str, str]
+    method: str  # rewrite, edit, blocked, none
+    reason: str
+    diff: str  # masked
+    commands: str  # for a person with the rights, when blocked
+    aof: AofOnDisk | None
+    info: dict[str, Any] = field(repr=False, default_factory=dict)
+    new_text: str = field(repr=False, default="")
+    edit_file: str = ""
+    before_sha: str = ""  # of the file the plan was made from, so a concurrent edit is caught
+
+    @property
+    def unchanged(self) -> bool:
+        return not self.changes
+
+
+@dataclass(frozen=True)
+class PersistResult:
+    result: str  # planned, unchanged, changed
+    method: str
+    backup: str = ""
+    diff: str = ""
+
+
+def _server_major(ident: Identity) -> int:
+    if ident.server == "redis" and ident.version[:1].isdigit():
+        return int(ident.version.split(".")[0])
+    return 7
+
+
+def desired_values(runtime: Mapping[str, str], drift: list[Drift], settings: Mapping[str, object] | None) -> dict[str, str]:
+    """The values to persist: explicit `settings`, else the runtime value of every drifted setting."""
+    if settings:
+        unknown = sorted(set(settings) - set(PERSISTED))
+        if unknown:
+            raise ParameterError(f"settings accepts {', '.join(PERSISTED)}; unknown: {', '.join(unknown)}")
+        return {k: ("yes" if v is True else "no" if v is False else str(v)) for k, v in settings.items()}
+    return {d.setting: str(d.runtime) for d in drift if d.status == "drift" and d.setting in PERSISTED}
+
+
+def trap_guard(desired: Mapping[str, str], runtime: Mapping[str, str], info: Mapping[str, Any],
+               aof: AofOnDisk | None) -> str:
+    """Why writing `desired` would set the restart trap, or "" when it is safe.
+
+    `appendonly yes` may reach the file only when AOF is on at runtime, its initial rewrite
+    completed, and (when the data dir is readable here) a loadable AOF is on disk.
+    """
+    if normalize("appendonly", desired.get("appendonly", "no")) != "yes":
+        return ""
+    if runtime.get("appendonly") != "yes" or int(info.get("aof_enabled", 0)) != 1:
+        return ("refusing to write appendonly yes: AOF is off at runtime, so there is no current AOF and a "
+                "restart would load an empty (or stale) AOF and ignore dump.rdb. Run 02-enable-aof first "
+                "(runbook run enable-aof -p apply true), then this notebook.")
+    if not aof_ready(info):
+        return ("refusing to write appendonly yes: the initial AOF rewrite has not completed "
+                f"(aof_rewrite_in_progress:{info.get('aof_rewrite_in_progress')}, aof_rewrite_scheduled:"
+                f"{info.get('aof_rewrite_scheduled')}, aof_last_bgrewrite_status:{info.get('aof_last_bgrewrite_status')}). "
+                "Wait for it (02-enable-aof waits), then run again.")
+    if aof is not None and not aof.loadable:
+        return (f"refusing to write appendonly yes: no loadable AOF on disk ({aof.layout}"
+                f"{': ' + aof.problem if aof.problem else ''}). Run 02-enable-aof, then this notebook.")
+    return ""
+
+
+def _server_ids(pid: int) -> tuple[int, set[int]] | None:
+    """The effective uid and groups of a local process, from /proc."""
+    try:
+        status = Path(f"/proc/{pid}/status").read_text()
+    except OSError:
+        return None
+    fields = dict(line.split(":", 1) for line in status.splitlines() if ":" in line)
+    uid = int(fields["Uid"].split()[1])
+    gids = {int(fields["Gid"].split()[1]), *map(int, fields.get("Groups", "").split())}
+    return uid, gids
+
+
+def _may_write_dir(path: Path, uid: int, gids: set[int]) -> bool:
+    if uid == 0:
+        return True
+    st = path.stat()
+    if st.st_uid == uid:
+        return bool(st.st_mode & 0o300 == 0o300)
+    if st.st_gid in gids:
+        return bool(st.st_mode & 0o030 == 0o030)
+    return bool(st.st_mode & 0o003 == 0o003)
+
+
+def choose_method(method: str, target: Target, ident: Identity, config: ConfigFile | None, path: Path | None) -> tuple[str, str]:
+    """(method, reason) for `auto`, or the asked method with a reason it cannot work ('blocked')."""
+    if method not in METHODS:
+        raise ParameterError(f"method must be one of {', '.join(METHODS)}, got {method!r}")
+    if path is None or config is None:
+        return "blocked", "the server runs without a config file: there is no file to make the change permanent in"
+    real = path.resolve()
+    we_can_edit = os.access(real, os.W_OK) and os.access(real.parent, os.W_OK)
+    server_file = bool(ident.config_file) and Path(ident.config_file).resolve() == real
+    ids = _server_ids(ident.process_id) if target.local else None
+    server_can = (server_file and ids is not None and _may_write_dir(real.parent, *ids)) if target.local else server_file
+    has_includes = len(config.files) > 1
+    if method == "rewrite":
+        if not server_file:
+            return "blocked", f"CONFIG REWRITE writes the server's own file ({ident.config_file or 'none'}), not {path}"
+        return "rewrite", "asked for"
+    if method == "edit":
+        if not target.local:
+            return "blocked", "the target is not on this host: its file cannot be edited from here"
+        if not we_can_edit:
+            return "blocked", f"this user (uid {os.geteuid()}) cannot write {real} and its directory"
+        return "edit", "asked for"
+    if server_can and not has_includes:
+        return "rewrite", "the server can write its config directory"
+    if target.local and we_can_edit:
+        why = "the file has include directives (CONFIG REWRITE would copy their values into the main file)" \
+            if has_includes else f"the server cannot write {real.parent} (CONFIG REWRITE needs to create a temp file there)"
+        return "edit", why
+    if server_file and not target.local:
+        return "rewrite", "the target is remote: only the server can write its file"
+    return "blocked", (f"neither the server nor this user (uid {os.geteuid()}) may write {real} "
+                       "and its directory")
+
+
+def blocked_commands(path: str, diff: str, desired: Mapping[str, str]) -> str:
+    """What a person with the rights runs, ready to paste."""
+    if not path:
+        lines = "\n".join(f"    {k} {v}" for k, v in desired.items())
+        return ("# The server has no config file. Put these settings where it gets its configuration\n"
+                "# (the service's command line, or a new config file it is started with):\n" + lines)
+    return (f"sudo cp -p {path} {path}.runbook-$(date -u +%Y%m%dT%H%M%SZ).bak\n"
+            f"sudo patch --forward {path} <<'PATCH'\n{diff}PATCH\n"
+            "# then check: runbook run persist-config  (plan only: it must report no drift)")
+
+
+def plan_persist(target: Target, *, config_file: str = "", method: str = "auto",
+                 settings: Mapping[str, object] | None = None) -> PersistPlan:
+    """Read runtime and file, decide what to write and how; sends nothing that changes state."""
+    client = target.client
+    ident = identify(client)
+    runtime = runtime_settings(client, target.config_command)
+    info = dict(client.info("persistence"))
+    path_str = config_file or ident.config_file
+    path = Path(path_str) if path_str else None
+    if path is not None and not target.local and not config_file:
+        raise Blocked(f"{target.name}: the config file {path} is on another host; run this notebook there "
+                      "or pass config_file with a local copy to plan against")
+    config = read_config(path) if path is not None else None
+    major = _server_major(ident)
+    drift = compare(runtime, config, major)
+    desired = desired_values(runtime, drift, settings)
+    data_dir = runtime.get("dir", "")
+    aof = None
+    if target.local and data_dir and os.access(data_dir, os.R_OK | os.X_OK):
+        aof = aof_on_disk(Path(data_dir), runtime.get("appendfilename", "appendonly.aof"),
+                          runtime.get("appenddirname", "appendonlydir"))
+    refusal = trap_guard(desired, runtime, info, aof)
+    if refusal:
+        raise PreconditionFailed(f"{target.name}: {refusal} The config file was not touched.")
+
+    # Only what differs from what a restart would give now.
+    now = {d.setting: d for d in compare(runtime, config, major)}
+    changes: list[Drift] = []
+    for name, value in desired.items():
+        after_restart = now[name].file if name in now else (config.value(name) if config else None)
+        if config is not None and after_restart is not None and normalize(name, after_restart) == normalize(name, value):
+            continue
+        changes.append(Drift(name, value, after_restart, bool(config and config.value(name) is not None), "drift"))
+    chosen, reason = choose_method(method, target, ident, config, path) if changes else ("none", "no drift")
+
+    new_text, diff, edit_file, before_sha = "", "", "", ""
+    if changes and config is not None and path is not None:
+        # The edit goes to the file where each setting is effectively defined (an include may hold it).
+        owners = {(config.last(c.setting).file if config.last(c.setting) else path) for c in changes}
+        if len(owners) > 1:
+            raise Blocked(f"{target.name}: the settings to change live in several files "
+                          f"({', '.join(map(str, owners))}); edit them by hand")
+        edit_path = owners.pop().resolve()
+        before = edit_path.read_text(encoding="utf-8", errors="surrogateescape")
+        before_sha = sha256_text(before)
+        new_text = edit_text(before, {c.setting: str(c.runtime) for c in changes},
+                             single_save_rule=major < 7, stamp=utc_stamp())
+        diff = unified_diff(before, new_text, str(edit_path))
+        edit_file = str(edit_path)
+    commands = blocked_commands(path_str, diff, desired) if chosen == "blocked" else ""
+    return PersistPlan(ident, path_str, tuple(changes), desired, chosen, reason, diff, commands, aof, info,
+                       new_text, edit_file, before_sha)
+
+
+def sha256_text(text: str) -> str:
+    return hashlib.sha256(text.encode("utf-8", errors="surrogateescape")).hexdigest()
+
+
+def apply_persist(target: Target, plan: PersistPlan, *, apply: bool = False, make_backup: bool = True) -> PersistResult:
+    """Write the plan (only with `apply`); Blocked when nobody here may write the file."""
+    if plan.unchanged:
+        return PersistResult("unchanged", "none")
+    if plan.method == "blocked":
+        return PersistResult("blocked", "blocked")
+    if not apply:
+        return PersistResult("planned", plan.method, diff=plan.diff)
+    stamp = utc_stamp()
+    if plan.method == "rewrite":
+        path = Path(plan.config_file).resolve()
+        before = path.read_text(encoding="utf-8", errors="surrogateescape") if os.access(path, os.R_OK) else ""
+        saved = str(backup(path, stamp)) if make_backup and os.access(path.parent, os.W_OK) else ""
+        try:
+            target.client.execute_command(target.config_command, "REWRITE")
+        except redis.ResponseError as err:
+            if saved:
+                Path(saved).unlink(missing_ok=True)
+            raise ChangeFailed(f"{target.name}: {target.config_command} REWRITE failed: {err}. The file was not "
+                               "changed (the server writes a temp file and renames it). Use method edit, or give "
+                               f"the server write access to {path.parent}.") from err
+        after = path.read_text(encoding="utf-8", errors="surrogateescape") if before else ""
+        return PersistResult("changed", "rewrite", saved, unified_diff(before, after, str(path)))
+    path = Path(plan.edit_file)
+    current = path.read_text(encoding="utf-8", errors="surrogateescape")
+    if sha256_text(current) != plan.before_sha:
+        raise ChangeFailed(f"{path} changed since the plan was made; nothing was written. Run again to re-plan.")
+    saved = str(backup(path, stamp)) if make_backup else ""
+    atomic_write(path, plan.new_text)
+    return PersistResult("changed", "edit", saved, plan.diff)
+
+
+def raise_if_blocked(target: Target, plan: PersistPlan, result: PersistResult) -> None:
+    """Raise Blocked (exit 3) after the summary is recorded, when a person must act."""
+    if result.result == "blocked":
+        raise Blocked(f"{target.name}: {plan.reason}. Nothing was changed; the patch and the commands to run "
+                      "are in the notebook and in the archived summary.")
+
+
+def boot_check(target: Target, plan: PersistPlan, *, timeout_s: float = 30.0) -> Check:
+    """Start a throwaway server from a copy of the config file and compare its persistence settings.
+
+    Port, bind, dir, pidfile, logfile, daemonize, supervised, unixsocket and tls-port are
+    overridden, so the copy cannot touch the real server's files or sockets.
+    """
+    from .sandbox import Sandbox, find_server_binary  # noqa: PLC0415
+
+    path = Path(plan.config_file)
+    if not plan.config_file or not os.access(path, os.R_OK):
+        return Check("file_boots", WARN, f"{plan.config_file or 'no config file'} is not readable here: boot not tested")
+    binary = Path(plan.identity.executable) if target.local and plan.identity.executable and \
+        Path(plan.identity.executable).is_file() else find_server_binary()
+    text = path.read_text(encoding="utf-8", errors="surrogateescape")
+    root = Path(tempfile.mkdtemp(prefix="runbook-boot-"))
+    config = read_config(path)
+    extra = ["--supervised", "no"]
+    if config.last("unixsocket"):
+        extra += ["--unixsocket", str(root / "boot.sock")]  # never touch the real server's socket
+    if config.last("tls-port"):
+        extra += ["--tls-port", "0"]
+    sb = Sandbox(config=text, binary=binary, root=root, extra_args=tuple(extra))
+    try:
+        sb.start(timeout_s)
+        creds = target.client.connection_pool.connection_kwargs  # the same user and password as the target
+        client = sb.client(username=creds.get("username"), password=creds.get("password"))
+        booted = runtime_settings(client, target.config_command)
+    except (PreconditionFailed, redis.RedisError) as err:
+        return Check("file_boots", FAIL, f"a server started from a copy of {path} failed: {err}",
+                     "fix the file before any restart; the backup is beside it")
+    finally:
+        sb.cleanup()
+        shutil.rmtree(root, ignore_errors=True)
+    runtime = runtime_settings(target.client, target.config_command)
+    off = [f"{k}: boots with {booted.get(k)!r}, runs with {runtime.get(k)!r}" for k in PERSISTED
+           if k != "dir" and k in runtime and normalize(k, booted.get(k)) != normalize(k, runtime.get(k))]
+    if off:
+        return Check("file_boots", FAIL, "a server started from the file differs: " + "; ".join(off),
+                     "run this notebook again, or fix the file by hand")
+    return Check("file_boots", PASS, f"{binary.name} booted from a copy of {path} with the same persistence settings")
+
+
+def verify_persist(target: Target, plan: PersistPlan, result: PersistResult) -> tuple[Check, ...]:
+    """Re-read the file: no drift left, and the file boots. Plan-only: the file is untouched."""
+    if result.result in ("planned", "blocked"):
+        path = Path(plan.edit_file or plan.config_file) if (plan.edit_file or plan.config_file) else None
+        same = path is None or not plan.before_sha or sha256_text(
+            path.read_text(encoding="utf-8", errors="surrogateescape")) == plan.before_sha
+        return (Check("file_untouched", PASS if same else FAIL,
+                      "the config file is byte for byte as before" if same else "the config file changed during the run"),)
+    runtime = runtime_settings(target.client, target.config_command)
+    checks: list[Check] = []
+    try:
+        config = read_config(plan.config_file)
+        drift = [d for d in compare(runtime, config, _server_major(plan.identity))
+                 if d.status == "drift" and d.setting in PERSISTED]
+        checks.append(Check("no_drift", FAIL if drift else PASS,
+                            "; ".join(f"{d.setting}: runtime {d.runtime}, file {d.file}" for d in drift)
+                            or "every persistence setting in the file matches the runtime"))
+    except PreconditionFailed as err:
+        checks.append(Check("no_drift", WARN, f"file not re-read: {err}"))
+    checks.append(boot_check(target, plan))
+    return tuple(checks)
+
+
+def persist_summary(plan: PersistPlan, result: PersistResult, checks: tuple[Check, ...]) -> dict[str, Any]:
+    status = worst([c.status for c in checks])
+    return {
+        "verdict": "blocked" if result.result == "blocked" else status,
+        "result": result.result,
+        "server": plan.identity.server,
+        "version": plan.identity.version,
+        "config_file": plan.config_file,
+        "method": result.method if result.result == "changed" else plan.method,
+        "reason": plan.reason,
+        "changes": [{"setting": c.setting, "to": c.runtime, "from": c.file} for c in plan.changes],
+        "backup": result.backup,
+        "diff": result.diff or plan.diff,
+        "commands": plan.commands,
+        "checks": {c.name: {"status": c.status, "observed": c.observed, "fix": c.fix} for c in checks},
+    }
+
+
+def raise_on_failure(checks: tuple[Check, ...]) -> None:
+    failed = [c for c in checks if c.status == FAIL]
+    if failed:
+        raise VerificationFailed("; ".join(f"{c.name}: {c.observed}" for c in failed))
