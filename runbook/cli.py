@@ -36,10 +36,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _print_run(result: RunResult) -> None:
     print(f"change {result.change_id}")
-    print(f"{'step':<10} {'target':<28} {'status':<8} key figures")
+    print(f"{'step':<16} {'target':<28} {'status':<8} key figures")
     for s in result.steps:
         figures = s.summary.get("error") or _figures(s.summary)
-        print(f"{s.name:<10} {s.target[:28]:<28} {s.status:<8} {figures}")
+        print(f"{s.name:<16} {s.target[:28]:<28} {s.status:<8} {figures}")
     for s in result.steps:
         print(f"evidence: {s.notebook}\n          {s.html}")
     print(f"index:    {result.archive / 'index.jsonl'}")
@@ -48,6 +48,8 @@ def _print_run(result: RunResult) -> None:
 def _figures(summary: dict) -> str:
     failing = [f"{k}={v['status']}" for k, v in summary.get("checks", {}).items() if v.get("status") != "pass"]
     parts = [f"{summary.get('server', '?')} {summary.get('version', '')}".strip()]
+    if summary.get("result"):
+        parts.append(f"result={summary['result']}" + (f" method={summary['method']}" if summary.get("method") else ""))
     if "dbsize" in summary:
         parts.append(f"keys={summary['dbsize']}")
     if summary.get("drift"):

@@ -25,9 +25,11 @@ _SAFE_WORD = re.compile(r'^[^\s"\'\\]+$')
 
 def quote(value: str) -> str:
     """A value as the config file needs it: bare when safe, else in double quotes."""
-    if value and _SAFE_WORD.match(value):
+    if value and _SAFE_WORD.fullmatch(value):
         return value
-    return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
+    escaped = (value.replace("\\", "\\\\").replace('"', '\\"')
+               .replace("\n", "\\n").replace("\r", "\\r"))
+    return '"' + escaped + '"'
 
 
 def directive_lines(name: str, value: str, single_save_rule: bool) -> list[str]:
@@ -61,12 +63,36 @@ def _commented(line: str, name: str) -> str | None:
     return m.group(2).strip()
 
 
+def _split_lines(text: str) -> tuple[list[str], list[str]]:
+    """Lines and their own endings, split on \\n only (as the server reads the file)."""
+    contents, endings = [], []
+    for raw in text.split("\n"):
+        if raw.endswith("\r"):
+            contents.append(raw[:-1])
+            endings.append("\r\n")
+        else:
+            contents.append(raw)
+            endings.append("\n")
+    # split() leaves a last piece after the final \\n: "" when the file ends with a newline.
+    endings[-1] = ""
+    if contents[-1] == "" and len(contents) > 1:
+        contents.pop()
+        endings.pop()
+    return contents, endings
+
+
 def edit_text(text: str, changes: Mapping[str, str], *, single_save_rule: bool = False,
               stamp: str = "") -> str:
-    """`text` with each setting of `changes` set to its value, touching nothing else."""
-    newline = "\r\n" if "\r\n" in text else "\n"
-    lines = text.splitlines()
-    trailing = text.endswith(("\n", "\r"))
+    """`text` with each setting of `changes` set to its value, touching nothing else.
+
+    Every other line keeps its bytes and its own line ending; new lines take the ending of
+    the line they replace (or the file's most common one when added).
+    """
+    lines, endings = _split_lines(text)
+    common = "\r\n" if endings.count("\r\n") > endings.count("\n") else "\n"
+    unterminated = bool(endings) and not endings[-1]
+    if unterminated:
+        endings[-1] = common
     appended: list[str] = []
     for name, value in changes.items():
         new = directive_lines(name, value, single_save_rule)
@@ -77,32 +103,42 @@ def edit_text(text: str, changes: Mapping[str, str], *, single_save_rule: bool =
             keep = active[-1] if name != "save" else active[0]
             for i in reversed(active):
                 if i != keep:
-                    del lines[i]
+                    del lines[i], endings[i]
                     keep -= 1 if i < keep else 0
-            lines[keep : keep + 1] = new
-            continue
-        commented = [(i, v) for i, ln in enumerate(lines) if (v := _commented(ln, name)) is not None]
-        if commented:
+            at, count = keep, 1
+        else:
+            commented = [(i, v) for i, ln in enumerate(lines) if (v := _commented(ln, name)) is not None]
+            if not commented:
+                appended.extend(new)
+                continue
             exact = [i for i, v in commented if " ".join(v.split()) == " ".join(value.split())]
-            at = exact[0] if exact else commented[-1][0]
-            if exact:
-                lines[at : at + 1] = new
-            else:
-                lines[at + 1 : at + 1] = new
-            continue
-        appended.extend(new)
+            # Replace a commented default of the same value where it stands, else add below the last one.
+            at, count = (exact[0], 1) if exact else (commented[-1][0] + 1, 0)
+        ending = endings[at] if count else endings[at - 1]
+        lines[at : at + count] = new
+        endings[at : at + count] = [ending] * len(new)
     if appended:
         header = "# Persistence settings written by the Redis persistence runbook" + (f" ({stamp})" if stamp else "")
-        lines += ["", header, *appended]
-        trailing = True
-    return newline.join(lines) + (newline if trailing else "")
+        block = ["", header, *appended]
+        lines += block
+        endings += [common] * len(block)
+    elif unterminated:
+        endings[-1] = ""
+    return "".join(ln + end for ln, end in zip(lines, endings))
+
+
+def read_raw(path: Path) -> str:
+    """A config file's text exactly as stored (CRLF kept; undecodable bytes kept as surrogates)."""
+    return path.read_bytes().decode("utf-8", errors="surrogateescape")
 
 
 def unified_diff(before: str, after: str, path: str, context: int = 2) -> str:
     """A unified diff of two versions of a config file, with every secret masked."""
     diff = difflib.unified_diff(before.splitlines(keepends=True), after.splitlines(keepends=True),
                                 fromfile=f"{path} (now)", tofile=f"{path} (after)", n=context)
-    return mask_secrets("".join(diff))
+    # A last line without a newline gets one, and patch's marker that it had none.
+    out = [ln if ln.endswith("\n") else ln + "\n\\ No newline at end of file\n" for ln in diff]
+    return mask_secrets("".join(out))
 
 
 def utc_stamp() -> str:

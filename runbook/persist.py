@@ -21,7 +21,7 @@ import redis
 
 from .aof import AofOnDisk, aof_on_disk, aof_ready
 from .checks import FAIL, PASS, WARN, Check, worst
-from .configedit import atomic_write, backup, edit_text, unified_diff, utc_stamp
+from .configedit import atomic_write, backup, edit_text, read_raw, unified_diff, utc_stamp
 from .configfile import ConfigFile, read_config
 from .errors import Blocked, ChangeFailed, ParameterError, PreconditionFailed, VerificationFailed
 from .persistence import PERSISTENCE_SETTINGS, Drift, compare, normalize, runtime_settings
@@ -78,6 +78,11 @@ def desired_values(runtime: Mapping[str, str], drift: list[Drift], settings: Map
         if unknown:
             raise ParameterError(f"settings accepts {', '.join(PERSISTED)}; unknown: {', '.join(unknown)}")
         return {k: ("yes" if v is True else "no" if v is False else str(v)) for k, v in settings.items()}
+    if all(d.status == "unknown" for d in drift):
+        # No file to compare with (the server has none): whatever differs from the defaults is
+        # lost at the next restart unless it reaches the service's configuration.
+        return {k: v for k, v in runtime.items() if k in PERSISTED and PERSISTENCE_SETTINGS.get(k) is not None
+                and normalize(k, v) != normalize(k, PERSISTENCE_SETTINGS[k])}
     return {d.setting: str(d.runtime) for d in drift if d.status == "drift" and d.setting in PERSISTED}
 
 
@@ -199,13 +204,19 @@ def plan_persist(target: Target, *, config_file: str = "", method: str = "auto",
         raise PreconditionFailed(f"{target.name}: {refusal} The config file was not touched.")
 
     # Only what differs from what a restart would give now.
-    now = {d.setting: d for d in compare(runtime, config, major)}
+    now = {d.setting: d for d in drift}
     changes: list[Drift] = []
     for name, value in desired.items():
-        after_restart = now[name].file if name in now else (config.value(name) if config else None)
-        if config is not None and after_restart is not None and normalize(name, after_restart) == normalize(name, value):
+        after = now[name].file if name in now else None
+        if after is not None and normalize(name, after) == normalize(name, value):
             continue
-        changes.append(Drift(name, value, after_restart, bool(config and config.value(name) is not None), "drift"))
+        changes.append(Drift(name, value, after, bool(config and config.value(name) is not None), "drift"))
+    # When appendonly yes is written, its fsync policy is written beside it (as the seed asks)
+    # rather than left to a default that may differ between versions.
+    if any(c.setting == "appendonly" and c.runtime == "yes" for c in changes) and "appendfsync" not in desired \
+            and config is not None and config.value("appendfsync") is None:
+        fsync = runtime.get("appendfsync", "everysec")
+        changes.append(Drift("appendfsync", fsync, now["appendfsync"].file if "appendfsync" in now else None, False, "drift"))
     chosen, reason = choose_method(method, target, ident, config, path) if changes else ("none", "no drift")
 
     new_text, diff, edit_file, before_sha = "", "", "", ""
@@ -216,7 +227,7 @@ def plan_persist(target: Target, *, config_file: str = "", method: str = "auto",
             raise Blocked(f"{target.name}: the settings to change live in several files "
                           f"({', '.join(map(str, owners))}); edit them by hand")
         edit_path = owners.pop().resolve()
-        before = edit_path.read_text(encoding="utf-8", errors="surrogateescape")
+        before = read_raw(edit_path)
         before_sha = sha256_text(before)
         new_text = edit_text(before, {c.setting: str(c.runtime) for c in changes},
                              single_save_rule=major < 7, stamp=utc_stamp())
@@ -242,7 +253,7 @@ def apply_persist(target: Target, plan: PersistPlan, *, apply: bool = False, mak
     stamp = utc_stamp()
     if plan.method == "rewrite":
         path = Path(plan.config_file).resolve()
-        before = path.read_text(encoding="utf-8", errors="surrogateescape") if os.access(path, os.R_OK) else ""
+        before = read_raw(path) if os.access(path, os.R_OK) else ""
         saved = str(backup(path, stamp)) if make_backup and os.access(path.parent, os.W_OK) else ""
         try:
             target.client.execute_command(target.config_command, "REWRITE")
@@ -252,10 +263,10 @@ def apply_persist(target: Target, plan: PersistPlan, *, apply: bool = False, mak
             raise ChangeFailed(f"{target.name}: {target.config_command} REWRITE failed: {err}. The file was not "
                                "changed (the server writes a temp file and renames it). Use method edit, or give "
                                f"the server write access to {path.parent}.") from err
-        after = path.read_text(encoding="utf-8", errors="surrogateescape") if before else ""
+        after = read_raw(path) if before else ""
         return PersistResult("changed", "rewrite", saved, unified_diff(before, after, str(path)))
     path = Path(plan.edit_file)
-    current = path.read_text(encoding="utf-8", errors="surrogateescape")
+    current = read_raw(path)
     if sha256_text(current) != plan.before_sha:
         raise ChangeFailed(f"{path} changed since the plan was made; nothing was written. Run again to re-plan.")
     saved = str(backup(path, stamp)) if make_backup else ""
@@ -283,7 +294,7 @@ def boot_check(target: Target, plan: PersistPlan, *, timeout_s: float = 30.0) ->
         return Check("file_boots", WARN, f"{plan.config_file or 'no config file'} is not readable here: boot not tested")
     binary = Path(plan.identity.executable) if target.local and plan.identity.executable and \
         Path(plan.identity.executable).is_file() else find_server_binary()
-    text = path.read_text(encoding="utf-8", errors="surrogateescape")
+    text = read_raw(path)
     root = Path(tempfile.mkdtemp(prefix="runbook-boot-"))
     config = read_config(path)
     extra = ["--supervised", "no"]
@@ -317,7 +328,7 @@ def verify_persist(target: Target, plan: PersistPlan, result: PersistResult) -> 
     if result.result in ("planned", "blocked"):
         path = Path(plan.edit_file or plan.config_file) if (plan.edit_file or plan.config_file) else None
         same = path is None or not plan.before_sha or sha256_text(
-            path.read_text(encoding="utf-8", errors="surrogateescape")) == plan.before_sha
+            read_raw(path)) == plan.before_sha
         return (Check("file_untouched", PASS if same else FAIL,
                       "the config file is byte for byte as before" if same else "the config file changed during the run"),)
     runtime = runtime_settings(target.client, target.config_command)

@@ -212,3 +212,17 @@ def drift_rows(insp: Inspection) -> pd.DataFrame:
     """Only the settings a restart would change."""
     return pd.DataFrame([(d.setting, d.runtime, d.file) for d in insp.drift if d.status == "drift"],
                         columns=["setting", "runtime", "after restart (file)"])
+
+
+def changes_table(changes: Sequence[Any]) -> Styler:
+    """Settings the file will get: value to write and what a restart would give now."""
+    df = pd.DataFrame([(c.setting, c.runtime, c.file if c.file is not None else "(not in the file)", "change")
+                       for c in changes], columns=["setting", "write", "after restart now", "status"])
+    return styled(df) if len(df) else pd.DataFrame([("(none)", "", "", "same")], columns=df.columns).style.hide(axis="index")
+
+
+def show_diff(diff: str, empty: str = "(no change to the file)") -> Any:
+    """A unified diff, coloured in JupyterLab and in the archived HTML."""
+    from IPython.display import Markdown  # noqa: PLC0415
+
+    return Markdown(f"```diff\n{diff}\n```" if diff else empty)

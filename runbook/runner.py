@@ -27,7 +27,11 @@ from .target import SANDBOX_DIR_ENV, SANDBOX_URL_ENV
 log = logging.getLogger(__name__)
 
 #: Short names of the notebooks, in runbook order.
-NOTEBOOKS: dict[str, str] = {"inspect": "01-inspect.ipynb", "enable-aof": "02-enable-aof.ipynb"}
+NOTEBOOKS: dict[str, str] = {
+    "inspect": "01-inspect.ipynb",
+    "enable-aof": "02-enable-aof.ipynb",
+    "persist-config": "03-persist-config.ipynb",
+}
 #: Names that expand to several notebooks.
 SEQUENCES: dict[str, list[str]] = {"all": ["inspect"]}
 
