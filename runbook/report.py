@@ -226,3 +226,28 @@ def show_diff(diff: str, empty: str = "(no change to the file)") -> Any:
     from IPython.display import Markdown  # noqa: PLC0415
 
     return Markdown(f"```diff\n{diff}\n```" if diff else empty)
+
+
+def crash_table(rows: Sequence[dict[str, Any]]) -> pd.DataFrame:
+    """Acknowledged writes lost per setup, beside what REDIS-FACTS.md expects."""
+    if not rows:
+        return pd.DataFrame([("(mode is not crash)",)], columns=["setup"])
+    return pd.DataFrame(rows).rename(columns={
+        "acknowledged": "acknowledged writes", "recovered": "after restart", "lost": "lost",
+        "lost_pct": "lost %", "expected_process_crash": "expected: process crash (measured here)",
+        "expected_os_crash": "expected: OS crash / power loss (not measured)"}).set_index("setup")
+
+
+def plot_crash(rows: Sequence[dict[str, Any]]) -> Figure:
+    fig, ax = plt.subplots(figsize=(9, 3), constrained_layout=True)
+    if rows:
+        names = [r["setup"] for r in rows]
+        lost = [r["lost"] for r in rows]
+        bars = ax.bar(names, lost, color=["#d9534f" if v else "#5cb85c" for v in lost])
+        ax.bar_label(bars, labels=[f"{r['lost']} of {r['acknowledged']}" for r in rows], fontsize=8)
+        ax.set_ylabel("acknowledged writes lost")
+    else:
+        ax.text(0.5, 0.5, "mode is not crash: nothing was crashed", ha="center", va="center")
+    ax.set_title("kill -9 during a write load: acknowledged writes lost per setup")
+    plt.close(fig)
+    return fig

@@ -31,6 +31,7 @@ NOTEBOOKS: dict[str, str] = {
     "inspect": "01-inspect.ipynb",
     "enable-aof": "02-enable-aof.ipynb",
     "persist-config": "03-persist-config.ipynb",
+    "test-persistence": "04-test-persistence.ipynb",
 }
 #: Names that expand to several notebooks.
 SEQUENCES: dict[str, list[str]] = {"all": ["inspect"]}

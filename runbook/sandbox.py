@@ -16,6 +16,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
+from typing import Any
 
 import redis
 
@@ -187,6 +188,15 @@ class Sandbox:
         if self._proc and self._proc.poll() is None:
             self._proc.send_signal(signal.SIGKILL)
             self._proc.wait(10)
+        # A server restarted by another process (a notebook of the run) is found by its pidfile.
+        pid = _pid_from(self.pidfile)
+        if pid and _is_server_of(pid, self.root):
+            os.kill(pid, signal.SIGKILL)
+
+    @property
+    def pidfile(self) -> Path:
+        assert self.root is not None
+        return (self.data_dir if self.run_as else self.root) / "redis.pid"
 
     def cleanup(self) -> None:
         """Kill the server if it still runs and delete the temp dir we created."""
@@ -233,7 +243,7 @@ class Sandbox:
             ("bind", "127.0.0.1"),
             ("daemonize", "no"),
             ("dir", str(self.data_dir)),
-            ("pidfile", str((self.data_dir if self.run_as else self.root) / "redis.pid")),
+            ("pidfile", str(self.pidfile)),
             ("logfile", str(self.log_path)),
         ]
         if self.password:
@@ -305,6 +315,53 @@ def _die_with_parent() -> None:
         ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
     except (OSError, AttributeError):
         pass
+
+
+def _alive(pid: int) -> bool:
+    """True while `pid` runs (a zombie waiting for its parent to reap it has exited)."""
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return False
+    return state not in ("Z", "X")
+
+
+def _pid_from(pidfile: Path) -> int | None:
+    try:
+        return int(pidfile.read_text().strip())
+    except (OSError, ValueError):
+        return None
+
+
+def _is_server_of(pid: int, root: Path | None) -> bool:
+    """True when `pid` is alive and is a server working in `root` (never kill a recycled pid)."""
+    try:
+        cwd = Path(os.readlink(f"/proc/{pid}/cwd"))
+    except OSError:
+        return False
+    return root is not None and (cwd == root or root in cwd.parents)
+
+
+def restart_sandbox(target: "Any") -> None:
+    """Restart the sandbox behind `target`: our own process, or the runner's (found by its dir)."""
+    own = getattr(target, "_sandbox", None)
+    if own is not None:
+        own.restart()
+        return
+    root = Path(target.sandbox_dir)
+    info = target.client.info("server")
+    binary, pid = Path(info["executable"]), int(info["process_id"])
+    try:
+        target.client.shutdown(nosave=False)
+    except redis.ConnectionError:
+        pass
+    deadline = time.monotonic() + 30
+    while _alive(pid) and time.monotonic() < deadline:
+        time.sleep(0.02)
+    # Detached on purpose: it belongs to the runner, which kills it by pidfile at the end of the run.
+    with (root / "stdout.log").open("ab") as out:
+        subprocess.Popen([str(binary), str(root / "redis.conf")], cwd=root, stdout=out, stderr=subprocess.STDOUT,
+                         start_new_session=True)
 
 
 class _PortTaken(Exception):

@@ -157,6 +157,10 @@ def connect(
             + "."
         ) from err
     except redis.ResponseError as err:
+        if str(err).startswith("MISCONF"):
+            # Some versions refuse even PING while saves fail; the server is there and answered.
+            log.warning("%s answers MISCONF: %s", name, err)
+            return Target(name, client, is_local(url), config_command, sandbox_dir, sandbox)
         if "NOAUTH" in str(err) or "WRONGPASS" in str(err):
             raise TargetUnreachable(
                 f"{name}: the server wants a password ({err}). Export it in ${password_env} "

@@ -1,0 +1,152 @@
+"""04-test-persistence against real servers: online canaries, a real restart, crash loss, MISCONF."""
+
+from __future__ import annotations
+
+import os
+import pwd
+import time
+from pathlib import Path
+
+import pytest
+
+import runbook
+from helpers import index, run_json
+from runbook import durability
+from runbook.sandbox import SEED_CONFIG, populate
+
+
+def checks_of(result) -> dict[str, str]:
+    return {c.name: c.status for c in result.checks}
+
+
+def canaries_on_server(client, prefix: str) -> int:
+    return sum(1 for _ in client.scan_iter(match=f"{prefix}*", count=1000))
+
+
+@pytest.mark.parametrize("aof", [False, True], ids=["rdb-only", "aof-on"])
+def test_online_passes_and_cleans_up(server_binary: Path, make_sandbox, clean_env, aof: bool) -> None:
+    sb = make_sandbox(server_binary)
+    populate(sb.client(), 2000)
+    if aof:
+        runbook.enable_aof_runtime(sb.client())
+    saves_before = sb.client().info("persistence").get("rdb_saves"), sb.client().lastsave()
+    result = durability.online_test(runbook.connect(sb.url), keys=500, timeout_s=60)
+    checks = checks_of(result)
+    assert result.verdict == "pass", result.checks
+    assert checks["writes_accepted"] == checks["bgsave"] == checks["check_rdb"] == "pass"
+    assert ("aof_write" in checks) == aof
+    if aof:
+        assert checks["aof_write"] == "pass"
+        assert any(name.startswith("check_aof") for name in checks)
+    assert result.figures["canaries_written"] == result.figures["canaries_found"] == 500
+    assert result.figures["canaries_left"] == 0
+    assert canaries_on_server(sb.client(), result.figures["canary_prefix"]) == 0
+    # A real save happened after the canaries: counted on 7.0+, else LASTSAVE moved.
+    if saves_before[0] is not None:
+        assert sb.client().info("persistence")["rdb_saves"] > saves_before[0]
+    else:
+        assert sb.client().lastsave() > saves_before[1]
+    assert sb.client().dbsize() == 2000
+
+
+def _as_runner_sandbox(monkeypatch: pytest.MonkeyPatch, sb) -> runbook.Target:
+    """Connect to `sb` the way a notebook of a runner's run does (target sandbox, shared by env)."""
+    monkeypatch.setenv("RUNBOOK_SANDBOX_URL", sb.url)
+    monkeypatch.setenv("RUNBOOK_SANDBOX_DIR", str(sb.root))
+    return runbook.connect("sandbox")
+
+
+def test_restart_keeps_every_canary_after_the_change(server_binary: Path, make_sandbox, clean_env) -> None:
+    from runbook import enable, persist
+
+    sb = make_sandbox(server_binary)
+    populate(sb.client(), 3000)
+    target = _as_runner_sandbox(clean_env, sb)
+    pre = enable.preflight(target)
+    enable.apply_enable(target, pre, enable.plan_enable(pre), apply=True, timeout_s=60)
+    plan = persist.plan_persist(target)
+    persist.apply_persist(target, plan, apply=True)
+    pid_before = sb.client().info("server")["process_id"]
+    result = durability.restart_test(target, allow_restart=True, keys=300)
+    assert result.verdict == "pass", result.checks
+    assert result.figures["canaries_found"] == 300
+    assert result.figures["dbsize_after"] == result.figures["dbsize_before"]
+    assert result.figures["loaded_from"] == "AOF"
+    assert sb.client().info("server")["process_id"] != pid_before  # really restarted
+    assert sb.client().dbsize() == 3000
+
+
+def test_restart_refused_in_the_trap_state(default_binary: Path, make_sandbox, clean_env) -> None:
+    sb = make_sandbox(default_binary)
+    populate(sb.client(), 1000)
+    sb.client().save()
+    sb.config_path.write_text(sb.config_path.read_text().replace("appendonly no", "appendonly yes"))
+    target = _as_runner_sandbox(clean_env, sb)
+    pid = sb.client().info("server")["process_id"]
+    with pytest.raises(runbook.PreconditionFailed, match="refusing to restart.*no loadable AOF"):
+        durability.restart_test(target, allow_restart=True)
+    assert sb.client().info("server")["process_id"] == pid
+    assert sb.client().dbsize() == 1000
+
+
+def test_restart_needs_confirmation(default_binary: Path, make_sandbox, clean_env) -> None:
+    sb = make_sandbox(default_binary)
+    with pytest.raises(runbook.ParameterError, match="allow_restart"):
+        durability.restart_test(_as_runner_sandbox(clean_env, sb), allow_restart=False)
+
+
+def test_crash_measures_real_losses(server_binary: Path, make_sandbox, clean_env) -> None:
+    sb = make_sandbox(server_binary)
+    result = durability.crash_test(_as_runner_sandbox(clean_env, sb), crash_seconds=1.0)
+    rows = {r["setup"]: r for r in result.crash_table}
+    assert set(rows) == {s[0] for s in durability.CRASH_SETUPS}
+    rdb, always = rows["rdb-only (seed save policy)"], rows["aof always"]
+    assert rdb["acknowledged"] > 0 and rdb["lost"] == rdb["acknowledged"] - rdb["recovered"] > 0
+    assert always["acknowledged"] > 0 and always["lost"] == 0
+    assert all(r["recovered"] + r["lost"] == r["acknowledged"] for r in rows.values())
+    assert checks_of(result)["aof_always_loses_nothing"] == "pass"
+
+
+def test_crash_refused_for_a_real_target(default_binary: Path, make_sandbox, clean_env) -> None:
+    sb = make_sandbox(default_binary)
+    with pytest.raises(runbook.ParameterError, match="only against target sandbox"):
+        durability.crash_test(runbook.connect(sb.url))
+    assert sb.running
+
+
+@pytest.mark.skipif(os.geteuid() != 0 or "redis" not in {p.pw_name for p in pwd.getpwall()},
+                    reason="needs root and a 'redis' user to make the server's BGSAVE fail")
+def test_misconf_is_reported_with_its_reason(default_binary: Path, make_sandbox, clean_env) -> None:
+    sb = make_sandbox(default_binary, run_as="redis")
+    populate(sb.client(), 100)
+    os.chown(sb.data_dir, 0, 0)
+    sb.data_dir.chmod(0o755)
+    sb.client().bgsave()
+    deadline = time.monotonic() + 10
+    while sb.client().info("persistence")["rdb_last_bgsave_status"] != "err" and time.monotonic() < deadline:
+        time.sleep(0.05)
+    result = durability.online_test(runbook.connect(sb.url), keys=10)
+    check = next(c for c in result.checks if c.name == "writes_accepted")
+    assert check.status == "fail" and "MISCONF" in check.observed and "rdb_last_bgsave_status:err" in check.observed
+    assert result.verdict == "fail"
+
+
+@pytest.mark.notebook
+def test_notebook_modes_through_the_runner(default_binary: Path, clean_env, tmp_path: Path) -> None:
+    env = {"RUNBOOK_REDIS_SERVER": str(default_binary)}
+    rc, out, err = run_json(tmp_path, "enable-aof", "persist-config", "test-persistence", "-p", "apply", "true",
+                            "-p", "mode", "restart", "-p", "allow_restart", "true", env=env)
+    assert rc == 0, err
+    summary = out["steps"][2]["summary"]
+    assert summary["mode"] == "restart" and summary["loaded_from"] == "AOF"
+    assert summary["canaries_found"] == summary["canaries_written"] == 1000
+    assert summary["dbsize_after"] == summary["dbsize_before"]
+
+    rc, out, err = run_json(tmp_path, "test-persistence", "-p", "mode", "crash", "-p", "crash_seconds", "0.5", env=env)
+    assert rc == 0, err
+    crash = {r["setup"]: r for r in out["steps"][0]["summary"]["crash"]}
+    assert crash["aof always"]["lost"] == 0 and crash["rdb-only (seed save policy)"]["lost"] > 0
+
+    rc, out, _ = run_json(tmp_path, "test-persistence", "-p", "target", "redis://127.0.0.1:1/0", "-p", "mode", "crash")
+    assert rc in (1, 2)
+    assert [r["status"] for r in index(tmp_path)][-1] == "error"
