@@ -34,7 +34,8 @@ NOTEBOOKS: dict[str, str] = {
     "test-persistence": "04-test-persistence.ipynb",
 }
 #: Names that expand to several notebooks.
-SEQUENCES: dict[str, list[str]] = {"all": ["inspect"]}
+#: `all` is the whole seed change: the picture before, the change, its proof, the picture after.
+SEQUENCES: dict[str, list[str]] = {"all": ["inspect", "enable-aof", "persist-config", "test-persistence", "inspect"]}
 
 EXIT_OK, EXIT_FAIL, EXIT_USAGE, EXIT_BLOCKED = 0, 1, 2, 3
 _EXIT_BY_STATUS = {"pass": EXIT_OK, "warn": EXIT_OK, "fail": EXIT_FAIL, "error": EXIT_FAIL, "blocked": EXIT_BLOCKED}
@@ -56,8 +57,8 @@ class StepResult:
     status: str  # pass, warn, fail, error, blocked
     exit_code: int
     summary: dict[str, Any]
-    notebook: Path
-    html: Path
+    notebook: Path | None  # None for a skipped step
+    html: Path | None
     record: dict[str, Any]
 
 
@@ -69,7 +70,9 @@ class RunResult:
 
     @property
     def exit_code(self) -> int:
-        codes = [s.exit_code for s in self.steps]
+        codes = [s.exit_code for s in self.steps if s.status != "skipped"]
+        if len(self.steps) > 1 and self.steps[0].name == "inspect" and self.steps[0].status in ("fail", "warn"):
+            codes = codes[1:]  # the picture before a change does not decide the change's outcome
         if EXIT_BLOCKED in codes and EXIT_FAIL not in codes:
             return EXIT_BLOCKED
         return max(codes, default=EXIT_OK)
@@ -164,17 +167,38 @@ def run(
     archive: Path = Path("archive"),
     fail_on: str = "fail",
 ) -> RunResult:
-    """Run the named notebooks in order under one change id; stop at the first that fails."""
+    """Run the named notebooks in order under one change id; stop at the first that fails.
+
+    The steps after a failure are recorded as skipped. One exception: when a change follows,
+    failed checks of the first inspection do not stop the run (they are what the change fixes,
+    like the seed's drift); it still stops when that inspection cannot run at all.
+    """
     steps = plan(names, files, pairs)
     result = RunResult(change_id=uuid.uuid4().hex[:12], archive=archive)
     commit = git_commit()
     with shared_sandbox(steps):
-        for step in steps:
+        for i, step in enumerate(steps):
             res = _run_step(step, result.change_id, archive, commit, fail_on)
             result.steps.append(res)
-            if res.exit_code != EXIT_OK:
+            before_change = i == 0 and step.name == "inspect" and len(steps) > 1 and res.status in ("fail", "warn")
+            if res.exit_code != EXIT_OK and not before_change:
+                for later in steps[i + 1 :]:
+                    result.steps.append(_skip(later, result.change_id, archive, commit, res))
                 break
     return result
+
+
+def _skip(step: Step, change_id: str, archive: Path, commit: str, cause: StepResult) -> StepResult:
+    """Record a step that did not run because an earlier one failed."""
+    now = datetime.now(timezone.utc).isoformat()
+    summary = {"verdict": "skipped", "reason": f"{cause.name} ended {cause.status}"}
+    record = append_record(archive, {
+        "run_id": uuid.uuid4().hex, "change_id": change_id, "notebook": step.name,
+        "target": str(effective(step, "target")), "started": now, "ended": now, "status": "skipped",
+        "exit_code": None, "summary": summary, "parameters": step.parameters, "runbook_version": __version__,
+        "git_commit": commit, "files": {},
+    })
+    return StepResult(step.name, record["target"], "skipped", EXIT_OK, summary, None, None, record)
 
 
 def _run_step(step: Step, change_id: str, archive: Path, commit: str, fail_on: str) -> StepResult:

@@ -28,3 +28,14 @@ def run_json(archive: Path, *args: str, env: dict[str, str] | None = None) -> tu
 
 def index(archive: Path) -> list[dict]:
     return [json.loads(line) for line in (archive / "index.jsonl").read_text().splitlines()]
+
+
+def _has_user(name: str) -> bool:
+    import pwd
+
+    return any(p.pw_name == name for p in pwd.getpwall())
+
+
+#: Tests that run a server as the `redis` user (to make a directory unwritable to it) need root and that user.
+needs_redis_user_reason = "needs root and a 'redis' user (apt-get install redis-server creates it)"
+has_redis_user = os.geteuid() == 0 and _has_user("redis")

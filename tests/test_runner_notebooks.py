@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from helpers import index, run_json, runbook_cli
+from helpers import has_redis_user, index, needs_redis_user_reason, run_json, runbook_cli
 from runbook.sandbox import SEED_CONFIG, free_port
 
 pytestmark = pytest.mark.notebook
@@ -134,3 +134,39 @@ def test_archive_verify_catches_tampering(tmp_path: Path) -> None:
     assert proc.returncode == 1 and "altered" in proc.stderr
     listed = runbook_cli("archive", "list", "--archive", str(tmp_path))
     assert listed.returncode == 0 and "inspect" in listed.stdout and out["change_id"] in listed.stdout
+
+
+def test_run_all_performs_the_seed_change(tmp_path: Path) -> None:
+    """`make demo`'s command: the seed's sandbox (AOF on at runtime, off in the file) fixed end to end."""
+    rc, out, err = run_json(tmp_path, "all", "-p", "apply", "true", "-p", "sandbox_scenario", "runtime-aof")
+    assert rc == 0, err
+    steps = out["steps"]
+    assert [s["notebook"] for s in steps] == ["inspect", "enable-aof", "persist-config", "test-persistence", "inspect"]
+    before, enable, persist, test, after = (s["summary"] for s in steps)
+    assert before["verdict"] == "fail" and before["drift"] == ["appendonly"]  # the seed's problem, shown
+    assert enable["result"] == "unchanged"  # AOF already ran complete: nothing sent
+    assert persist["result"] == "changed" and persist["checks"]["file_boots"]["status"] == "pass"
+    assert test["mode"] == "online" and test["verdict"] == "pass"
+    assert after["drift"] == [] and after["checks"]["config_drift"]["status"] == "pass" and after["aof_enabled"] == 1
+    records = index(tmp_path)
+    assert len(records) == 5 and len({r["change_id"] for r in records}) == 1
+    assert runbook_cli("archive", "verify", "--archive", str(tmp_path)).returncode == 0
+
+
+@pytest.mark.skipif(not has_redis_user, reason=needs_redis_user_reason)
+def test_a_failing_step_stops_the_chain(default_binary: Path, make_sandbox, tmp_path: Path) -> None:
+    import os
+
+    sb = make_sandbox(default_binary, run_as="redis")
+    sb.client().set("k", "v")
+    sb.client().save()
+    os.chown(sb.data_dir, 0, 0)  # the server can no longer write its dir: the AOF cannot be created
+    sb.data_dir.chmod(0o755)
+    rc, out, _ = run_json(tmp_path, "all", "-p", "target", sb.url, "-p", "apply", "true")
+    assert rc == 1
+    assert [(s["notebook"], s["status"]) for s in out["steps"]] == [
+        ("inspect", "warn"), ("enable-aof", "error"), ("persist-config", "skipped"),
+        ("test-persistence", "skipped"), ("inspect", "skipped")]
+    assert [r["status"] for r in index(tmp_path)][2:] == ["skipped"] * 3
+    assert sb.client().config_get("appendonly")["appendonly"] == "no"
+    assert runbook_cli("archive", "verify", "--archive", str(tmp_path)).returncode == 0
