@@ -22,5 +22,8 @@ test: setup
 	$(BIN)/python -m pytest tests
 	$(BIN)/python -m pytest --nbval-lax notebooks -p no:cacheprovider
 
+lab: setup
+	$(BIN)/jupyter lab --no-browser --ip 127.0.0.1 --ServerApp.root_dir=notebooks
+
 clean:
 	rm -rf $(VENV) archive test-artifacts
