@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: setup demo test lab clean
+.PHONY: setup demo test lab bench clean
 
 setup: $(STAMP)
 
@@ -27,3 +27,6 @@ lab: setup
 
 clean:
 	rm -rf $(VENV) archive test-artifacts
+
+bench: setup
+	$(BIN)/python benchmarks/bench.py

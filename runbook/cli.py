@@ -8,7 +8,10 @@ import logging
 import sys
 from typing import Sequence
 
+from pathlib import Path
+
 from .archive import archive_root, read_index, verify
+from .metrics import render, write_atomically
 from .errors import ParameterError, RunbookError
 from .runner import EXIT_FAIL, EXIT_OK, EXIT_USAGE, NOTEBOOKS, SEQUENCES, RunResult, run
 
@@ -27,6 +30,8 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--json", action="store_true", help="print the result as JSON")
     r.add_argument("--fail-on", choices=("fail", "warn"), default="fail",
                    help="exit 1 on failed checks only (default) or on warnings too")
+    r.add_argument("--metrics-file", metavar="PATH",
+                   help="write a Prometheus text file (node_exporter textfile collector) from the last inspection")
 
     a = sub.add_parser("archive", help="list or verify the evidence archive")
     a.add_argument("action", choices=("list", "verify"))
@@ -63,11 +68,16 @@ def _figures(summary: dict) -> str:
 
 def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    # nbconvert/jupyter_client chatter (alt text, zmq context teardown) is noise in cron mail.
+    logging.getLogger("traitlets").setLevel(logging.ERROR)
     args = build_parser().parse_args(argv)
     try:
         if args.command == "run":
             result = run(args.names, args.files, [tuple(p) for p in args.pairs], archive_root(args.archive),
                          args.fail_on)
+            if args.metrics_file:
+                inspected = [(s.target, s.summary) for s in result.steps if s.name == "inspect" and "checks" in s.summary]
+                write_atomically(Path(args.metrics_file), render(inspected[-1:], result.exit_code))
             if args.json:
                 print(json.dumps({
                     "change_id": result.change_id, "exit_code": result.exit_code,

@@ -17,6 +17,10 @@ from .persistence import Drift, compare, runtime_settings
 from .target import Identity, Target, identify
 
 OVERCOMMIT_PATH = Path("/proc/sys/vm/overcommit_memory")
+#: INFO persistence fields recorded in the summary for monitoring (see runbook.metrics).
+METRIC_FIELDS = ("aof_enabled", "aof_rewrite_in_progress", "aof_last_bgrewrite_status", "aof_last_write_status",
+                 "aof_delayed_fsync", "rdb_bgsave_in_progress", "rdb_last_bgsave_status", "rdb_last_save_time",
+                 "rdb_changes_since_last_save", "loading")
 
 
 @dataclass(frozen=True)
@@ -56,6 +60,9 @@ class Inspection:
             "dbsize": self.dbsize,
             "aof_enabled": int(self.info.get("aof_enabled", 0)),
             "drift": [d.setting for d in self.drift if d.status == "drift"],
+            "settings": [d.setting for d in self.drift if d.status != "unknown"],
+            "metrics": {**{k: self.info[k] for k in METRIC_FIELDS if k in self.info},
+                        "latest_fork_usec": self.latest_fork_usec},
             "checks": {c.name: {"status": c.status, "observed": c.observed, "fix": c.fix} for c in self.checks},
         }
 

@@ -1,0 +1,236 @@
+"""Benchmarks of the runbook on the sandbox (`make bench`; not part of `make test`).
+
+Each figure is the median of --repeat runs (default 5). Prints one table and, with --json,
+the raw numbers. Targets are from the benchmark issue; a missed target is printed as MISSED.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import re
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from datetime import datetime
+from pathlib import Path
+
+import nbformat
+import papermill as pm
+from nbformat.v4 import new_code_cell, new_notebook
+
+import runbook
+from runbook import enable
+from runbook.runner import notebooks_dir
+from runbook.sandbox import Sandbox, populate
+
+ROOT = Path(__file__).resolve().parent.parent
+RUNBOOK = [sys.executable, "-m", "runbook"]
+
+
+def median(xs: list[float]) -> float:
+    return statistics.median(xs)
+
+
+def timed(cmd: list[str], env: dict[str, str] | None = None) -> float:
+    t = time.perf_counter()
+    subprocess.run(cmd, check=False, capture_output=True, env={**os.environ, **(env or {})}, cwd=ROOT)
+    return time.perf_counter() - t
+
+
+def floor_s(repeat: int, work: Path) -> float:
+    """The `papermill` command on a one-cell notebook with the same kernel: process start + kernel start."""
+    nb = new_notebook(cells=[new_code_cell("1")])
+    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3 (ipykernel)", "language": "python"}
+    src = work / "empty.ipynb"
+    nbformat.write(nb, src)
+    papermill = [str(Path(sys.executable).with_name("papermill")), "--no-progress-bar", "--log-level", "ERROR"]
+    return median([timed([*papermill, str(src), str(work / "empty-out.ipynb")]) for _ in range(repeat)])
+
+
+def inspect_e2e(repeat: int, work: Path) -> float:
+    return median([timed([*RUNBOOK, "run", "inspect", "--archive", str(work / "a1")]) for _ in range(repeat)])
+
+
+def run_all(repeat: int, work: Path) -> tuple[float, dict[str, float]]:
+    totals, shares = [], {"execute_s": [], "render_s": []}
+    for i in range(repeat):
+        archive = work / f"all{i}"
+        totals.append(timed([*RUNBOOK, "run", "all", "-p", "apply", "true", "--archive", str(archive)]))
+        recs = [json.loads(x) for x in (archive / "index.jsonl").read_text().splitlines()]
+        for k in shares:
+            shares[k].append(sum(r.get("timings", {}).get(k, 0) for r in recs))
+        waits = [r["summary"].get("seconds", 0) + r["summary"].get("bgsave_s", 0) for r in recs]
+        shares.setdefault("redis_wait_s", []).append(sum(waits))
+    return median(totals), {k: median(v) for k, v in shares.items()}
+
+
+def inspect_cost(sizes: list[int], repeat: int) -> dict[int, float]:
+    """Median milliseconds of one inspect_target call (no kernel) at each dataset size."""
+    out = {}
+    for n in sizes:
+        with Sandbox() as sb:
+            populate(sb.client(), n)
+            target = runbook.connect(sb.url)
+            runbook.inspect_target(target)  # warm-up
+            runs = []
+            for _ in range(max(repeat, 21)):
+                t = time.perf_counter()
+                runbook.inspect_target(target)
+                runs.append((time.perf_counter() - t) * 1000)
+            out[n] = median(runs)
+    return out
+
+
+_LOG_TS = re.compile(r"(\d+ \w+ \d{4} \d\d:\d\d:\d\d\.\d{3})")
+
+
+def _log_time(line: str) -> float:
+    return datetime.strptime(_LOG_TS.search(line).group(1), "%d %b %Y %H:%M:%S.%f").timestamp()
+
+
+def enable_overhead(sizes: list[int], repeat: int) -> dict[int, tuple[float, float]]:
+    """(server's own rewrite seconds from its log, our extra seconds) for enable-aof at each size."""
+    out = {}
+    for n in sizes:
+        rewrite, extra = [], []
+        for _ in range(repeat):
+            with Sandbox() as sb:
+                populate(sb.client(), n)
+                target = runbook.connect(sb.url, command_timeout_s=120)
+                pre = enable.preflight(target)
+                result = enable.apply_enable(target, pre, enable.plan_enable(pre), apply=True, timeout_s=600)
+                lines = sb.log_text().splitlines()
+                start = next(ln for ln in lines if "append only file rewriting started" in ln)
+                end = next(ln for ln in lines if "AOF rewrite" in ln and "finished successfully" in ln
+                           or "Background AOF rewrite finished" in ln)
+                server_s = _log_time(end) - _log_time(start)
+                rewrite.append(server_s)
+                extra.append(result.seconds - server_s)
+        out[n] = (median(rewrite), median(extra))
+    return out
+
+
+def benchmark_impact(repeat: int) -> tuple[float, float]:
+    """p99 (ms) of a concurrent redis-benchmark without and with inspections running."""
+    tool = shutil.which("redis-benchmark")
+    if tool is None:
+        return float("nan"), float("nan")
+    with Sandbox() as sb:
+        populate(sb.client(), 10_000)
+        cmd = [tool, "-h", "127.0.0.1", "-p", str(sb.port), "-t", "get,set", "-n", "100000", "-c", "10", "--csv"]
+
+        def p99() -> float:
+            out = subprocess.run(cmd, capture_output=True, text=True).stdout.splitlines()
+            rows = [ln.replace('"', "").split(",") for ln in out[1:] if ln.strip()]
+            return max(float(r[6]) for r in rows)  # p99_latency_ms column, worst of GET/SET
+
+        quiet = median([p99() for _ in range(repeat)])
+        stop = threading.Event()
+        target = runbook.connect(sb.url)
+
+        def inspect_loop() -> None:
+            while not stop.is_set():
+                runbook.inspect_target(target)
+                time.sleep(0.05)
+
+        busy = []
+        for _ in range(repeat):
+            th = threading.Thread(target=inspect_loop)
+            stop.clear()
+            th.start()
+            busy.append(p99())
+            stop.set()
+            th.join()
+        return quiet, median(busy)
+
+
+def _vm_hwm_kib(pid: int) -> int:
+    try:
+        line = next(ln for ln in Path(f"/proc/{pid}/status").read_text().splitlines() if ln.startswith("VmHWM:"))
+        return int(line.split()[1])
+    except (OSError, StopIteration):
+        return 0
+
+
+def peak_rss(work: Path) -> tuple[float, float]:
+    """Peak RSS (MiB) of the runner process alone (VmHWM, polled), and of the kernel running 01-inspect."""
+    proc = subprocess.Popen([*RUNBOOK, "run", "inspect", "--archive", str(work / "rss")], cwd=ROOT,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    hwm = 0
+    while proc.poll() is None:
+        hwm = max(hwm, _vm_hwm_kib(proc.pid))
+        time.sleep(0.05)
+    runner = hwm / 1024
+    nb = nbformat.read(str(notebooks_dir() / "01-inspect.ipynb"), as_version=4)
+    nb.cells.append(new_code_cell("import resource; print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)"))
+    src = work / "inspect-rss.ipynb"
+    nbformat.write(nb, src)
+    done = pm.execute_notebook(str(src), str(work / "inspect-rss-out.ipynb"), progress_bar=False)
+    kernel = int(done.cells[-1].outputs[0]["text"].strip()) / 1024
+    return runner, kernel
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("--repeat", type=int, default=5)
+    ap.add_argument("--sizes", default="10000,100000,1000000")
+    ap.add_argument("--json", action="store_true")
+    args = ap.parse_args()
+    sizes = [int(x) for x in args.sizes.split(",")]
+    work = Path(tempfile.mkdtemp(prefix="runbook-bench-"))
+    r: dict[str, object] = {}
+    r["floor_s"] = floor_s(args.repeat, work)
+    r["inspect_s"] = inspect_e2e(args.repeat, work)
+    r["all_s"], r["all_shares"] = run_all(args.repeat, work)
+    r["inspect_ms_by_keys"] = inspect_cost(sizes, args.repeat)
+    r["enable_by_keys"] = enable_overhead([sizes[0], sizes[-1]], args.repeat)
+    r["p99_quiet_ms"], r["p99_inspecting_ms"] = benchmark_impact(args.repeat)
+    r["rss_runner_mib"], r["rss_kernel_mib"] = peak_rss(work)
+    shutil.rmtree(work, ignore_errors=True)
+
+    with Sandbox() as sb:
+        server = runbook.identify(sb.client()).label
+    ratio = r["inspect_s"] / r["floor_s"]
+    costs = r["inspect_ms_by_keys"]
+    flat = costs[sizes[-1]] / costs[sizes[0]]
+    extras = [v[1] for v in r["enable_by_keys"].values()]
+
+    def verdict(ok: bool) -> str:
+        return "met" if ok else "MISSED"
+
+    rows = [
+        ("floor: papermill, one-cell notebook", f"{r['floor_s']:.2f} s", ""),
+        ("runbook run inspect (end to end, HTML, archive)", f"{r['inspect_s']:.2f} s",
+         f"{ratio:.2f}x floor (target <= 1.5x: {verdict(ratio <= 1.5)})"),
+        ("runbook run all -p apply true", f"{r['all_s']:.2f} s", f"target < 12 s: {verdict(r['all_s'] < 12)}"),
+        ("  of which notebook execution (5 kernels)", f"{r['all_shares']['execute_s']:.2f} s", ""),
+        ("  of which HTML rendering", f"{r['all_shares']['render_s']:.2f} s", ""),
+        ("  of which waiting on Redis (rewrite, BGSAVE)", f"{r['all_shares']['redis_wait_s']:.2f} s", ""),
+        *[(f"inspect_target at {n:,} keys", f"{ms:.2f} ms", "") for n, ms in costs.items()],
+        ("inspection cost, largest / smallest", f"{flat:.2f}", f"target <= 1.1: {verdict(flat <= 1.1)}"),
+        *[(f"enable-aof at {n:,} keys: server rewrite / our overhead", f"{a:.3f} s / {b:.3f} s", "")
+          for n, (a, b) in r["enable_by_keys"].items()],
+        ("enable-aof overhead", f"max {max(extras):.3f} s", f"target < 0.2 s and flat: {verdict(max(extras) < 0.2)}"),
+        ("redis-benchmark p99 alone / during inspections", f"{r['p99_quiet_ms']:.3f} / {r['p99_inspecting_ms']:.3f} ms", ""),
+        ("peak RSS: runner / kernel", f"{r['rss_runner_mib']:.0f} / {r['rss_kernel_mib']:.0f} MiB", ""),
+        ("fleet inspection (1, 10, 50 targets)", "n/a", "fleets are not built yet"),
+    ]
+    print(f"machine: {platform.node()} {os.cpu_count()} cores, {platform.platform()}, Python {platform.python_version()}")
+    print(f"server: {server}; median of {args.repeat} runs")
+    width = max(len(a) for a, _, _ in rows)
+    for a, b, c in rows:
+        print(f"{a:<{width}}  {b:>22}  {c}")
+    if args.json:
+        print(json.dumps(r, indent=2, default=str))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
