@@ -358,6 +358,9 @@ def persist_summary(plan: PersistPlan, result: PersistResult, checks: tuple[Chec
         "reason": plan.reason,
         "changes": [{"setting": c.setting, "to": c.runtime, "from": c.file} for c in plan.changes],
         "backup": result.backup,
+        "config_sha256_after": sha256_text(read_raw(Path(plan.edit_file or plan.config_file)))
+        if result.result == "changed" else "",
+        "edited_file": plan.edit_file or plan.config_file,
         "diff": result.diff or plan.diff,
         "commands": plan.commands,
         "checks": {c.name: {"status": c.status, "observed": c.observed, "fix": c.fix} for c in checks},

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any, Iterator, Sequence
 
 from . import __version__
-from .archive import append_record, run_path, sha256_file
+from .archive import ARCHIVE_ENV, append_record, run_path, sha256_file
 from .errors import ParameterError
 from .evidence import read_summary
 from .params import Param, coerce_pair, load_files, notebook_parameters, validate
@@ -33,6 +33,8 @@ NOTEBOOKS: dict[str, str] = {
     "enable-aof": "02-enable-aof.ipynb",
     "persist-config": "03-persist-config.ipynb",
     "test-persistence": "04-test-persistence.ipynb",
+    "backup": "05-backup.ipynb",
+    "rollback": "06-rollback.ipynb",
 }
 #: Names that expand to several notebooks.
 #: `all` is the whole seed change: the picture before, the change, its proof, the picture after.
@@ -177,6 +179,8 @@ def run(
     steps = plan(names, files, pairs)
     result = RunResult(change_id=uuid.uuid4().hex[:12], archive=archive)
     commit = git_commit()
+    # The rollback notebook reads the archive: the kernel finds it through the environment.
+    os.environ[ARCHIVE_ENV] = str(Path(archive).resolve())
     with shared_sandbox(steps), shared_kernel() as kernel:
         for i, step in enumerate(steps):
             res = _run_step(step, result.change_id, archive, commit, fail_on, kernel)

@@ -1,0 +1,176 @@
+"""Backups of dump.rdb and the AOF, with a manifest, validation, retention and a restore drill.
+
+The destination is a local directory or any fsspec URL (papermill writes there too).
+See https://redis.io/docs/latest/operate/oss_and_stack/management/persistence/#backing-up-redis-data
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterator
+
+import redis
+
+from .aof import aof_on_disk
+from .archive import slug
+from .checks import FAIL, PASS, WARN, Check, worst
+from .durability import bgsave_and_wait, validate_files
+from .errors import Blocked, WaitTimeout
+from .persistence import config_get, config_set, runtime_settings
+from .target import Identity, Target, identify
+
+
+@dataclass(frozen=True)
+class BackupResult:
+    result: str  # planned, done, blocked
+    location: str = ""
+    manifest: dict[str, Any] = field(default_factory=dict)
+    pruned: tuple[str, ...] = ()
+    checks: tuple[Check, ...] = ()
+    commands: str = ""
+
+    @property
+    def verdict(self) -> str:
+        return "blocked" if self.result == "blocked" else worst([c.status for c in self.checks])
+
+
+def sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with path.open("rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+@contextmanager
+def rewrites_held(target: Target, timeout_s: float = 300.0) -> Iterator[None]:
+    """Hold automatic AOF rewrites off (auto-aof-rewrite-percentage 0) and wait for a running one;
+    the setting is put back afterwards, whatever happens."""
+    client, cmd = target.client, target.config_command
+    before = config_get(client, ["auto-aof-rewrite-percentage"], cmd)["auto-aof-rewrite-percentage"]
+    config_set(client, "auto-aof-rewrite-percentage", "0", cmd)
+    try:
+        deadline = time.monotonic() + timeout_s
+        while int(client.info("persistence").get("aof_rewrite_in_progress", 0)):
+            if time.monotonic() > deadline:
+                raise WaitTimeout(f"an AOF rewrite still runs after {timeout_s}s; backup not taken")
+            time.sleep(0.05)
+        yield
+    finally:
+        config_set(client, "auto-aof-rewrite-percentage", before, cmd)
+
+
+def _filesystem(destination: str) -> tuple[Any, str]:
+    import fsspec  # noqa: PLC0415
+
+    fs, _, paths = fsspec.get_fs_token_paths(destination)
+    return fs, paths[0]
+
+
+def blocked_commands(data_dir: str, dest: str) -> str:
+    return (f"# On the Redis host, as a user who can read {data_dir}:\n"
+            "redis-cli BGSAVE   # then wait until: redis-cli INFO persistence | grep rdb_bgsave_in_progress:0\n"
+            f"sudo cp -a {data_dir}/dump.rdb {data_dir}/appendonlydir {dest}/\n")
+
+
+def take_backup(target: Target, destination: str, *, include_aof: bool | None = None, retention: int = 7,
+                apply: bool = False, verify_restore: bool = False, timeout_s: float = 300.0) -> BackupResult:
+    """BGSAVE, copy dump.rdb (and the whole AOF), write a manifest, validate, prune, restore drill."""
+    client = target.client
+    ident = identify(client)
+    runtime = runtime_settings(client, target.config_command)
+    data_dir = Path(runtime.get("dir", ""))
+    if not (target.local and os.access(data_dir, os.R_OK | os.X_OK)):
+        return BackupResult("blocked", commands=blocked_commands(str(data_dir), destination or "/backup/redis"))
+    aof_on = int(client.info("persistence").get("aof_enabled", 0)) == 1
+    include_aof = aof_on if include_aof is None else include_aof and aof_on
+    now = time.time()
+    name = f"{slug(target.name)}-{time.strftime('%Y%m%dT%H%M%S', time.gmtime(now))}.{int(now * 1000) % 1000:03d}Z"
+    location = f"{destination.rstrip('/')}/{name}"
+    if not apply:
+        return BackupResult("planned", location)
+    fs, root = _filesystem(destination)
+    checks: list[Check] = []
+    with tempfile.TemporaryDirectory(prefix="runbook-backup-") as tmp:
+        stage = Path(tmp) / name
+        stage.mkdir()
+        seconds, _ = bgsave_and_wait(client, timeout_s)
+        checks.append(Check("bgsave", PASS, f"fresh BGSAVE completed in {seconds:.2f}s"))
+        dbsize = int(client.dbsize())
+        shutil.copy2(data_dir / runtime.get("dbfilename", "dump.rdb"), stage / runtime.get("dbfilename", "dump.rdb"))
+        if include_aof:
+            with rewrites_held(target, timeout_s):
+                disk = aof_on_disk(data_dir, runtime.get("appendfilename", "appendonly.aof"),
+                                   runtime.get("appenddirname", "appendonlydir"))
+                for f in disk.files:
+                    dest = stage / f.path.relative_to(data_dir)
+                    dest.parent.mkdir(parents=True, exist_ok=True)
+                    shutil.copy2(f.path, dest)
+        files = {str(p.relative_to(stage)): {"size": p.stat().st_size, "sha256": sha256(p)}
+                 for p in sorted(stage.rglob("*")) if p.is_file()}
+        manifest = {"server": ident.server, "version": ident.version, "target": target.name,
+                    "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "dbsize": dbsize,
+                    "aof": include_aof, "files": files}
+        (stage / "MANIFEST.json").write_text(json.dumps(manifest, indent=2))
+        copy_runtime = {**runtime, "dir": str(stage)}
+        checks.extend(validate_files(ident, copy_runtime))
+        if verify_restore:
+            checks.append(restore_drill(ident, stage, runtime, manifest))
+        fs.makedirs(root, exist_ok=True)
+        fs.put(str(stage), f"{root.rstrip('/')}/{name}", recursive=True)
+    pruned = prune(fs, root, slug(target.name), retention, keep=name)
+    checks.append(Check("retention", PASS, f"kept the newest {retention}; pruned {len(pruned)}"))
+    return BackupResult("done", location, manifest, tuple(pruned), tuple(checks))
+
+
+def prune(fs: Any, root: str, prefix: str, retention: int, keep: str) -> list[str]:
+    """Remove this target's backups beyond the newest `retention` (never `keep`)."""
+    names = sorted((p.rstrip("/").rsplit("/", 1)[-1] for p in fs.ls(root, detail=False)), reverse=True)
+    ours = [n for n in names if n.startswith(prefix + "-")]
+    doomed = [n for n in ours[max(retention, 1):] if n != keep]
+    for n in doomed:
+        fs.rm(f"{root.rstrip('/')}/{n}", recursive=True)
+    return doomed
+
+
+def restore_drill(ident: Identity, stage: Path, runtime: dict[str, str], manifest: dict[str, Any]) -> Check:
+    """Boot a throwaway server from a copy of the backup and compare DBSIZE with the manifest."""
+    from .sandbox import Sandbox, find_server_binary  # noqa: PLC0415
+
+    binary = Path(ident.executable) if ident.executable and Path(ident.executable).is_file() else find_server_binary()
+    config = (f"dbfilename {runtime.get('dbfilename', 'dump.rdb')}\nappendonly {'yes' if manifest['aof'] else 'no'}\n"
+              f"appendfilename {runtime.get('appendfilename', 'appendonly.aof')}\n"
+              + (f"appenddirname {runtime['appenddirname']}\n" if runtime.get("appenddirname") else ""))
+    sb = Sandbox(config=config, binary=binary)
+    try:
+        shutil.copytree(stage, sb.data_dir, dirs_exist_ok=True)
+        sb.start(timeout_s=120)
+        got = int(sb.client().dbsize())
+    except Exception as err:  # noqa: BLE001  (any failure is the finding of the drill)
+        return Check("restore_drill", FAIL, f"a server could not start from the backup: {err}")
+    finally:
+        sb.cleanup()
+    status = PASS if got == manifest["dbsize"] else FAIL
+    return Check("restore_drill", status, f"restored {got} keys from the copy ({'AOF' if manifest['aof'] else 'RDB'}); "
+                 f"the manifest says {manifest['dbsize']}")
+
+
+def raise_if_blocked(target: Target, result: BackupResult) -> None:
+    if result.result == "blocked":
+        raise Blocked(f"{target.name}: the data dir is not readable from here; nothing was copied. "
+                      "Run the printed commands on the Redis host.")
+
+
+def backup_summary(ident: Identity, result: BackupResult) -> dict[str, Any]:
+    return {"verdict": result.verdict, "result": result.result, "server": ident.server, "version": ident.version,
+            "location": result.location, "dbsize": result.manifest.get("dbsize"),
+            "files": result.manifest.get("files", {}), "pruned": list(result.pruned), "commands": result.commands,
+            "checks": {c.name: {"status": c.status, "observed": c.observed, "fix": c.fix} for c in result.checks}}

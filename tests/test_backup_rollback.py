@@ -1,0 +1,135 @@
+"""05-backup and 06-rollback against real servers."""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+from pathlib import Path
+
+import pytest
+
+import runbook
+from helpers import index, run_json
+from runbook import backup
+from runbook.sandbox import populate
+
+
+def sha(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def test_backup_with_aof_manifest_and_restore_drill(server_binary: Path, make_sandbox, clean_env, tmp_path: Path) -> None:
+    sb = make_sandbox(server_binary)
+    populate(sb.client(), 4000)
+    runbook.enable_aof_runtime(sb.client())
+    result = backup.take_backup(runbook.connect(sb.url), str(tmp_path / "bk"), apply=True, verify_restore=True)
+    assert result.result == "done" and result.verdict == "pass", result.checks
+    copy = Path(result.location)
+    manifest = json.loads((copy / "MANIFEST.json").read_text())
+    assert manifest["dbsize"] == 4000 and manifest["aof"] is True
+    assert "dump.rdb" in manifest["files"]
+    aof_files = [f for f in manifest["files"] if f != "dump.rdb"]
+    assert aof_files, "the AOF was not copied"
+    for rel, meta in manifest["files"].items():
+        assert sha(copy / rel) == meta["sha256"] and (copy / rel).stat().st_size == meta["size"]
+    checks = {c.name: c for c in result.checks}
+    assert checks["restore_drill"].status == "pass" and "4000" in checks["restore_drill"].observed
+    assert checks["check_rdb"].status == "pass"
+    assert sb.client().config_get("auto-aof-rewrite-percentage")["auto-aof-rewrite-percentage"] == "100"
+
+
+def test_retention_prunes_but_keeps_the_newest(default_binary: Path, make_sandbox, clean_env, tmp_path: Path) -> None:
+    sb = make_sandbox(default_binary)
+    populate(sb.client(), 100)
+    target = runbook.connect(sb.url)
+    made = [backup.take_backup(target, str(tmp_path / "bk"), apply=True, retention=2).location for _ in range(3)]
+    left = sorted(p.name for p in (tmp_path / "bk").iterdir())
+    assert left == sorted(Path(m).name for m in made[1:])
+    (tmp_path / "bk" / "other-target-20200101T000000.000Z").mkdir()  # another target's backups are not ours
+    backup.take_backup(target, str(tmp_path / "bk"), apply=True, retention=1)
+    assert (tmp_path / "bk" / "other-target-20200101T000000.000Z").exists()
+
+
+def test_rewrites_setting_restored_when_the_copy_fails(default_binary: Path, make_sandbox, clean_env, tmp_path: Path,
+                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    sb = make_sandbox(default_binary)
+    runbook.enable_aof_runtime(sb.client())
+    sb.client().config_set("auto-aof-rewrite-percentage", 150)
+    real_copy = backup.shutil.copy2
+
+    def failing_copy(src, dst, *a, **k):
+        if "appendonlydir" in str(src):
+            raise OSError(28, "No space left on device")
+        return real_copy(src, dst, *a, **k)
+
+    monkeypatch.setattr(backup.shutil, "copy2", failing_copy)
+    with pytest.raises(OSError, match="No space left"):
+        backup.take_backup(runbook.connect(sb.url), str(tmp_path / "bk"), apply=True)
+    assert sb.client().config_get("auto-aof-rewrite-percentage")["auto-aof-rewrite-percentage"] == "150"
+    assert not (tmp_path / "bk").exists() or not any((tmp_path / "bk").iterdir())
+
+
+def test_plan_only_and_blocked(default_binary: Path, make_sandbox, clean_env, tmp_path: Path) -> None:
+    sb = make_sandbox(default_binary)
+    target = runbook.connect(sb.url)
+    planned = backup.take_backup(target, str(tmp_path / "bk"))
+    assert planned.result == "planned" and not (tmp_path / "bk").exists()
+    remote = dataclasses.replace(target, local=False)  # a server on another host: its files are out of reach
+    blocked = backup.take_backup(remote, str(tmp_path / "bk"), apply=True)
+    assert blocked.result == "blocked" and "redis-cli BGSAVE" in blocked.commands
+    with pytest.raises(runbook.Blocked):
+        backup.raise_if_blocked(remote, blocked)
+
+
+@pytest.mark.notebook
+def test_rollback_after_run_all(default_binary: Path, make_sandbox, clean_env, tmp_path: Path) -> None:
+    sb = make_sandbox(default_binary)
+    populate(sb.client(), 2500)
+    sb.client().save()
+    original = sb.config_path.read_bytes()
+    archive = tmp_path / "archive"
+    rc, _, err = run_json(archive, "all", "-p", "target", sb.url, "-p", "apply", "true")
+    assert rc == 0, err
+    assert sb.client().info("persistence")["aof_enabled"] == 1 and sb.config_path.read_bytes() != original
+
+    rc, out, err = run_json(archive, "rollback", "-p", "target", sb.url)  # plan only first
+    assert rc == 0, err
+    assert out["steps"][0]["summary"]["result"] == "planned"
+    assert sb.client().info("persistence")["aof_enabled"] == 1
+
+    rc, out, err = run_json(archive, "rollback", "-p", "target", sb.url, "-p", "apply", "true")
+    assert rc == 0, err
+    summary = out["steps"][0]["summary"]
+    assert summary["result"] == "done" and summary["change_id"] == index(archive)[0]["change_id"]
+    assert sb.config_path.read_bytes() == original  # the seed's file, byte for byte
+    assert sb.client().config_get("appendonly")["appendonly"] == "no"
+    sb.restart()
+    assert sb.client().dbsize() == 2500
+
+
+@pytest.mark.notebook
+def test_rollback_blocked_after_a_hand_edit(default_binary: Path, make_sandbox, clean_env, tmp_path: Path) -> None:
+    sb = make_sandbox(default_binary)
+    populate(sb.client(), 100)
+    archive = tmp_path / "archive"
+    rc, _, err = run_json(archive, "enable-aof", "persist-config", "-p", "target", sb.url, "-p", "apply", "true")
+    assert rc == 0, err
+    with sb.config_path.open("a") as f:
+        f.write("maxmemory-policy allkeys-lru\n")  # someone edits the file after the change
+    edited = sha(sb.config_path)
+    rc, out, _ = run_json(archive, "rollback", "-p", "target", sb.url, "-p", "apply", "true")
+    assert rc == 3
+    summary = out["steps"][0]["summary"]
+    assert summary["verdict"] == "blocked" and "edited" in summary["blocked"]
+    assert "maxmemory-policy" in summary["diff"]
+    assert sha(sb.config_path) == edited and sb.client().info("persistence")["aof_enabled"] == 1
+
+
+def test_backup_to_an_fsspec_url(default_binary: Path, make_sandbox, clean_env, tmp_path: Path) -> None:
+    sb = make_sandbox(default_binary)
+    populate(sb.client(), 50)
+    result = backup.take_backup(runbook.connect(sb.url), f"file://{tmp_path}/remote", apply=True)
+    assert result.location.startswith("file://")
+    (copy,) = (tmp_path / "remote").iterdir()
+    assert json.loads((copy / "MANIFEST.json").read_text())["dbsize"] == 50
