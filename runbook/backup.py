@@ -17,11 +17,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator
 
-import redis
 
 from .aof import aof_on_disk
 from .archive import slug
-from .checks import FAIL, PASS, WARN, Check, worst
+from .checks import FAIL, PASS, Check, worst
 from .durability import bgsave_and_wait, validate_files
 from .errors import Blocked, WaitTimeout
 from .persistence import config_get, config_set, runtime_settings

@@ -114,6 +114,10 @@ def verify_rollback(target: Target, plan: RollbackPlan, result: str) -> tuple[Ch
                             else f"{plan.config_file} differs from its backup"))
     trap = restart_trap(target)
     checks.append(Check("no_restart_trap", FAIL if trap else PASS, trap or "a restart now would load the data"))
+    # The same drift check as the inspection: the state the change started from, seen again.
+    from .inspection import inspect_target  # noqa: PLC0415  (avoid an import cycle)
+
+    checks.append(next(c for c in inspect_target(target).checks if c.name == "config_drift"))
     return tuple(checks)
 
 

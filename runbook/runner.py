@@ -9,7 +9,11 @@ from __future__ import annotations
 import functools
 import logging
 import os
+import json
 import subprocess
+import sys
+import tempfile
+import threading
 import time
 import uuid
 from contextlib import contextmanager
@@ -23,7 +27,7 @@ from .archive import ARCHIVE_ENV, append_record, run_path, sha256_file
 from .errors import ParameterError
 from .evidence import read_summary
 from .params import Param, coerce_pair, load_files, notebook_parameters, validate
-from .target import SANDBOX_DIR_ENV, SANDBOX_URL_ENV
+from .target import SANDBOX_FILE_ENV, SANDBOX_URL_ENV
 
 log = logging.getLogger(__name__)
 
@@ -146,20 +150,22 @@ def git_commit() -> str:
 
 
 @contextmanager
-def shared_sandbox(steps: Sequence[Step]) -> Iterator[None]:
-    """When the run targets `sandbox`, start one and share it with every notebook of the run."""
+def shared_sandbox(steps: Sequence[Step], handoff: Path) -> Iterator[None]:
+    """When the run targets `sandbox`, start one and share it with every notebook of the run.
+
+    Its address goes to `handoff` (named to the kernel by $RUNBOOK_SANDBOX_FILE), so the kernel
+    can start while the sandbox is being seeded.
+    """
     if not steps or effective(steps[0], "target") != "sandbox" or os.environ.get(SANDBOX_URL_ENV):
         yield
         return
     from .sandbox import seed_sandbox  # noqa: PLC0415
 
     sb = seed_sandbox(str(effective(steps[0], "sandbox_scenario") or "rdb-only"))
-    os.environ[SANDBOX_URL_ENV], os.environ[SANDBOX_DIR_ENV] = sb.url, str(sb.root)
+    handoff.write_text(json.dumps({"url": sb.url, "dir": str(sb.root)}))
     try:
         yield
     finally:
-        os.environ.pop(SANDBOX_URL_ENV, None)
-        os.environ.pop(SANDBOX_DIR_ENV, None)
         sb.cleanup()
 
 
@@ -176,21 +182,41 @@ def run(
     failed checks of the first inspection do not stop the run (they are what the change fixes,
     like the seed's drift); it still stops when that inspection cannot run at all.
     """
+    skip_slow_optional_imports()
     steps = plan(names, files, pairs)
     result = RunResult(change_id=uuid.uuid4().hex[:12], archive=archive)
     commit = git_commit()
-    # The rollback notebook reads the archive: the kernel finds it through the environment.
+    # The rollback notebook reads the archive, and a sandbox target reads the handoff file:
+    # the kernel finds both through its environment.
     os.environ[ARCHIVE_ENV] = str(Path(archive).resolve())
-    with shared_sandbox(steps), shared_kernel() as kernel:
-        for i, step in enumerate(steps):
-            res = _run_step(step, result.change_id, archive, commit, fail_on, kernel)
-            result.steps.append(res)
-            before_change = i == 0 and step.name == "inspect" and len(steps) > 1 and res.status in ("fail", "warn")
-            if res.exit_code != EXIT_OK and not before_change:
-                for later in steps[i + 1 :]:
-                    result.steps.append(_skip(later, result.change_id, archive, commit, res))
-                break
+    with tempfile.TemporaryDirectory(prefix="runbook-run-") as tmp, shared_kernel() as kernel:
+        handoff = Path(tmp) / "sandbox.json"
+        os.environ[SANDBOX_FILE_ENV] = str(handoff)
+        kernel.start()  # boots (and imports the runbook) while the sandbox is seeded
+        with shared_sandbox(steps, handoff):
+            _run_steps(steps, result, archive, commit, fail_on, kernel)
+    os.environ.pop(SANDBOX_FILE_ENV, None)
     return result
+
+
+def skip_slow_optional_imports() -> None:
+    """Keep jsonschema from importing rfc3987_syntax (2.4 s building a grammar at import, measured
+    here), which nbformat would otherwise pay for; only the `iri` format check needs it, and
+    notebook validation does not use it."""
+    if "rfc3987_syntax" not in sys.modules:
+        sys.modules["rfc3987_syntax"] = None  # type: ignore[assignment]
+
+
+def _run_steps(steps: Sequence[Step], result: RunResult, archive: Path, commit: str, fail_on: str,
+               kernel: SharedKernel) -> None:
+    for i, step in enumerate(steps):
+        res = _run_step(step, result.change_id, archive, commit, fail_on, kernel)
+        result.steps.append(res)
+        before_change = i == 0 and step.name == "inspect" and len(steps) > 1 and res.status in ("fail", "warn")
+        if res.exit_code != EXIT_OK and not before_change:
+            for later in steps[i + 1 :]:
+                result.steps.append(_skip(later, result.change_id, archive, commit, res))
+            break
 
 
 def _skip(step: Step, change_id: str, archive: Path, commit: str, cause: StepResult) -> StepResult:
@@ -219,16 +245,35 @@ class SharedKernel:
 
         self.km = KernelManager(kernel_name="python3")
         self._used = False
+        self._warm: threading.Thread | None = None
 
     def start(self) -> None:
+        """Start the kernel and, in the background, import the runbook and its report module in it."""
         # The kernel's stderr is noise for cron (a TCP-without-encryption warning); outputs are in the notebooks.
         self.km.start_kernel(env=dict(os.environ), stderr=subprocess.DEVNULL)
+        self._warm = threading.Thread(target=self._warm_up, name="kernel-warm-up", daemon=True)
+        self._warm.start()
+
+    def _warm_up(self) -> None:
+        kc = self.km.blocking_client()
+        kc.start_channels()
+        try:
+            kc.wait_for_ready(timeout=60)
+            kc.execute_interactive("import runbook.report", store_history=False, timeout=60,
+                                   output_hook=lambda msg: None)
+        except (RuntimeError, TimeoutError):
+            pass  # a cold first notebook is slower, nothing worse
+        finally:
+            kc.stop_channels()
 
     def ready(self) -> Any:
         """The kernel manager, alive and with an empty namespace."""
         if not self.km.has_kernel or not self.km.is_alive():
             self.start()
             self._used = False
+        if self._warm is not None:
+            self._warm.join()
+            self._warm = None
         if self._used:
             kc = self.km.blocking_client()
             kc.start_channels()

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import atexit
 import ipaddress
+import json
 import logging
 import os
 from dataclasses import dataclass, field
@@ -25,6 +26,8 @@ log = logging.getLogger(__name__)
 #: Set by the runner when it started the sandbox, so every notebook of a run shares it.
 SANDBOX_URL_ENV = "RUNBOOK_SANDBOX_URL"
 SANDBOX_DIR_ENV = "RUNBOOK_SANDBOX_DIR"
+#: Or a JSON file {"url", "dir"} the runner writes once its sandbox is up (the kernel may start earlier).
+SANDBOX_FILE_ENV = "RUNBOOK_SANDBOX_FILE"
 
 
 @dataclass(frozen=True)
@@ -129,7 +132,11 @@ def connect(
     url = target
     if target == "sandbox":
         url = os.environ.get(SANDBOX_URL_ENV, "")
-        if url:
+        handoff = Path(os.environ.get(SANDBOX_FILE_ENV, "") or "/nonexistent")
+        if not url and handoff.is_file():
+            shared = json.loads(handoff.read_text())
+            url, sandbox_dir = shared["url"], Path(shared["dir"])
+        elif url:
             sandbox_dir = Path(os.environ.get(SANDBOX_DIR_ENV, "."))
         else:
             sandbox = seed_sandbox(sandbox_scenario)

@@ -102,6 +102,8 @@ def test_rollback_after_run_all(default_binary: Path, make_sandbox, clean_env, t
     assert rc == 0, err
     summary = out["steps"][0]["summary"]
     assert summary["result"] == "done" and summary["change_id"] == index(archive)[0]["change_id"]
+    assert {k: v["status"] for k, v in summary["checks"].items()} == {
+        "runtime_restored": "pass", "file_restored": "pass", "no_restart_trap": "pass", "config_drift": "pass"}
     assert sb.config_path.read_bytes() == original  # the seed's file, byte for byte
     assert sb.client().config_get("appendonly")["appendonly"] == "no"
     sb.restart()

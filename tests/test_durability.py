@@ -12,7 +12,7 @@ import pytest
 import runbook
 from helpers import index, run_json
 from runbook import durability
-from runbook.sandbox import SEED_CONFIG, populate
+from runbook.sandbox import populate
 
 
 def checks_of(result) -> dict[str, str]:
