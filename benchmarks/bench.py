@@ -211,7 +211,7 @@ def main() -> int:
         ("runbook run inspect (end to end, HTML, archive)", f"{r['inspect_s']:.2f} s",
          f"{ratio:.2f}x floor (target <= 1.5x: {verdict(ratio <= 1.5)})"),
         ("runbook run all -p apply true", f"{r['all_s']:.2f} s", f"target < 12 s: {verdict(r['all_s'] < 12)}"),
-        ("  of which notebook execution (5 kernels)", f"{r['all_shares']['execute_s']:.2f} s", ""),
+        ("  of which notebook execution (5 notebooks, one kernel)", f"{r['all_shares']['execute_s']:.2f} s", ""),
         ("  of which HTML rendering", f"{r['all_shares']['render_s']:.2f} s", ""),
         ("  of which waiting on Redis (rewrite, BGSAVE)", f"{r['all_shares']['redis_wait_s']:.2f} s", ""),
         *[(f"inspect_target at {n:,} keys", f"{ms:.2f} ms", "") for n, ms in costs.items()],
