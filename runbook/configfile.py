@@ -17,7 +17,8 @@ log = logging.getLogger(__name__)
 
 #: Directives whose arguments are secrets; they never reach evidence.
 SECRET_DIRECTIVES = frozenset(
-    {"requirepass", "masterauth", "masteruser", "tls-key-file-pass", "tls-client-key-file-pass"}
+    {"requirepass", "masterauth", "masteruser", "primaryauth", "primaryuser",  # Valkey's names
+     "tls-key-file-pass", "tls-client-key-file-pass"}
 )
 MASK = "********"
 
@@ -142,8 +143,8 @@ def parse_text(text: str, path: Path) -> list[tuple[int, list[str]]]:
             args = split_args(line)
         except ValueError as err:
             raise PreconditionFailed(
-                f"{path}:{lineno}: cannot parse {raw.strip()!r} ({err}); the server would refuse it too. "
-                "Fix the line, then run again."
+                f"{path}:{lineno}: cannot parse {mask_secrets(raw.strip())!r} ({err}); the server would refuse "
+                "it too. Fix the line, then run again."
             ) from err
         if args:
             out.append((lineno, args))
@@ -194,25 +195,36 @@ _SECRET_LINE = re.compile(r"^(\s*)(\S+)(\s+)(.*)$")
 
 
 def mask_secrets(text: str) -> str:
-    """`text` (a config file or a diff of one) with every password replaced by a mask."""
+    """`text` (a config file, a diff of one, or a server log) with every password replaced by a mask."""
     out: list[str] = []
     for raw in text.splitlines(keepends=True):
         body = raw.rstrip("\r\n")
         ending = raw[len(body) :]
         prefix = ""
-        if body[:1] in "+- " and body[1:2] not in ("", "+", "-") and not body.startswith(("+++", "---")):
+        if ">>> '" in body:  # a server log echoing the config line it refused
+            cut = body.index(">>> '") + 5
+            prefix, body = body[:cut], body[cut:]
+        elif body[:1] in "+- " and body[1:2] not in ("", "+", "-") and not body.startswith(("+++", "---")):
             prefix, body = body[:1], body[1:]
-        m = _SECRET_LINE.match(body)
-        if m and not m.group(2).startswith("#"):
-            name = m.group(2).lower()
-            if name in SECRET_DIRECTIVES:
-                body = f"{m.group(1)}{m.group(2)}{m.group(3)}{MASK}"
-            elif name == "user":
-                words = m.group(4).split()
-                masked = []
-                for w in words:
-                    bare = w.strip("\"'")
-                    masked.append(bare[0] + MASK if bare[:1] in (">", "<", "#", "!") and len(bare) > 1 else w)
-                body = f"{m.group(1)}{m.group(2)}{m.group(3)}{' '.join(masked)}"
-        out.append(prefix + body + ending)
+        out.append(prefix + _mask_line(body) + ending)
     return "".join(out)
+
+
+def _mask_line(body: str) -> str:
+    stripped = body.lstrip()
+    if not stripped or stripped.startswith("#"):
+        return body
+    try:
+        args = split_args(stripped.rstrip("'"))
+    except ValueError:
+        args = stripped.split()
+    if not args:
+        return body
+    name = args[0].lower()
+    indent = body[: len(body) - len(stripped)]
+    if name in SECRET_DIRECTIVES:
+        return f"{indent}{args[0]} {MASK}"
+    if name == "user":
+        masked = [a[0] + MASK if a[:1] in (">", "<", "#", "!") and len(a) > 1 else a for a in args[1:]]
+        return f"{indent}{args[0]} " + " ".join(masked)
+    return body

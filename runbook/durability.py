@@ -18,7 +18,7 @@ from typing import Any, Callable
 
 import redis
 
-from .aof import aof_on_disk
+from .aof import aof_on_disk, aof_ready
 from .checks import FAIL, PASS, WARN, Check, worst
 from .configfile import read_config
 from .errors import ParameterError, PreconditionFailed, WaitTimeout
@@ -81,7 +81,16 @@ def bgsave_and_wait(client: redis.Redis, timeout_s: float = 120.0) -> tuple[floa
         while int(time.time()) <= last_before:
             time.sleep(0.05)
     start = time.monotonic()
-    client.bgsave(schedule=True)
+    try:
+        client.bgsave(schedule=True)
+    except redis.ResponseError as err:
+        if "already in progress" not in str(err):
+            raise PreconditionFailed(f"BGSAVE was refused: {err}") from err
+        # Some versions refuse SCHEDULE while a save runs: wait for that one, then start ours.
+        deadline = start + timeout_s
+        while int(client.info("persistence").get("rdb_bgsave_in_progress", 0)) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        client.bgsave(schedule=True)
     deadline = start + timeout_s
     while True:
         info = client.info("persistence")
@@ -244,6 +253,12 @@ def restart_trap(target: Target, config_file: str = "") -> str:
     config = read_config(path)
     if (config.value("appendonly") or "no").lower() != "yes":
         return ""
+    info = target.client.info("persistence")
+    if runtime.get("appendonly") != "yes" or not aof_ready(info):
+        # Stale or empty: an AOF left from an earlier run (or none) would be loaded instead of dump.rdb.
+        return (f"{path} says appendonly yes but AOF is not running complete at runtime (appendonly "
+                f"{runtime.get('appendonly')}, aof_enabled:{info.get('aof_enabled')}): a restart would load an "
+                "old or empty AOF and ignore dump.rdb. Run 02-enable-aof first.")
     data_dir = Path(runtime.get("dir", ""))
     if not os.access(data_dir, os.R_OK | os.X_OK):
         return ""
@@ -313,7 +328,12 @@ def restart_test(target: Target, *, allow_restart: bool, restart_command: str = 
     if int(client.info("persistence").get("aof_enabled", 0)):
         _aof_write_check(client, 0)  # make the canaries durable in the AOF before the restart
     dbsize_before = int(client.dbsize())
+    run_id_before = client.info("server").get("run_id")
     seconds = restart_server(target, restart_command, timeout_s)
+    if client.info("server").get("run_id") == run_id_before:
+        raise PreconditionFailed(f"{target.name}: the server answering after the restart is the same process "
+                                 f"(run_id {run_id_before}): the restart did not happen or has not finished. "
+                                 "Check restart_command.")
     dbsize_after = int(client.dbsize())
     found = count_canaries(client, values)
     source = loaded_from(target)

@@ -20,6 +20,7 @@ import redis
 
 from .aof import READY_CONDITION, aof_on_disk, aof_ready
 from .checks import FAIL, PASS, WARN, Check, worst
+from .configfile import mask_secrets
 from .errors import ChangeFailed, ParameterError, PreconditionFailed, VerificationFailed, WaitTimeout
 from .inspection import read_overcommit
 from .persistence import config_get, config_set, normalize, runtime_settings
@@ -239,7 +240,7 @@ def server_log_tail(target: Target, lines: int = 4) -> str:
     if not (target.local and logfile and path.is_file() and os.access(path, os.R_OK)):
         return ""
     tail = path.read_text(errors="replace").splitlines()[-lines:]
-    return f" Server log ({logfile}):\n" + "\n".join(tail)
+    return f" Server log ({logfile}):\n" + mask_secrets("\n".join(tail))
 
 
 def _restore(client: redis.Redis, cmd: str, done: list[PlanRow]) -> str:

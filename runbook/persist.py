@@ -12,6 +12,7 @@ import hashlib
 import logging
 import os
 import shutil
+import stat
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -149,11 +150,14 @@ def choose_method(method: str, target: Target, ident: Identity, config: ConfigFi
         if not server_file:
             return "blocked", f"CONFIG REWRITE writes the server's own file ({ident.config_file or 'none'}), not {path}"
         return "rewrite", "asked for"
+    # Keeping the file's owner needs root, or owning the file ourselves.
+    we_can_edit = we_can_edit and (os.geteuid() == 0 or real.stat().st_uid == os.geteuid())
     if method == "edit":
         if not target.local:
             return "blocked", "the target is not on this host: its file cannot be edited from here"
         if not we_can_edit:
-            return "blocked", f"this user (uid {os.geteuid()}) cannot write {real} and its directory"
+            return "blocked", (f"this user (uid {os.geteuid()}) cannot write {real} and its directory "
+                               "while keeping the file's owner")
         return "edit", "asked for"
     if server_can and not has_includes:
         return "rewrite", "the server can write its config directory"
@@ -218,6 +222,13 @@ def plan_persist(target: Target, *, config_file: str = "", method: str = "auto",
         fsync = runtime.get("appendfsync", "everysec")
         changes.append(Drift("appendfsync", fsync, now["appendfsync"].file if "appendfsync" in now else None, False, "drift"))
     chosen, reason = choose_method(method, target, ident, config, path) if changes else ("none", "no drift")
+    if chosen == "rewrite":
+        # CONFIG REWRITE writes every runtime setting, not only the planned ones: guard what it will write.
+        refusal = trap_guard({**desired, "appendonly": runtime.get("appendonly", "no")}, runtime, info, aof)
+        if refusal:
+            raise PreconditionFailed(f"{target.name}: {refusal} (CONFIG REWRITE would write the runtime "
+                                     "appendonly). The config file was not touched.")
+        reason += "; CONFIG REWRITE writes every runtime setting, the diff after it shows what it changed"
 
     new_text, diff, edit_file, before_sha = "", "", "", ""
     if changes and config is not None and path is not None:
@@ -233,7 +244,7 @@ def plan_persist(target: Target, *, config_file: str = "", method: str = "auto",
                              single_save_rule=major < 7, stamp=utc_stamp())
         diff = unified_diff(before, new_text, str(edit_path))
         edit_file = str(edit_path)
-    commands = blocked_commands(path_str, diff, desired) if chosen == "blocked" else ""
+    commands = blocked_commands(edit_file or path_str, diff, desired) if chosen == "blocked" else ""
     return PersistPlan(ident, path_str, tuple(changes), desired, chosen, reason, diff, commands, aof, info,
                        new_text, edit_file, before_sha)
 
@@ -255,6 +266,7 @@ def apply_persist(target: Target, plan: PersistPlan, *, apply: bool = False, mak
         path = Path(plan.config_file).resolve()
         before = read_raw(path) if os.access(path, os.R_OK) else ""
         saved = str(backup(path, stamp)) if make_backup and os.access(path.parent, os.W_OK) else ""
+        st = path.stat()
         try:
             target.client.execute_command(target.config_command, "REWRITE")
         except redis.ResponseError as err:
@@ -264,6 +276,7 @@ def apply_persist(target: Target, plan: PersistPlan, *, apply: bool = False, mak
                                "changed (the server writes a temp file and renames it). Use method edit, or give "
                                f"the server write access to {path.parent}.") from err
         after = read_raw(path) if before else ""
+        _keep_mode_and_owner(path, st)
         return PersistResult("changed", "rewrite", saved, unified_diff(before, after, str(path)))
     path = Path(plan.edit_file)
     current = read_raw(path)
@@ -272,6 +285,16 @@ def apply_persist(target: Target, plan: PersistPlan, *, apply: bool = False, mak
     saved = str(backup(path, stamp)) if make_backup else ""
     atomic_write(path, plan.new_text)
     return PersistResult("changed", "edit", saved, plan.diff)
+
+
+def _keep_mode_and_owner(path: Path, before: os.stat_result) -> None:
+    """CONFIG REWRITE resets the mode to 0644 & ~umask (a file holding requirepass becomes world-readable):
+    put the original mode and owner back."""
+    now = path.stat()
+    if stat.S_IMODE(now.st_mode) != stat.S_IMODE(before.st_mode):
+        os.chmod(path, stat.S_IMODE(before.st_mode))
+    if (now.st_uid, now.st_gid) != (before.st_uid, before.st_gid) and os.geteuid() == 0:
+        os.chown(path, before.st_uid, before.st_gid)
 
 
 def raise_if_blocked(target: Target, plan: PersistPlan, result: PersistResult) -> None:
@@ -346,6 +369,11 @@ def verify_persist(target: Target, plan: PersistPlan, result: PersistResult) -> 
     return tuple(checks)
 
 
+def _written_file(plan: PersistPlan, result: PersistResult) -> str:
+    """The file the change wrote: CONFIG REWRITE writes the main file, an edit the file holding the setting."""
+    return plan.config_file if result.method == "rewrite" else (plan.edit_file or plan.config_file)
+
+
 def persist_summary(plan: PersistPlan, result: PersistResult, checks: tuple[Check, ...]) -> dict[str, Any]:
     status = worst([c.status for c in checks])
     return {
@@ -358,9 +386,9 @@ def persist_summary(plan: PersistPlan, result: PersistResult, checks: tuple[Chec
         "reason": plan.reason,
         "changes": [{"setting": c.setting, "to": c.runtime, "from": c.file} for c in plan.changes],
         "backup": result.backup,
-        "config_sha256_after": sha256_text(read_raw(Path(plan.edit_file or plan.config_file)))
+        "config_sha256_after": sha256_text(read_raw(Path(_written_file(plan, result))))
         if result.result == "changed" else "",
-        "edited_file": plan.edit_file or plan.config_file,
+        "edited_file": _written_file(plan, result),
         "diff": result.diff or plan.diff,
         "commands": plan.commands,
         "checks": {c.name: {"status": c.status, "observed": c.observed, "fix": c.fix} for c in checks},

@@ -7,6 +7,7 @@ summaries in index.jsonl); nothing is guessed.
 from __future__ import annotations
 
 import hashlib
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -14,10 +15,11 @@ from typing import Any
 from .archive import archive_root, read_index
 from .checks import FAIL, PASS, Check, worst
 from .configedit import atomic_write, read_raw, unified_diff
+from .configfile import read_config
 from .durability import restart_trap
 from .errors import Blocked, PreconditionFailed
 from .persistence import config_set, normalize, runtime_settings
-from .target import Target
+from .target import Target, identify
 
 
 @dataclass(frozen=True)
@@ -82,7 +84,24 @@ def plan_rollback(target: Target, *, change_id: str = "", archive: str = "") -> 
                 blocked = (f"{config_file} changed after the change {cid} (someone edited it): restoring the backup "
                            "would undo that edit too. Compare the diff below, then restore by hand")
     steps.sort(key=lambda s: s[0] != "appendonly")  # appendonly first: AOF off before its settings go back
+    if not blocked and steps:
+        blocked = _trap_after(target, runtime, steps, config_file, backup)
     return RollbackPlan(cid, tuple(steps), config_file, backup, diff, blocked, tuple(notes))
+
+
+def _trap_after(target: Target, runtime: dict[str, str], steps: list[tuple[str, str, str]], config_file: str,
+                backup: str) -> str:
+    """Why the state after the rollback would be the restart trap (file yes, AOF off), or ""."""
+    aof_after = next((back for setting, _, back in steps if setting == "appendonly"), runtime.get("appendonly", "no"))
+    source = backup or config_file or identify(target.client).config_file
+    if not source or not os.access(source, os.R_OK):
+        return ""
+    file_after = (read_config(source).value("appendonly") or "no").lower()
+    if file_after == "yes" and aof_after != "yes":
+        return (f"after this rollback {config_file or source} would say appendonly yes while AOF is off at "
+                "runtime: a restart would load a stale AOF and ignore dump.rdb. Set appendonly no in the file "
+                "first (or roll back the change that wrote it), then run again")
+    return ""
 
 
 def apply_rollback(target: Target, plan: RollbackPlan, *, apply: bool = False) -> str:

@@ -320,10 +320,18 @@ def _run_step(step: Step, change_id: str, archive: Path, commit: str, fail_on: s
         )
     except PapermillExecutionError as err:
         error = {"ename": err.ename, "evalue": err.evalue, "cell": str(err.cell_index)}
+    except Exception as err:  # noqa: BLE001  (a dead kernel, a timeout: still archived as evidence)
+        from .configfile import mask_secrets  # noqa: PLC0415
+
+        error = {"ename": type(err).__name__, "evalue": mask_secrets(str(err)), "cell": ""}
     ended = datetime.now(timezone.utc)
     t1 = time.perf_counter()
 
-    nb = nbformat.read(str(out), as_version=4)
+    try:
+        nb = nbformat.read(str(out), as_version=4)
+    except Exception:  # noqa: BLE001  (the kernel died before papermill wrote anything)
+        nb = nbformat.read(str(step.path), as_version=4)
+        nbformat.write(nb, str(out))
     summary = read_summary(nb) or {}
     if error:
         status = "blocked" if error["ename"] == "Blocked" else "error"

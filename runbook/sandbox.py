@@ -288,9 +288,11 @@ class Sandbox:
                 text = self.log_text()
                 if "Address already in use" in text[-2000:]:
                     raise _PortTaken()
+                from .configfile import mask_secrets  # noqa: PLC0415
+
                 raise PreconditionFailed(
                     f"{self.binary} exited with code {self._proc.returncode} while starting; "
-                    f"last log lines:\n{_tail(text)}"
+                    f"last log lines:\n{mask_secrets(_tail(text))}"
                 )
             try:
                 client.ping()

@@ -35,6 +35,10 @@ def test_backup_with_aof_manifest_and_restore_drill(server_binary: Path, make_sa
         assert sha(copy / rel) == meta["sha256"] and (copy / rel).stat().st_size == meta["size"]
     checks = {c.name: c for c in result.checks}
     assert checks["restore_drill"].status == "pass" and "4000" in checks["restore_drill"].observed
+    # The whole dataset: readable by its owner only.
+    assert oct(copy.stat().st_mode & 0o777) == oct(0o700)
+    assert all(oct((copy / rel).stat().st_mode & 0o777) == oct(0o600) for rel in manifest["files"])
+    assert not list(copy.parent.glob("*.partial"))
     assert checks["check_rdb"].status == "pass"
     assert sb.client().config_get("auto-aof-rewrite-percentage")["auto-aof-rewrite-percentage"] == "100"
 
@@ -135,3 +139,18 @@ def test_backup_to_an_fsspec_url(default_binary: Path, make_sandbox, clean_env, 
     assert result.location.startswith("file://")
     (copy,) = (tmp_path / "remote").iterdir()
     assert json.loads((copy / "MANIFEST.json").read_text())["dbsize"] == 50
+
+
+@pytest.mark.notebook
+def test_rollback_refuses_to_leave_the_trap(default_binary: Path, make_sandbox, clean_env, tmp_path: Path) -> None:
+    """The file says appendonly yes (a person applied a patch): switching AOF off would set the trap."""
+    sb = make_sandbox(default_binary)
+    populate(sb.client(), 100)
+    archive = tmp_path / "archive"
+    rc, _, err = run_json(archive, "enable-aof", "-p", "target", sb.url, "-p", "apply", "true")
+    assert rc == 0, err
+    sb.config_path.write_text(sb.config_path.read_text().replace("appendonly no", "appendonly yes"))
+    rc, out, _ = run_json(archive, "rollback", "-p", "target", sb.url, "-p", "apply", "true")
+    assert rc == 3
+    assert "would say appendonly yes while AOF is off" in out["steps"][0]["summary"]["blocked"]
+    assert sb.client().info("persistence")["aof_enabled"] == 1

@@ -286,3 +286,29 @@ def test_mask_secrets_leaves_other_text_byte_identical():
         "\ttcp-keepalive 300"  # no final newline
     )
     assert mask_secrets(text) == text
+
+
+@pytest.mark.parametrize("text, secret", [
+    ("primaryauth s3cretpw\n", "s3cretpw"),  # Valkey's name for masterauth
+    ('primaryuser "repl-user"\n', "repl-user"),
+    ('user alice on ">my pass" ~* +@all\n', "my pass"),
+    ('"requirepass" hunter2\n', "hunter2"),
+    ("12:M 26 Nov 2026 06:00:00.000 # >>> 'user alice on >hunter22 ~* +@all'\n", "hunter22"),
+    ("12:M 26 Nov 2026 06:00:00.000 # >>> 'requirepass hunter23'\n", "hunter23"),
+])
+def test_mask_secrets_more_forms(text: str, secret: str) -> None:
+    from runbook.configfile import mask_secrets
+
+    assert secret not in mask_secrets(text)
+    assert secret not in mask_secrets("+" + text)
+
+
+def test_parse_error_does_not_echo_the_secret(tmp_path) -> None:
+    from runbook.configfile import read_config
+    from runbook.errors import PreconditionFailed
+
+    conf = tmp_path / "r.conf"
+    conf.write_text('requirepass "hunter2\n')
+    with pytest.raises(PreconditionFailed) as err:
+        read_config(conf)
+    assert "hunter2" not in str(err.value)

@@ -132,7 +132,7 @@ def test_misconf_is_reported_with_its_reason(default_binary: Path, make_sandbox,
 
 
 @pytest.mark.notebook
-def test_notebook_modes_through_the_runner(default_binary: Path, clean_env, tmp_path: Path) -> None:
+def test_notebook_modes_through_the_runner(default_binary: Path, make_sandbox, clean_env, tmp_path: Path) -> None:
     env = {"RUNBOOK_REDIS_SERVER": str(default_binary)}
     rc, out, err = run_json(tmp_path, "enable-aof", "persist-config", "test-persistence", "-p", "apply", "true",
                             "-p", "mode", "restart", "-p", "allow_restart", "true", env=env)
@@ -147,6 +147,27 @@ def test_notebook_modes_through_the_runner(default_binary: Path, clean_env, tmp_
     crash = {r["setup"]: r for r in out["steps"][0]["summary"]["crash"]}
     assert crash["aof always"]["lost"] == 0 and crash["rdb-only (seed save policy)"]["lost"] > 0
 
-    rc, out, _ = run_json(tmp_path, "test-persistence", "-p", "target", "redis://127.0.0.1:1/0", "-p", "mode", "crash")
-    assert rc in (1, 2)
+    real = make_sandbox(default_binary)  # a live server that is not the runbook's sandbox
+    rc, out, _ = run_json(tmp_path, "test-persistence", "-p", "target", real.url, "-p", "mode", "crash")
+    assert rc == 2
+    assert "ParameterError" in out["steps"][0]["summary"]["error"] and "only against target sandbox" in \
+        out["steps"][0]["summary"]["error"]
+    assert real.running and real.client().ping()
     assert [r["status"] for r in index(tmp_path)][-1] == "error"
+
+
+def test_restart_refused_with_a_stale_aof(default_binary: Path, make_sandbox, clean_env) -> None:
+    """AOF turned off at runtime after it ran: the old AOF would be loaded and newer writes lost."""
+    from runbook.sandbox import SEED_CONFIG
+
+    sb = make_sandbox(default_binary, config=SEED_CONFIG.replace("appendonly no", "appendonly yes"))
+    client = sb.client()
+    client.set("old", "1")
+    client.config_set("appendonly", "no")
+    client.set("new", "1")
+    client.save()
+    target = _as_runner_sandbox(clean_env, sb)
+    pid = client.info("server")["process_id"]
+    with pytest.raises(runbook.PreconditionFailed, match="old or empty AOF"):
+        durability.restart_test(target, allow_restart=True, keys=10)
+    assert client.info("server")["process_id"] == pid and client.get("new") == "1"

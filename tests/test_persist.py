@@ -210,3 +210,30 @@ def test_enable_then_persist_in_one_run(default_binary: Path, make_sandbox, clea
     assert len({r["change_id"] for r in index(tmp_path)}) == 1
     sb.restart()
     assert sb.client().dbsize() == 5000 and sb.client().info("persistence")["aof_enabled"] == 1
+
+
+def test_rewrite_guards_the_runtime_appendonly_it_writes(default_binary: Path, make_sandbox, clean_env) -> None:
+    """CONFIG REWRITE writes every runtime setting: asking for another setting must not slip appendonly yes in."""
+    sb = make_sandbox(default_binary)
+    populate(sb.client(), 20_000)
+    sb.client().config_set("rdb-key-save-delay", 500)
+    sb.client().config_set("appendonly", "yes")  # initial rewrite still running
+    before = sha(sb.config_path)
+    try:
+        with pytest.raises(runbook.PreconditionFailed, match="CONFIG REWRITE would write the runtime appendonly"):
+            persist.plan_persist(runbook.connect(sb.url), method="rewrite", settings={"appendfsync": "always"})
+        assert sha(sb.config_path) == before
+    finally:
+        sb.client().config_set("rdb-key-save-delay", 0)
+
+
+def test_rewrite_keeps_the_file_mode(default_binary: Path, make_sandbox, clean_env) -> None:
+    sb = seed_state(make_sandbox, default_binary, password="pw-in-file")
+    sb.config_path.chmod(0o640)
+    clean_env.setenv("REDIS_PASSWORD", "pw-in-file")
+    target = runbook.connect(sb.url)
+    plan = persist.plan_persist(target, method="rewrite")
+    result = persist.apply_persist(target, plan, apply=True)
+    assert result.result == "changed"
+    assert oct(sb.config_path.stat().st_mode & 0o777) == oct(0o640)  # CONFIG REWRITE had made it 0644
+    assert "pw-in-file" not in result.diff and "pw-in-file" not in plan.diff
