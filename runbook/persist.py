@@ -282,8 +282,12 @@ def apply_persist(target: Target, plan: PersistPlan, *, apply: bool = False, mak
     current = read_raw(path)
     if sha256_text(current) != plan.before_sha:
         raise ChangeFailed(f"{path} changed since the plan was made; nothing was written. Run again to re-plan.")
-    saved = str(backup(path, stamp)) if make_backup else ""
-    atomic_write(path, plan.new_text)
+    try:
+        saved = str(backup(path, stamp)) if make_backup else ""
+        atomic_write(path, plan.new_text)
+    except OSError as err:
+        raise ChangeFailed(f"{target.name}: writing {path} failed: {err}. The file was not changed (it is replaced "
+                           "only by a complete temp file); check the rights on it and its directory.") from err
     return PersistResult("changed", "edit", saved, plan.diff)
 
 
