@@ -6,7 +6,6 @@ See https://redis.io/docs/latest/operate/oss_and_stack/management/persistence/#b
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import re
@@ -20,7 +19,7 @@ from typing import Any, Iterator
 
 
 from .aof import aof_on_disk
-from .archive import slug
+from .archive import sha256_file, slug
 from .checks import FAIL, PASS, WARN, Check, worst
 from .durability import bgsave_and_wait, validate_files
 from .errors import Blocked, WaitTimeout
@@ -40,14 +39,6 @@ class BackupResult:
     @property
     def verdict(self) -> str:
         return "blocked" if self.result == "blocked" else worst([c.status for c in self.checks])
-
-
-def sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with path.open("rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 @contextmanager
@@ -114,7 +105,7 @@ def take_backup(target: Target, destination: str, *, include_aof: bool | None = 
                     dest = stage / f.path.relative_to(data_dir)
                     dest.parent.mkdir(parents=True, exist_ok=True)
                     shutil.copy2(f.path, dest)
-        files = {str(p.relative_to(stage)): {"size": p.stat().st_size, "sha256": sha256(p)}
+        files = {str(p.relative_to(stage)): {"size": p.stat().st_size, "sha256": sha256_file(p)}
                  for p in sorted(stage.rglob("*")) if p.is_file()}
         manifest = {"server": ident.server, "version": ident.version, "target": target.name,
                     "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "dbsize": dbsize,

@@ -254,17 +254,21 @@ class SharedKernel:
         self._warm = threading.Thread(target=self._warm_up, name="kernel-warm-up", daemon=True)
         self._warm.start()
 
-    def _warm_up(self) -> None:
+    def _execute(self, code: str) -> None:
+        """Run `code` in the kernel on a client of our own, discarding its output."""
         kc = self.km.blocking_client()
         kc.start_channels()
         try:
             kc.wait_for_ready(timeout=60)
-            kc.execute_interactive("import runbook.report", store_history=False, timeout=60,
-                                   output_hook=lambda msg: None)
-        except (RuntimeError, TimeoutError):
-            pass  # a cold first notebook is slower, nothing worse
+            kc.execute_interactive(code, store_history=False, timeout=60, output_hook=lambda msg: None)
         finally:
             kc.stop_channels()
+
+    def _warm_up(self) -> None:
+        try:
+            self._execute("import runbook.report")
+        except (RuntimeError, TimeoutError):
+            pass  # a cold first notebook is slower, nothing worse
 
     def ready(self) -> Any:
         """The kernel manager, alive and with an empty namespace."""
@@ -275,14 +279,7 @@ class SharedKernel:
             self._warm.join()
             self._warm = None
         if self._used:
-            kc = self.km.blocking_client()
-            kc.start_channels()
-            try:
-                kc.wait_for_ready(timeout=60)
-                kc.execute_interactive("%reset -f\nimport gc; gc.collect()", store_history=False, timeout=60,
-                                       output_hook=lambda msg: None)
-            finally:
-                kc.stop_channels()
+            self._execute("%reset -f\nimport gc; gc.collect()")
         self._used = True
         return self.km
 
