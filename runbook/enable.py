@@ -73,8 +73,9 @@ def preflight(target: Target, *, allow_replica: bool = False, busy_wait_s: float
     while _busy(info) and time.monotonic() < deadline:
         time.sleep(0.1)
         info = client.info("persistence")
-    checks.append(Check("loading", PASS if not int(info.get("loading", 0)) else FAIL,
-                        f"loading:{info.get('loading', 0)}", "wait until the dataset is loaded"))
+    loading = int(info.get("loading", 0))
+    checks.append(Check("loading", FAIL if loading else PASS, f"loading:{loading}",
+                        "wait until the dataset is loaded" if loading else ""))
     busy = _busy(info)
     checks.append(Check("no_save_or_rewrite_running", FAIL if busy else PASS,
                         ", ".join(f"{b}:1" for b in busy) + f" after {busy_wait_s:.0f}s" if busy else "none running",

@@ -159,13 +159,19 @@ def plan_table(rows: Sequence[Any]) -> Styler:
 
 
 def progress(total_s: float, label: str = "waiting for the AOF rewrite") -> Any:
-    """A progress callback(elapsed_s, info) drawing a text bar against the deadline."""
+    """A progress callback(elapsed_s, info) drawing a text bar against the deadline.
+
+    The bar appears only once there is something to wait for (never in a plan-only run).
+    """
     from tqdm.std import tqdm  # noqa: PLC0415
 
-    bar = tqdm(total=round(total_s, 1), desc=label, unit="s", mininterval=0.5, leave=True,
-               bar_format="{desc}: {n:.1f}/{total:.0f}s {bar} {postfix}")
+    bars: list[Any] = []
 
     def update(elapsed: float, info: Any) -> None:
+        if not bars:
+            bars.append(tqdm(total=round(total_s, 1), desc=label, unit="s", mininterval=0.5, leave=True,
+                             bar_format="{desc}: {n:.1f}/{total:.0f}s {postfix}"))
+        bar = bars[0]
         bar.n = round(min(elapsed, total_s), 1)
         bar.set_postfix_str(f"rewrite_in_progress:{info.get('aof_rewrite_in_progress')}", refresh=False)
         bar.refresh()

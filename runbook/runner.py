@@ -279,7 +279,8 @@ class SharedKernel:
             self._warm.join()
             self._warm = None
         if self._used:
-            self._execute("%reset -f\nimport gc; gc.collect()")
+            # An empty namespace, and cell numbers from 1 again, as in a fresh kernel.
+            self._execute("%reset -f\nimport gc; gc.collect()\nget_ipython().execution_count = 1")
         self._used = True
         return self.km
 
