@@ -228,10 +228,24 @@ def changes_table(changes: Sequence[Any]) -> Styler:
 
 
 def show_diff(diff: str, empty: str = "(no change to the file)") -> Any:
-    """A unified diff, coloured in JupyterLab and in the archived HTML."""
-    from IPython.display import Markdown  # noqa: PLC0415
+    """A unified diff as a monospaced block, added lines green and removed lines red (in JupyterLab and
+    in the archived HTML); plain text elsewhere."""
+    from html import escape  # noqa: PLC0415
 
-    return Markdown(f"```diff\n{diff}\n```" if diff else empty)
+    colours = {"+": "#155724; background-color: #d4edda", "-": "#721c24; background-color: #f8d7da"}
+    rows = []
+    for line in (diff or empty).splitlines():
+        style = colours.get(line[:1], "") if not line.startswith(("+++", "---")) else "#555"
+        rows.append(f'<span style="color: {style}">{escape(line)}</span>' if style else escape(line))
+
+    class Diff:
+        def _repr_html_(self) -> str:
+            return '<pre style="font-size: 12px; line-height: 1.35">' + "\n".join(rows) + "</pre>"
+
+        def __repr__(self) -> str:
+            return diff or empty
+
+    return Diff()
 
 
 def crash_table(rows: Sequence[dict[str, Any]]) -> pd.DataFrame:
