@@ -83,7 +83,7 @@ def test_restart_refused_in_the_trap_state(default_binary: Path, make_sandbox, c
     sb.config_path.write_text(sb.config_path.read_text().replace("appendonly no", "appendonly yes"))
     target = _as_runner_sandbox(clean_env, sb)
     pid = sb.client().info("server")["process_id"]
-    with pytest.raises(runbook.PreconditionFailed, match="refusing to restart.*no loadable AOF"):
+    with pytest.raises(runbook.PreconditionFailed, match="refusing to restart.*old or empty AOF"):
         durability.restart_test(target, allow_restart=True)
     assert sb.client().info("server")["process_id"] == pid
     assert sb.client().dbsize() == 1000
