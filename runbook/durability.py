@@ -14,7 +14,7 @@ import time
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import redis
 
@@ -268,9 +268,6 @@ def restart_trap(target: Target, config_file: str = "") -> str:
         return ""
     return (f"{path} says appendonly yes but there is no loadable AOF in {data_dir} ({disk.layout}): a restart "
             "would start empty and the next save would overwrite dump.rdb. Run 02-enable-aof first.")
-
-
-Restarter = Callable[[], None]
 
 
 def restart_server(target: Target, restart_command: str = "", timeout_s: float = 120.0) -> float:

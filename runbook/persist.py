@@ -47,8 +47,6 @@ class PersistPlan:
     reason: str
     diff: str  # masked
     commands: str  # for a person with the rights, when blocked
-    aof: AofOnDisk | None
-    info: dict[str, Any] = field(repr=False, default_factory=dict)
     new_text: str = field(repr=False, default="")
     edit_file: str = ""
     before_sha: str = ""  # of the file the plan was made from, so a concurrent edit is caught
@@ -245,8 +243,8 @@ def plan_persist(target: Target, *, config_file: str = "", method: str = "auto",
         diff = unified_diff(before, new_text, str(edit_path))
         edit_file = str(edit_path)
     commands = blocked_commands(edit_file or path_str, diff, desired) if chosen == "blocked" else ""
-    return PersistPlan(ident, path_str, tuple(changes), desired, chosen, reason, diff, commands, aof, info,
-                       new_text, edit_file, before_sha)
+    return PersistPlan(ident, path_str, tuple(changes), desired, chosen, reason, diff, commands, new_text,
+                       edit_file, before_sha)
 
 
 def sha256_text(text: str) -> str:

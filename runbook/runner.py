@@ -133,7 +133,8 @@ def effective(step: Step, key: str) -> Any:
     """A parameter's value for `step`: given, else the notebook's default."""
     if key in step.parameters:
         return step.parameters[key]
-    return notebook_parameters(step.path)[key].default if key in notebook_parameters(step.path) else None
+    declared = notebook_parameters(step.path)
+    return declared[key].default if key in declared else None
 
 
 def git_commit() -> str:

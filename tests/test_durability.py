@@ -101,9 +101,10 @@ def test_crash_measures_real_losses(server_binary: Path, make_sandbox, clean_env
     rows = {r["setup"]: r for r in result.crash_table}
     assert set(rows) == {s[0] for s in durability.CRASH_SETUPS}
     rdb, always = rows["rdb-only (seed save policy)"], rows["aof always"]
-    assert rdb["acknowledged"] > 0 and rdb["lost"] == rdb["acknowledged"] - rdb["recovered"] > 0
-    assert always["acknowledged"] > 0 and always["lost"] == 0
-    assert all(r["recovered"] + r["lost"] == r["acknowledged"] for r in rows.values())
+    # RDB only, no save rule fires within a second: nothing written since the start comes back.
+    assert rdb["acknowledged"] > 0 and rdb["recovered"] == 0
+    # appendfsync always: every acknowledged write comes back.
+    assert always["acknowledged"] > 0 and always["recovered"] == always["acknowledged"]
     assert checks_of(result)["aof_always_loses_nothing"] == "pass"
 
 
