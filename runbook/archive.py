@@ -46,6 +46,40 @@ def run_path(root: Path, notebook: str, target: str, started: datetime) -> Path:
             path, n = day / f"{stem}-{n}.ipynb", n + 1
 
 
+class Archive:
+    """Where a run's evidence goes. The runner writes through this and nothing else.
+
+    A local directory: files are written in place and the index is appended under a lock.
+    """
+
+    def __init__(self, dest: str | Path) -> None:
+        self.dest = str(dest)
+        self.local = Path(dest)
+
+    def run_path(self, notebook: str, target: str, started: datetime) -> Path:
+        """A reserved local path for a run's executed notebook (its HTML goes beside it)."""
+        return run_path(self.local, notebook, target, started)
+
+    def files(self, paths: list[Path]) -> dict[str, str]:
+        """The `files` entry of a record: each path relative to the archive, with its sha256."""
+        return {str(p.relative_to(self.local)): sha256_file(p) for p in paths}
+
+    def add(self, record: dict[str, Any]) -> dict[str, Any]:
+        """Store the record's files (already written under `local`) and append the record; returns it as written."""
+        return append_record(self.local, record)
+
+    def location(self, path: Path | None = None) -> str:
+        """Where a local path ends up, for people to read (the index when no path is given)."""
+        return str(path if path is not None else self.local / INDEX)
+
+    def env_value(self) -> str:
+        """What the kernel gets in $RUNBOOK_ARCHIVE (the rollback notebook reads the index there)."""
+        return str(self.local.resolve())
+
+    def close(self) -> None:
+        """Nothing to do for a local directory."""
+
+
 def sha256_file(path: Path) -> str:
     h = hashlib.sha256()
     with path.open("rb") as f:

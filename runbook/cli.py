@@ -47,8 +47,8 @@ def _print_run(result: RunResult) -> None:
         print(f"{s.name:<16} {s.target[:28]:<28} {s.status:<8} {figures}")
     for s in result.steps:
         if s.notebook is not None:
-            print(f"evidence: {s.notebook}\n          {s.html}")
-    print(f"index:    {result.archive / 'index.jsonl'}")
+            print(f"evidence: {result.archive.location(s.notebook)}\n          {result.archive.location(s.html)}")
+    print(f"index:    {result.archive.location()}")
     verdict = {0: "OK", 1: "FAILED", 2: "USAGE ERROR", 3: "BLOCKED: a person must act"}[result.exit_code]
     print(f"verdict:  {verdict} (exit {result.exit_code})")
 
@@ -83,8 +83,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                     "change_id": result.change_id, "exit_code": result.exit_code,
                     "steps": [{"notebook": s.name, "target": s.target, "status": s.status,
                                "exit_code": s.exit_code, "summary": s.summary,
-                               "ipynb": str(s.notebook) if s.notebook else None,
-                               "html": str(s.html) if s.html else None, "run_id": s.record["run_id"]}
+                               "ipynb": result.archive.location(s.notebook) if s.notebook else None,
+                               "html": result.archive.location(s.html) if s.html else None, "run_id": s.record["run_id"]}
                               for s in result.steps],
                 }, indent=2))
             else:

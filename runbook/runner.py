@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any, Iterator, Sequence
 
 from . import __version__
-from .archive import ARCHIVE_ENV, append_record, run_path, sha256_file
+from .archive import ARCHIVE_ENV, Archive
 from .errors import ParameterError
 from .evidence import read_summary
 from .params import Param, coerce_pair, load_files, notebook_parameters, validate
@@ -72,7 +72,7 @@ class StepResult:
 @dataclass(frozen=True)
 class RunResult:
     change_id: str
-    archive: Path
+    archive: Archive
     steps: list[StepResult] = field(default_factory=list)
 
     @property
@@ -174,8 +174,9 @@ def run(
     names: Sequence[str],
     files: Sequence[str | Path] = (),
     pairs: Sequence[tuple[str, str]] = (),
-    archive: Path = Path("archive"),
+    archive: str | Path | Archive = Path("archive"),
     fail_on: str = "fail",
+    record_extra: dict[str, Any] | None = None,
 ) -> RunResult:
     """Run the named notebooks in order under one change id; stop at the first that fails.
 
@@ -185,19 +186,42 @@ def run(
     """
     skip_slow_optional_imports()
     steps = plan(names, files, pairs)
-    result = RunResult(change_id=uuid.uuid4().hex[:12], archive=archive)
+    store = archive if isinstance(archive, Archive) else Archive(archive)
+    result = RunResult(change_id=uuid.uuid4().hex[:12], archive=store)
     commit = git_commit()
+    extra = dict(record_extra or {})
     # The rollback notebook reads the archive, and a sandbox target reads the handoff file:
     # the kernel finds both through its environment.
-    os.environ[ARCHIVE_ENV] = str(Path(archive).resolve())
+    os.environ[ARCHIVE_ENV] = store.env_value()
     with tempfile.TemporaryDirectory(prefix="runbook-run-") as tmp, shared_kernel() as kernel:
         handoff = Path(tmp) / "sandbox.json"
         os.environ[SANDBOX_FILE_ENV] = str(handoff)
         kernel.start()  # boots (and imports the runbook) while the sandbox is seeded
+        ctx = RunContext(result.change_id, store, commit, fail_on, kernel, extra)
         with shared_sandbox(steps, handoff):
-            _run_steps(steps, result, archive, commit, fail_on, kernel)
+            _run_steps(steps, result, ctx)
     os.environ.pop(SANDBOX_FILE_ENV, None)
+    store.close()
     return result
+
+
+@dataclass(frozen=True)
+class RunContext:
+    """What every step of one run shares."""
+
+    change_id: str
+    store: Archive
+    commit: str
+    fail_on: str
+    kernel: "SharedKernel | None"
+    extra: dict[str, Any]
+
+    def record(self, fields: dict[str, Any]) -> dict[str, Any]:
+        """Append an index record with the run-wide fields; returns it as written."""
+        return self.store.add({
+            **self.extra, **fields, "change_id": self.change_id, "runbook_version": __version__,
+            "git_commit": self.commit,
+        })
 
 
 def skip_slow_optional_imports() -> None:
@@ -208,27 +232,25 @@ def skip_slow_optional_imports() -> None:
         sys.modules["rfc3987_syntax"] = None  # type: ignore[assignment]
 
 
-def _run_steps(steps: Sequence[Step], result: RunResult, archive: Path, commit: str, fail_on: str,
-               kernel: SharedKernel) -> None:
+def _run_steps(steps: Sequence[Step], result: RunResult, ctx: RunContext) -> None:
     for i, step in enumerate(steps):
-        res = _run_step(step, result.change_id, archive, commit, fail_on, kernel)
+        res = _run_step(step, ctx)
         result.steps.append(res)
         before_change = i == 0 and step.name == "inspect" and len(steps) > 1 and res.status in ("fail", "warn")
         if res.exit_code != EXIT_OK and not before_change:
             for later in steps[i + 1 :]:
-                result.steps.append(_skip(later, result.change_id, archive, commit, res))
+                result.steps.append(_skip(later, ctx, res))
             break
 
 
-def _skip(step: Step, change_id: str, archive: Path, commit: str, cause: StepResult) -> StepResult:
+def _skip(step: Step, ctx: RunContext, cause: StepResult) -> StepResult:
     """Record a step that did not run because an earlier one failed."""
     now = datetime.now(timezone.utc).isoformat()
     summary = {"verdict": "skipped", "reason": f"{cause.name} ended {cause.status}"}
-    record = append_record(archive, {
-        "run_id": uuid.uuid4().hex, "change_id": change_id, "notebook": step.name,
+    record = ctx.record({
+        "run_id": uuid.uuid4().hex, "notebook": step.name,
         "target": str(effective(step, "target")), "started": now, "ended": now, "status": "skipped",
-        "exit_code": None, "summary": summary, "parameters": step.parameters, "runbook_version": __version__,
-        "git_commit": commit, "files": {},
+        "exit_code": None, "summary": summary, "parameters": step.parameters, "files": {},
     })
     return StepResult(step.name, record["target"], "skipped", EXIT_OK, summary, None, None, record)
 
@@ -299,20 +321,19 @@ def shared_kernel() -> Iterator[SharedKernel]:
         kernel.shutdown()
 
 
-def _run_step(step: Step, change_id: str, archive: Path, commit: str, fail_on: str,
-              kernel: SharedKernel | None = None) -> StepResult:
+def _run_step(step: Step, ctx: RunContext) -> StepResult:
     import nbformat  # noqa: PLC0415  (heavy: only when running)
     import papermill as pm  # noqa: PLC0415
     from papermill.exceptions import PapermillExecutionError  # noqa: PLC0415
 
     target = str(effective(step, "target"))
     started = datetime.now(timezone.utc)
-    out = run_path(archive, step.name, target, started)
+    out = ctx.store.run_path(step.name, target, started)
     run_id = uuid.uuid4().hex
     error: dict[str, str] | None = None
     t0 = time.perf_counter()
     try:
-        extra = {"km": kernel.ready()} if kernel is not None else {}
+        extra = {"km": ctx.kernel.ready()} if ctx.kernel is not None else {}
         pm.execute_notebook(
             str(step.path), str(out), parameters=step.parameters, progress_bar=False, log_output=False,
             request_save_on_cell_execute=False, **extra,
@@ -342,15 +363,14 @@ def _run_step(step: Step, change_id: str, archive: Path, commit: str, fail_on: s
     exit_code = _EXIT_BY_STATUS.get(status, EXIT_FAIL)
     if error and error["ename"] == "ParameterError":
         exit_code = EXIT_USAGE
-    if status == "warn" and fail_on == "warn":
+    if status == "warn" and ctx.fail_on == "warn":
         exit_code = EXIT_FAIL
 
     html = out.with_suffix(".html")
     html.write_text(render_html(nb), encoding="utf-8")
     timings = {"execute_s": round(t1 - t0, 3), "render_s": round(time.perf_counter() - t1, 3)}
-    record = append_record(archive, {
+    record = ctx.record({
         "run_id": run_id,
-        "change_id": change_id,
         "notebook": step.name,
         "target": target,
         "started": started.isoformat(),
@@ -359,9 +379,7 @@ def _run_step(step: Step, change_id: str, archive: Path, commit: str, fail_on: s
         "exit_code": exit_code,
         "summary": summary,
         "parameters": step.parameters,
-        "runbook_version": __version__,
-        "git_commit": commit,
-        "files": {str(p.relative_to(archive)): sha256_file(p) for p in (out, html)},
+        "files": ctx.store.files([out, html]),
         "timings": timings,
     })
     return StepResult(step.name, target, status, exit_code, summary, out, html, record)
