@@ -32,10 +32,24 @@ def build_parser() -> argparse.ArgumentParser:
                    help="exit 1 on failed checks only (default) or on warnings too")
     r.add_argument("--metrics-file", metavar="PATH",
                    help="write a Prometheus text file (node_exporter textfile collector) from the last inspection")
+    r.add_argument("--keep-going", action="store_true",
+                   help="fleets: a target that fails stops only its own later steps, not the other targets'")
 
     a = sub.add_parser("archive", help="list or verify the evidence archive")
     a.add_argument("action", choices=("list", "verify"))
     a.add_argument("--archive", help="evidence archive directory (default $RUNBOOK_ARCHIVE or ./archive)")
+
+    h = sub.add_parser("rehearse", help="run the whole change (all, apply) on a sandbox built from a target's "
+                       "own config file, and say whether the target would pass")
+    h.add_argument("-f", "--file", dest="files", action="append", required=True, metavar="FILE",
+                   help="the target's YAML parameter file (repeatable; later files win)")
+    h.add_argument("-p", "--parameter", dest="pairs", action="append", nargs=2, default=[],
+                   metavar=("KEY", "VALUE"), help="one parameter (repeatable; wins over files)")
+    h.add_argument("--with-data", action="store_true",
+                   help="load a copy of the target's RDB (and AOF, when its file says appendonly yes)")
+    h.add_argument("--archive", help="evidence archive directory (default $RUNBOOK_ARCHIVE or ./archive)")
+    h.add_argument("--json", action="store_true", help="print the result as JSON")
+    h.add_argument("--keep", action="store_true", help="keep the sandbox's dir (server stopped) to look at after")
     return p
 
 
@@ -45,10 +59,11 @@ def _print_run(result: RunResult) -> None:
     for s in result.steps:
         figures = s.summary.get("error") or _figures(s.summary)
         print(f"{s.name:<16} {s.target[:28]:<28} {s.status:<8} {figures}")
-    for s in result.steps:
-        if s.notebook is not None:
-            print(f"evidence: {result.archive.location(s.notebook)}\n          {result.archive.location(s.html)}")
+    for nb in dict.fromkeys(s.notebook for s in result.steps if s.notebook is not None):
+        print(f"evidence: {result.archive.location(nb)}\n          {result.archive.location(nb.with_suffix('.html'))}")
     print(f"index:    {result.archive.location()}")
+    for s in result.failing():
+        print(f"failing:  {s.target} at {s.name}: {s.summary.get('error') or _figures(s.summary)}")
     verdict = {0: "OK", 1: "FAILED", 2: "USAGE ERROR", 3: "BLOCKED: a person must act"}[result.exit_code]
     print(f"verdict:  {verdict} (exit {result.exit_code})")
 
@@ -72,15 +87,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.getLogger("traitlets").setLevel(logging.ERROR)
     args = build_parser().parse_args(argv)
     try:
+        if args.command == "rehearse":
+            return _rehearse(args)
         if args.command == "run":
             result = run(args.names, args.files, [tuple(p) for p in args.pairs], archive_root(args.archive),
-                         args.fail_on)
+                         args.fail_on, keep_going=args.keep_going)
             if args.metrics_file:
-                inspected = [(s.target, s.summary) for s in result.steps if s.name == "inspect" and "checks" in s.summary]
-                write_atomically(Path(args.metrics_file), render(inspected[-1:], result.exit_code))
+                # The last inspection of every target (a fleet: each of its members).
+                inspected = {s.target: s.summary for s in result.steps if s.name == "inspect" and "checks" in s.summary}
+                write_atomically(Path(args.metrics_file), render(inspected.items(), result.exit_code))
             if args.json:
                 print(json.dumps({
                     "change_id": result.change_id, "exit_code": result.exit_code,
+                    "failing": [{"target": s.target, "notebook": s.name, "status": s.status} for s in result.failing()],
                     "steps": [{"notebook": s.name, "target": s.target, "status": s.status,
                                "exit_code": s.exit_code, "summary": s.summary,
                                "ipynb": result.archive.location(s.notebook) if s.notebook else None,
@@ -108,6 +127,47 @@ def main(argv: Sequence[str] | None = None) -> int:
     except RunbookError as err:
         print(f"runbook: {err}", file=sys.stderr)
         return EXIT_FAIL
+
+
+def _rehearse(args: argparse.Namespace) -> int:
+    """`runbook rehearse`: the step table, what the sandbox was built from, and the verdict for the target."""
+    from .rehearse import rehearse  # noqa: PLC0415
+
+    done = rehearse(args.files, [tuple(p) for p in args.pairs], archive_root(args.archive),
+                    with_data=args.with_data, keep=args.keep)
+    r, result = done.rehearsal, done.run
+    if args.json:
+        print(json.dumps({
+            "verdict": done.verdict, "exit_code": done.exit_code, "rehearsal": r.record(),
+            "timings": {"prepare_s": r.prepare_s, "run_s": done.run_s},
+            "change_id": result.change_id, "run_exit_code": result.exit_code,
+            "steps": [{"notebook": s.name, "target": s.target, "status": s.status, "exit_code": s.exit_code,
+                       "summary": s.summary, "ipynb": result.archive.location(s.notebook) if s.notebook else None,
+                       "html": result.archive.location(s.html) if s.html else None, "run_id": s.record["run_id"]}
+                      for s in result.steps],
+        }, indent=2))
+        return done.exit_code
+    _print_run(result)
+    match = {"exact": "same as the target", "major.minor": f"same major.minor as the target's {r.production_server}",
+             "none": f"the target runs {r.production_server}: NOT the same"}[r.version_match]
+    print(f"rehearsal of {r.production} from {r.config_file}")
+    print(f"server:   {r.server} ({r.binary}): {match}")
+    if r.data_copied:
+        files = ", ".join(f"{Path(c.source).name} ({c.size} bytes)" for c in r.copied)
+        print(f"data:     copied {files}; {r.keys_loaded} keys loaded, the target holds {r.production_keys}")
+    elif r.keys_loaded is None:
+        print("data:     not copied (no --with-data): the sandbox started empty")
+    else:
+        print(f"data:     nothing to copy; {r.keys_loaded} keys loaded")
+    mirrored = ", ".join(f"{k} {v['sandbox']} -> {v['production']}" for k, v in r.mirrored.items())
+    print(f"mirrored: {mirrored or 'nothing: the file gives the runtime state'} (the target's runtime values)")
+    for caveat in r.caveats:
+        print(f"caveat:   {caveat}")
+    if args.keep:
+        print(f"kept:     {r.sandbox_dir} (stopped; its redis.conf keeps the target's auth lines)")
+    print(f"timings:  sandbox ready in {r.prepare_s:.1f} s, run {done.run_s:.1f} s")
+    print(f"rehearsal: {done.verdict} (exit {done.exit_code})")
+    return done.exit_code
 
 
 if __name__ == "__main__":

@@ -80,11 +80,14 @@ def save_policy_table(insp: Inspection) -> pd.DataFrame:
 
 
 def settings_table(insp: Inspection) -> Styler:
-    df = pd.DataFrame(
-        [(d.setting, d.runtime, d.file if d.file is not None else "", d.status, d.note) for d in insp.drift],
+    return styled(_drift_frame(insp.drift))
+
+
+def _drift_frame(drift: Sequence[Any]) -> pd.DataFrame:
+    return pd.DataFrame(
+        [(d.setting, d.runtime, d.file if d.file is not None else "", d.status, d.note) for d in drift],
         columns=["setting", "runtime", "after restart (file)", "status", "note"],
     )
-    return styled(df)
 
 
 _TIME_FIELDS = ("rdb_last_save_time",)
@@ -271,3 +274,31 @@ def plot_crash(rows: Sequence[dict[str, Any]]) -> Figure:
     ax.set_title("kill -9 during a write load: acknowledged writes lost per setup")
     plt.close(fig)
     return fig
+
+
+def fleet_table(result: Any) -> Styler:
+    """One row per target of a fleet: server, verdict, the checks that did not pass, drift."""
+    rows = []
+    for m in result.members:
+        s = m.summary
+        not_passing = [f"{k}={v['status']}" for k, v in s.get("checks", {}).items() if v.get("status") != "pass"]
+        rows.append((m.target, f"{s.get('server', '?')} {s.get('version', '')}".strip() if s else "?",
+                     s.get("role", ""), m.verdict, m.error or ", ".join(not_passing), ", ".join(s.get("drift", []))))
+    df = pd.DataFrame(rows, columns=["target", "server", "role", "status", "not passing", "drift"])
+    return styled(df)
+
+
+def fleet_sections(result: Any) -> None:
+    """A heading and the checks table of every target, in the fleet's order."""
+    from IPython.display import Markdown, display  # noqa: PLC0415  (only inside a kernel)
+
+    for m in result.members:
+        display(Markdown(f"### {m.target}: {m.verdict}"))
+        if m.error:
+            display(Markdown(f"Could not be checked: `{m.error}`"))
+            continue
+        display(checks_table(m.detail.checks))
+        if getattr(m.detail, "drift", None):
+            drifted = [d for d in m.detail.drift if d.status == "drift"]
+            if drifted:
+                display(styled(_drift_frame(drifted)))

@@ -17,7 +17,7 @@ import threading
 import time
 import uuid
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Iterator, Sequence
@@ -26,6 +26,8 @@ from . import __version__
 from .archive import ARCHIVE_ENV, Archive
 from .errors import ParameterError
 from .evidence import read_summary
+from .fleet import CHECKS as FLEET_CHECKS
+from .fleet import PER_TARGET, normalize_targets
 from .params import Param, coerce_pair, load_files, notebook_parameters, validate
 from .target import SANDBOX_FILE_ENV, SANDBOX_URL_ENV
 
@@ -43,6 +45,8 @@ NOTEBOOKS: dict[str, str] = {
 #: Names that expand to several notebooks.
 #: `all` is the whole seed change: the picture before, the change, its proof, the picture after.
 SEQUENCES: dict[str, list[str]] = {"all": ["inspect", "enable-aof", "persist-config", "test-persistence", "inspect"]}
+#: The notebook that inspects or online-tests every target of a fleet at once.
+FLEET_NOTEBOOK = "07-fleet.ipynb"
 
 EXIT_OK, EXIT_FAIL, EXIT_USAGE, EXIT_BLOCKED = 0, 1, 2, 3
 _EXIT_BY_STATUS = {"pass": EXIT_OK, "warn": EXIT_OK, "fail": EXIT_FAIL, "error": EXIT_FAIL, "blocked": EXIT_BLOCKED}
@@ -55,18 +59,30 @@ class Step:
     name: str
     path: Path
     parameters: dict[str, Any]
+    stage: int = 0  # steps of one stage are the same runbook step for different targets
+    fleet: tuple[str, ...] = ()  # a fleet step: the targets its one notebook covers
+
+    @property
+    def targets(self) -> tuple[str, ...]:
+        return self.fleet or (str(effective(self, "target")),)
 
 
 @dataclass(frozen=True)
 class StepResult:
     name: str
     target: str
-    status: str  # pass, warn, fail, error, blocked
+    status: str  # pass, warn, fail, error, blocked, skipped
     exit_code: int
     summary: dict[str, Any]
     notebook: Path | None  # None for a skipped step
     html: Path | None
     record: dict[str, Any]
+    before_change: bool = False  # the first inspection of a change: its findings are what the change fixes
+
+    @property
+    def counts(self) -> bool:
+        """Whether this result decides the run's exit code."""
+        return self.status != "skipped" and not (self.before_change and self.status in ("fail", "warn"))
 
 
 @dataclass(frozen=True)
@@ -75,11 +91,13 @@ class RunResult:
     archive: Archive
     steps: list[StepResult] = field(default_factory=list)
 
+    def failing(self) -> list[StepResult]:
+        """The results that made the run fail or block, in order."""
+        return [s for s in self.steps if s.counts and s.exit_code != EXIT_OK]
+
     @property
     def exit_code(self) -> int:
-        codes = [s.exit_code for s in self.steps if s.status != "skipped"]
-        if len(self.steps) > 1 and self.steps[0].name == "inspect" and self.steps[0].status in ("fail", "warn"):
-            codes = codes[1:]  # the picture before a change does not decide the change's outcome
+        codes = [s.exit_code for s in self.steps if s.counts]
         if EXIT_BLOCKED in codes and EXIT_FAIL not in codes:
             return EXIT_BLOCKED
         return max(codes, default=EXIT_OK)
@@ -108,7 +126,11 @@ def expand(names: Sequence[str]) -> list[str]:
 
 
 def plan(names: Sequence[str], files: Sequence[str | Path] = (), pairs: Sequence[tuple[str, str]] = ()) -> list[Step]:
-    """Resolve names and check every parameter before anything runs (ParameterError otherwise)."""
+    """Resolve names and check every parameter before anything runs (ParameterError otherwise).
+
+    With a `targets` list (a fleet), inspection and the online test become one fleet step each,
+    and every other step one step per target, in the targets' order.
+    """
     steps_spec = [(n, notebooks_dir() / NOTEBOOKS[n]) for n in expand(names)]
     declared: dict[str, Param] = {}
     per_step: list[dict[str, Param]] = []
@@ -122,11 +144,39 @@ def plan(names: Sequence[str], files: Sequence[str | Path] = (), pairs: Sequence
     values = load_files(files)
     for key, raw in pairs:
         values[key] = coerce_pair(key, raw, declared.get(key))
-    values = validate(values, declared)
-    return [
-        Step(name, path, {k: v for k, v in values.items() if k in spec})
-        for (name, path), spec in zip(steps_spec, per_step)
-    ]
+    raw_targets = values.pop("targets", None)
+    if raw_targets is None:
+        values = validate(values, declared)
+        return [
+            Step(name, path, {k: v for k, v in values.items() if k in spec}, stage=i)
+            for i, ((name, path), spec) in enumerate(zip(steps_spec, per_step))
+        ]
+    return _plan_fleet(steps_spec, per_step, declared, values, normalize_targets(raw_targets))
+
+
+def _plan_fleet(steps_spec: list[tuple[str, Path]], per_step: list[dict[str, Param]], declared: dict[str, Param],
+                values: dict[str, Any], entries: list[dict[str, str]]) -> list[Step]:
+    fleet_path = notebooks_dir() / FLEET_NOTEBOOK
+    fleet_spec = {k: v for k, v in notebook_parameters(fleet_path).items() if k not in ("targets", "check")}
+    if "target" in values:
+        raise ParameterError("give either target (one server) or targets (a fleet), not both")
+    values = validate(values, {**declared, **fleet_spec})
+    for entry in entries:
+        validate({k: v for k, v in entry.items() if k in declared}, declared)
+    steps: list[Step] = []
+    for stage, ((name, path), spec) in enumerate(zip(steps_spec, per_step)):
+        if name in FLEET_CHECKS:
+            if name == "test-persistence" and values.get("mode", "online") != "online":
+                raise ParameterError(f"a fleet runs test-persistence online only (mode {values['mode']!r} given); "
+                                     "run the restart or crash test with a params file for one target")
+            shared = {k: v for k, v in values.items() if k in fleet_spec}
+            steps.append(Step(name, fleet_path, {**shared, "targets": entries, "check": FLEET_CHECKS[name]},
+                              stage=stage, fleet=tuple(e["target"] for e in entries)))
+            continue
+        shared = {k: v for k, v in values.items() if k in spec}
+        steps += [Step(name, path, {**shared, **{k: v for k, v in e.items() if k in spec}}, stage=stage)
+                  for e in entries]
+    return steps
 
 
 def effective(step: Step, key: str) -> Any:
@@ -177,6 +227,7 @@ def run(
     archive: str | Path | Archive = Path("archive"),
     fail_on: str = "fail",
     record_extra: dict[str, Any] | None = None,
+    keep_going: bool = False,
 ) -> RunResult:
     """Run the named notebooks in order under one change id; stop at the first that fails.
 
@@ -197,7 +248,7 @@ def run(
         handoff = Path(tmp) / "sandbox.json"
         os.environ[SANDBOX_FILE_ENV] = str(handoff)
         kernel.start()  # boots (and imports the runbook) while the sandbox is seeded
-        ctx = RunContext(result.change_id, store, commit, fail_on, kernel, extra)
+        ctx = RunContext(result.change_id, store, commit, fail_on, kernel, extra, keep_going)
         with shared_sandbox(steps, handoff):
             _run_steps(steps, result, ctx)
     os.environ.pop(SANDBOX_FILE_ENV, None)
@@ -215,6 +266,7 @@ class RunContext:
     fail_on: str
     kernel: "SharedKernel | None"
     extra: dict[str, Any]
+    keep_going: bool = False
 
     def record(self, fields: dict[str, Any]) -> dict[str, Any]:
         """Append an index record with the run-wide fields; returns it as written."""
@@ -233,26 +285,50 @@ def skip_slow_optional_imports() -> None:
 
 
 def _run_steps(steps: Sequence[Step], result: RunResult, ctx: RunContext) -> None:
-    for i, step in enumerate(steps):
-        res = _run_step(step, ctx)
-        result.steps.append(res)
-        before_change = i == 0 and step.name == "inspect" and len(steps) > 1 and res.status in ("fail", "warn")
-        if res.exit_code != EXIT_OK and not before_change:
-            for later in steps[i + 1 :]:
-                result.steps.append(_skip(later, ctx, res))
-            break
+    """Run the steps in order. A failure stops the run (the rest recorded as skipped); with
+    keep_going it stops only its own target, whose later steps are recorded as skipped."""
+    last_stage = steps[-1].stage if steps else 0
+    stopped_by: StepResult | None = None
+    failed: dict[str, StepResult] = {}  # target -> the result that stopped it
+    for step in steps:
+        if stopped_by is not None:
+            result.steps.extend(_skip(step, t, ctx, stopped_by) for t in step.targets)
+            continue
+        result.steps.extend(_skip(step, t, ctx, failed[t]) for t in step.targets if t in failed)
+        todo = [t for t in step.targets if t not in failed]
+        if not todo:
+            continue
+        if step.fleet and len(todo) < len(step.fleet):
+            entries = [e for e in step.parameters["targets"] if e["target"] in todo]
+            step = replace(step, fleet=tuple(todo), parameters={**step.parameters, "targets": entries})
+        before_change = step.stage == 0 and step.name == "inspect" and last_stage > 0
+        for res in _run_step(step, ctx, before_change):
+            result.steps.append(res)
+            if res.counts and res.exit_code != EXIT_OK:
+                failed[res.target] = res
+                if not ctx.keep_going:
+                    stopped_by = res
 
 
-def _skip(step: Step, ctx: RunContext, cause: StepResult) -> StepResult:
-    """Record a step that did not run because an earlier one failed."""
+def _skip(step: Step, target: str, ctx: RunContext, cause: StepResult) -> StepResult:
+    """Record a step that did not run for `target` because an earlier one failed."""
     now = datetime.now(timezone.utc).isoformat()
-    summary = {"verdict": "skipped", "reason": f"{cause.name} ended {cause.status}"}
+    reason = f"{cause.name} ended {cause.status}" + (f" on {cause.target}" if cause.target != target else "")
+    summary = {"verdict": "skipped", "reason": reason}
     record = ctx.record({
         "run_id": uuid.uuid4().hex, "notebook": step.name,
-        "target": str(effective(step, "target")), "started": now, "ended": now, "status": "skipped",
-        "exit_code": None, "summary": summary, "parameters": step.parameters, "files": {},
+        "target": target, "started": now, "ended": now, "status": "skipped",
+        "exit_code": None, "summary": summary, "parameters": _target_parameters(step, target), "files": {},
     })
-    return StepResult(step.name, record["target"], "skipped", EXIT_OK, summary, None, None, record)
+    return StepResult(step.name, target, "skipped", EXIT_OK, summary, None, None, record)
+
+
+def _target_parameters(step: Step, target: str) -> dict[str, Any]:
+    """What a record for one target shows as its parameters (a fleet step: the shared ones and its entry)."""
+    if not step.fleet:
+        return step.parameters
+    entry = next(e for e in step.parameters["targets"] if e["target"] == target)
+    return {**{k: v for k, v in step.parameters.items() if k != "targets"}, **entry}
 
 
 class SharedKernel:
@@ -321,15 +397,15 @@ def shared_kernel() -> Iterator[SharedKernel]:
         kernel.shutdown()
 
 
-def _run_step(step: Step, ctx: RunContext) -> StepResult:
+def _run_step(step: Step, ctx: RunContext, before_change: bool = False) -> list[StepResult]:
+    """Run one notebook into the archive: one result, or one per target for a fleet step."""
     import nbformat  # noqa: PLC0415  (heavy: only when running)
     import papermill as pm  # noqa: PLC0415
     from papermill.exceptions import PapermillExecutionError  # noqa: PLC0415
 
-    target = str(effective(step, "target"))
+    target = f"fleet-{len(step.fleet)}" if step.fleet else str(effective(step, "target"))
     started = datetime.now(timezone.utc)
     out = ctx.store.run_path(step.name, target, started)
-    run_id = uuid.uuid4().hex
     error: dict[str, str] | None = None
     t0 = time.perf_counter()
     try:
@@ -356,33 +432,42 @@ def _run_step(step: Step, ctx: RunContext) -> StepResult:
     if error:
         status = "blocked" if error["ename"] == "Blocked" else "error"
         summary = {**summary, "verdict": status, "error": f"{error['ename']}: {error['evalue']}"}
-    else:
-        status = str(summary.get("verdict", "error"))
-        if not summary:
-            summary = {"verdict": "error", "error": "the notebook recorded no summary"}
-    exit_code = _EXIT_BY_STATUS.get(status, EXIT_FAIL)
-    if error and error["ename"] == "ParameterError":
-        exit_code = EXIT_USAGE
-    if status == "warn" and ctx.fail_on == "warn":
-        exit_code = EXIT_FAIL
+    elif not summary:
+        summary = {"verdict": "error", "error": "the notebook recorded no summary"}
 
     html = out.with_suffix(".html")
     html.write_text(render_html(nb), encoding="utf-8")
-    timings = {"execute_s": round(t1 - t0, 3), "render_s": round(time.perf_counter() - t1, 3)}
-    record = ctx.record({
-        "run_id": run_id,
-        "notebook": step.name,
-        "target": target,
+    common = {
         "started": started.isoformat(),
         "ended": ended.isoformat(),
-        "status": status,
-        "exit_code": exit_code,
-        "summary": summary,
-        "parameters": step.parameters,
         "files": ctx.store.files([out, html]),
-        "timings": timings,
-    })
-    return StepResult(step.name, target, status, exit_code, summary, out, html, record)
+        "timings": {"execute_s": round(t1 - t0, 3), "render_s": round(time.perf_counter() - t1, 3)},
+    }
+    if not step.fleet:
+        per_target = {target: summary}
+    else:  # one record per target, all pointing at the fleet document
+        per_target = {t: {**summary.get("targets", {}).get(t, summary), "fleet": True} for t in step.fleet}
+        if "targets" not in summary:  # the notebook died before it recorded anything
+            per_target = {t: {"verdict": summary["verdict"], "error": summary.get("error", ""), "fleet": True}
+                          for t in step.fleet}
+    results = []
+    for name, target_summary in per_target.items():
+        status = str(target_summary.get("verdict", "error"))
+        code = _exit_code(status, error["ename"] if error else "", ctx.fail_on)
+        record = ctx.record({
+            "run_id": uuid.uuid4().hex, "notebook": step.name, "target": name, "status": status,
+            "exit_code": code, "summary": target_summary, "parameters": _target_parameters(step, name), **common,
+        })
+        results.append(StepResult(step.name, name, status, code, target_summary, out, html, record, before_change))
+    return results
+
+
+def _exit_code(status: str, ename: str, fail_on: str) -> int:
+    if ename == "ParameterError":
+        return EXIT_USAGE
+    if status == "warn" and fail_on == "warn":
+        return EXIT_FAIL
+    return _EXIT_BY_STATUS.get(status, EXIT_FAIL)
 
 
 @functools.lru_cache(maxsize=1)

@@ -1,0 +1,149 @@
+"""Fleets: several targets in one params file, inspected or online-tested in parallel in one kernel.
+
+A params file lists `targets`, each a URL or a mapping that overrides the connection settings
+for that target. Read-only work (inspection) and the online test cover every target at once in
+one notebook (`07-fleet`); changing steps run per target, one after another (see runner).
+"""
+
+from __future__ import annotations
+
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any, Mapping, Sequence
+
+from .checks import worst
+from .errors import ParameterError, RunbookError
+from .target import check_target_parameter
+
+#: What a target entry may set for itself; everything else comes from the params file as a whole.
+PER_TARGET = ("target", "username", "password_env", "tls_ca_file", "config_file", "config_command")
+#: The fleet notebook's checks, by the runbook step they stand for.
+CHECKS = {"inspect": "inspect", "test-persistence": "online-test"}
+
+
+def normalize_targets(raw: Any) -> list[dict[str, str]]:
+    """The `targets` parameter as a list of {"target": url, ...} mappings; ParameterError when malformed."""
+    if not isinstance(raw, list) or not raw:
+        raise ParameterError("targets must be a non-empty list of target URLs or mappings with a `target` key")
+    out: list[dict[str, str]] = []
+    seen: set[str] = set()
+    for n, entry in enumerate(raw, start=1):
+        item = {"target": entry} if isinstance(entry, str) else entry
+        if not isinstance(item, dict) or not isinstance(item.get("target"), str):
+            raise ParameterError(f"targets entry {n} ({entry!r}) must be a URL or a mapping with a `target` key")
+        unknown = sorted(set(item) - set(PER_TARGET))
+        if unknown:
+            raise ParameterError(f"targets entry {n} ({item['target']}): unknown key(s) {', '.join(unknown)}; "
+                                 f"an entry may set {', '.join(PER_TARGET)}")
+        bad = [k for k, v in item.items() if not isinstance(v, str)]
+        if bad:
+            raise ParameterError(f"targets entry {n} ({item['target']}): {', '.join(bad)} must be text")
+        if item["target"] == "sandbox":
+            raise ParameterError("targets cannot list `sandbox`: a fleet is made of real servers "
+                                 "(start sandboxes yourself and list their redis:// URLs)")
+        check_target_parameter(item["target"])
+        if item["target"] in seen:
+            raise ParameterError(f"targets lists {item['target']} twice")
+        seen.add(item["target"])
+        out.append(dict(item))
+    return out
+
+
+@dataclass
+class Member:
+    """One target of the fleet and what its check found (`error` when it could not be checked)."""
+
+    target: str
+    summary: dict[str, Any] = field(default_factory=dict)
+    detail: Any = None  # the Inspection or TestResult, for the tables
+    error: str = ""
+
+    @property
+    def verdict(self) -> str:
+        return "error" if self.error else str(self.summary.get("verdict", "error"))
+
+
+@dataclass
+class FleetResult:
+    check: str
+    members: list[Member]
+
+    @property
+    def verdict(self) -> str:
+        verdicts = [m.verdict for m in self.members]
+        return "error" if "error" in verdicts else worst(verdicts)
+
+    def failing(self) -> list[str]:
+        return [m.target for m in self.members if m.verdict in ("fail", "error")]
+
+    def summary(self) -> dict[str, Any]:
+        """The fleet document's record: a summary per target, and the ones that failed."""
+        return {
+            "verdict": self.verdict, "fleet": True, "check": self.check,
+            "failing": self.failing(),
+            "warning": [m.target for m in self.members if m.verdict == "warn"],
+            "targets": {m.target: (m.summary if not m.error else {"verdict": "error", "error": m.error})
+                        for m in self.members},
+        }
+
+
+def _check_one(entry: Mapping[str, str], check: str, defaults: Mapping[str, Any], opts: Mapping[str, Any]) -> Member:
+    from . import durability  # noqa: PLC0415
+    from .inspection import inspect_target  # noqa: PLC0415
+    from .target import connect, identify  # noqa: PLC0415
+
+    settings = {**defaults, **entry}
+    name = settings.pop("target")
+    config_file = settings.pop("config_file", "")
+    member = Member(name)
+    try:
+        server = connect(name, **settings)
+        try:
+            if check == "inspect":
+                member.detail = inspect_target(server, config_file=config_file)
+                member.summary = member.detail.summary()
+            else:
+                member.detail = durability.online_test(server, keys=opts["keys"], ttl_s=opts["ttl_s"],
+                                                       timeout_s=opts["timeout_s"])
+                member.summary = member.detail.summary(identify(server.client))
+        finally:
+            server.client.close()
+    except (RunbookError, OSError) as err:
+        member.error = str(err)
+    except Exception as err:  # noqa: BLE001  (redis errors and the like: one target must not sink the fleet)
+        member.error = f"{type(err).__name__}: {err}"
+    return member
+
+
+def check_fleet(targets: Sequence[Any], *, check: str = "inspect", parallel: int = 16, keys: int = 1000,
+                ttl_s: int = 3600, timeout_s: float = 120.0, **defaults: Any) -> FleetResult:
+    """Inspect (read-only) or online-test every target, `parallel` at a time; one target's error stays its own.
+
+    `defaults` are connect() settings (username, password_env, timeouts, ...) for entries that do not set them.
+    """
+    if check not in CHECKS.values():
+        raise ParameterError(f"check must be one of {', '.join(CHECKS.values())}, got {check!r}")
+    if parallel < 1:
+        raise ParameterError(f"parallel must be at least 1, got {parallel}")
+    entries = normalize_targets(list(targets))
+    opts = {"keys": keys, "ttl_s": ttl_s, "timeout_s": timeout_s}
+    with ThreadPoolExecutor(max_workers=min(parallel, len(entries)), thread_name_prefix="fleet") as pool:
+        members = list(pool.map(lambda e: _check_one(e, check, defaults, opts), entries))
+    return FleetResult(check, members)
+
+
+def demo_targets() -> list[str]:
+    """Two throwaway sandboxes, the second in the seed's drifted state, removed when the kernel exits.
+
+    What the fleet notebook checks when it is opened without `targets` (in JupyterLab, or by nbval).
+    """
+    import atexit  # noqa: PLC0415
+
+    from .sandbox import seed_sandbox  # noqa: PLC0415
+
+    urls = []
+    for scenario in ("rdb-only", "runtime-aof"):
+        sb = seed_sandbox(scenario, keys=300)
+        atexit.register(sb.cleanup)
+        urls.append(sb.url)
+    return urls
