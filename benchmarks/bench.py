@@ -178,15 +178,47 @@ def peak_rss(work: Path) -> tuple[float, float]:
     return runner, kernel
 
 
+def fleet_inspection(counts: list[int], repeat: int, work: Path) -> dict[int, float]:
+    """`runbook run inspect -f fleet.yaml` against fleets of 1, 10, 50 sandboxes (one document each run)."""
+    sandboxes = [Sandbox().start() for _ in range(max(counts))]
+    try:
+        for sb in sandboxes:
+            populate(sb.client(), 100)
+        out: dict[int, float] = {}
+        for n in counts:
+            params = work / f"fleet-{n}.yaml"
+            params.write_text(json.dumps({"targets": [sb.url for sb in sandboxes[:n]]}))  # JSON is YAML
+            out[n] = median([timed([*RUNBOOK, "run", "inspect", "-f", str(params), "--archive", str(work / f"f{n}")])
+                             for _ in range(repeat)])
+        return out
+    finally:
+        for sb in sandboxes:
+            sb.cleanup()
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--repeat", type=int, default=5)
     ap.add_argument("--sizes", default="10000,100000,1000000")
+    ap.add_argument("--fleets", default="1,10,50")
+    ap.add_argument("--only", choices=("fleet",), help="measure only this (the table shows it alone)")
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args()
     sizes = [int(x) for x in args.sizes.split(",")]
+    fleets = [int(x) for x in args.fleets.split(",")]
     work = Path(tempfile.mkdtemp(prefix="runbook-bench-"))
     r: dict[str, object] = {}
+    r["fleet_s"] = fleet_inspection(fleets, args.repeat, work)
+    fleet_ratio = r["fleet_s"][fleets[-1]] / r["fleet_s"][fleets[0]]
+    fleet_rows = [
+        *[(f"runbook run inspect, fleet of {n}", f"{t:.2f} s", "") for n, t in r["fleet_s"].items()],
+        (f"fleet of {fleets[-1]} / fleet of {fleets[0]}", f"{fleet_ratio:.2f}x",
+         f"target < 3x: {'met' if fleet_ratio < 3 else 'MISSED'}"),
+    ]
+    if args.only == "fleet":
+        shutil.rmtree(work, ignore_errors=True)
+        _print_table(fleet_rows, args.repeat, "")
+        return 0
     r["floor_s"] = floor_s(args.repeat, work)
     r["inspect_s"] = inspect_e2e(args.repeat, work)
     r["all_s"], r["all_shares"] = run_all(args.repeat, work)
@@ -221,16 +253,23 @@ def main() -> int:
         ("enable-aof overhead", f"max {max(extras):.3f} s", f"target < 0.2 s and flat: {verdict(max(extras) < 0.2)}"),
         ("redis-benchmark p99 alone / during inspections", f"{r['p99_quiet_ms']:.3f} / {r['p99_inspecting_ms']:.3f} ms", ""),
         ("peak RSS: runner / kernel", f"{r['rss_runner_mib']:.0f} / {r['rss_kernel_mib']:.0f} MiB", ""),
-        ("fleet inspection (1, 10, 50 targets)", "n/a", "fleets are not built yet"),
+        *fleet_rows,
     ]
-    print(f"machine: {platform.node()} {os.cpu_count()} cores, {platform.platform()}, Python {platform.python_version()}")
-    print(f"server: {server}; median of {args.repeat} runs")
-    width = max(len(a) for a, _, _ in rows)
-    for a, b, c in rows:
-        print(f"{a:<{width}}  {b:>22}  {c}")
+    _print_table(rows, args.repeat, server)
     if args.json:
         print(json.dumps(r, indent=2, default=str))
     return 0
+
+
+def _print_table(rows: list[tuple[str, str, str]], repeat: int, server: str) -> None:
+    if not server:
+        with Sandbox() as sb:
+            server = runbook.identify(sb.client()).label
+    print(f"machine: {platform.node()} {os.cpu_count()} cores, {platform.platform()}, Python {platform.python_version()}")
+    print(f"server: {server}; median of {repeat} runs")
+    width = max(len(a) for a, _, _ in rows)
+    for a, b, c in rows:
+        print(f"{a:<{width}}  {b:>22}  {c}")
 
 
 if __name__ == "__main__":
