@@ -284,7 +284,10 @@ def parameter_problems(source: str) -> list[str]:
     lines = [ln for ln in source.splitlines() if ln.strip() and not ln.lstrip().startswith("#")]
     if len(lines) != len(params):
         problems.append(f"{len(lines)} parameter lines declare {len(params)} distinct names: a name is repeated")
-    if "target" not in params:
+    if "targets" in params and "target" not in params:  # the fleet notebook: no fleet means sandboxes
+        if params["targets"].default != []:
+            problems.append(f"targets defaults to {params['targets'].default!r}; defaults must be safe: use []")
+    elif "target" not in params:
         problems.append("no `target` parameter")
     elif params["target"].default != "sandbox":
         problems.append(f"target defaults to {params['target'].default!r}; defaults must be safe: use 'sandbox'")
@@ -307,7 +310,8 @@ def test_parameters_cell_is_documented_with_safe_defaults(path: Path) -> None:
     source = parameters_source(path)
     problems = parameter_problems(source)
     assert not problems, f"{path.relative_to(REPO)} parameters cell:\n" + "\n".join(problems)
-    assert parse_parameters_cell(source)["target"].default == "sandbox"
+    declared = parse_parameters_cell(source)
+    assert declared["target"].default == "sandbox" if "target" in declared else declared["targets"].default == []
 
 
 @pytest.mark.parametrize(
@@ -321,9 +325,10 @@ def test_parameters_cell_is_documented_with_safe_defaults(path: Path) -> None:
         ('target: str = "sandbox"  # where\ntarget: str = "sandbox"  # again\n', "a name is repeated"),
         ('target: str = "sandbox"  # where\nretries: int = "3"  # how many\n', "must be int"),
         ('target: str = "redis://:hunter2@db:6379/0"  # where\n', "carries a password"),
+        ('targets: list = ["redis://db:6379/0"]  # the fleet\n', "defaults must be safe: use []"),
     ],
     ids=["no-help", "unsafe-target", "no-target", "logic", "environment-read", "repeated", "wrong-type",
-         "password-in-url"],
+         "password-in-url", "unsafe-fleet"],
 )
 def test_parameter_problems_reports_a_bad_cell(source: str, expected: str) -> None:
     assert parameter_problems('target: str = "sandbox"  # where\ncount: int = 3  # how many\n') == []
