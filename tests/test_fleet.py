@@ -174,3 +174,19 @@ def test_a_failing_target_stops_the_fleet_unless_keep_going(default_binary: Path
         assert status[("enable-aof", healthy.url)] == "skipped"
         assert healthy.client().config_get("appendonly")["appendonly"] == "no"
     assert broken.client().config_get("appendonly")["appendonly"] == "no"
+
+
+def test_fleet_passwords_come_from_each_targets_env_and_stay_out_of_evidence(default_binary: Path, make_sandbox,
+                                                                              tmp_path: Path) -> None:
+    secret_a, secret_b = "fleet-pw-a-7f3e", "fleet-pw-b-91c2"
+    a = make_sandbox(default_binary, password=secret_a)
+    b = make_sandbox(default_binary, password=secret_b)
+    f = _fleet_file(tmp_path, [{"target": a.url, "password_env": "PW_A"}, {"target": b.url, "password_env": "PW_B"}])
+    archive = tmp_path / "archive"
+    rc, out, err = run_json(archive, "inspect", "-f", str(f), env={"PW_A": secret_a, "PW_B": secret_b})
+    assert rc == 0, err
+    assert [s["status"] for s in out["steps"]] == ["warn", "warn"]  # both authenticated and inspected
+    for path in archive.rglob("*"):
+        if path.is_file():
+            text = path.read_text(errors="replace")
+            assert secret_a not in text and secret_b not in text, path
