@@ -16,7 +16,7 @@ $(STAMP): pyproject.toml
 	@touch $(STAMP)
 
 demo: setup
-	$(BIN)/runbook run all -p apply true -p sandbox_scenario runtime-aof
+	$(BIN)/runbook run all -p apply true
 
 test: setup
 	$(BIN)/python -m pytest tests

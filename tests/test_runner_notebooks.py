@@ -126,7 +126,7 @@ def test_bad_yaml_exits_2(tmp_path: Path) -> None:
 
 
 def test_archive_verify_catches_tampering(tmp_path: Path) -> None:
-    rc, out, err = run_inspect(tmp_path)
+    rc, out, err = run_inspect(tmp_path, "-p", "sandbox_scenario", "rdb-only")
     assert rc == 0, err
     html = Path(out["steps"][0]["html"])
     html.write_text(html.read_text().replace("Checks", "Chekcs"))
@@ -138,7 +138,7 @@ def test_archive_verify_catches_tampering(tmp_path: Path) -> None:
 
 def test_run_all_performs_the_seed_change(tmp_path: Path) -> None:
     """`make demo`'s command: the seed's sandbox (AOF on at runtime, off in the file) fixed end to end."""
-    rc, out, err = run_json(tmp_path, "all", "-p", "apply", "true", "-p", "sandbox_scenario", "runtime-aof")
+    rc, out, err = run_json(tmp_path, "all", "-p", "apply", "true")  # no -f: params/sandbox.yaml, the seed's state
     assert rc == 0, err
     steps = out["steps"]
     assert [s["notebook"] for s in steps] == ["inspect", "enable-aof", "persist-config", "test-persistence", "inspect"]
