@@ -29,4 +29,4 @@ clean:
 	rm -rf $(VENV) archive test-artifacts
 
 bench: setup
-	$(BIN)/python benchmarks/bench.py
+	$(BIN)/python benchmarks/bench.py $(BENCH_ARGS)
