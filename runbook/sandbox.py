@@ -299,6 +299,8 @@ class Sandbox:
                 return
             except redis.BusyLoadingError:
                 last = "LOADING"
+            except redis.AuthenticationError:
+                return  # it answered: up, and its config file wants a password we were not given
             except redis.ConnectionError as err:
                 last = str(err)
             time.sleep(0.02)
