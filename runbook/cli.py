@@ -16,6 +16,10 @@ from .errors import ParameterError, RunbookError
 from .runner import EXIT_FAIL, EXIT_OK, EXIT_USAGE, NOTEBOOKS, SEQUENCES, RunResult, run
 
 
+ARCHIVE_HELP = ("evidence archive: a directory or an fsspec URL such as s3://bucket/prefix, credentials from "
+                "the environment (default $RUNBOOK_ARCHIVE or ./archive)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="runbook", description="Redis persistence runbook: notebooks with evidence.")
     sub = p.add_subparsers(dest="command", required=True)
@@ -26,7 +30,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="YAML parameter file (repeatable; later files win)")
     r.add_argument("-p", "--parameter", dest="pairs", action="append", nargs=2, default=[],
                    metavar=("KEY", "VALUE"), help="one parameter (repeatable; wins over files)")
-    r.add_argument("--archive", help="evidence archive directory (default $RUNBOOK_ARCHIVE or ./archive)")
+    r.add_argument("--archive", help=ARCHIVE_HELP)
     r.add_argument("--json", action="store_true", help="print the result as JSON")
     r.add_argument("--fail-on", choices=("fail", "warn"), default="fail",
                    help="exit 1 on failed checks only (default) or on warnings too")
@@ -37,7 +41,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     a = sub.add_parser("archive", help="list or verify the evidence archive")
     a.add_argument("action", choices=("list", "verify"))
-    a.add_argument("--archive", help="evidence archive directory (default $RUNBOOK_ARCHIVE or ./archive)")
+    a.add_argument("--archive", help=ARCHIVE_HELP)
 
     h = sub.add_parser("rehearse", help="run the whole change (all, apply) on a sandbox built from a target's "
                        "own config file, and say whether the target would pass")
@@ -47,7 +51,7 @@ def build_parser() -> argparse.ArgumentParser:
                    metavar=("KEY", "VALUE"), help="one parameter (repeatable; wins over files)")
     h.add_argument("--with-data", action="store_true",
                    help="load a copy of the target's RDB (and AOF, when its file says appendonly yes)")
-    h.add_argument("--archive", help="evidence archive directory (default $RUNBOOK_ARCHIVE or ./archive)")
+    h.add_argument("--archive", help=ARCHIVE_HELP)
     h.add_argument("--json", action="store_true", help="print the result as JSON")
     h.add_argument("--keep", action="store_true", help="keep the sandbox's dir (server stopped) to look at after")
     return p

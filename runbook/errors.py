@@ -37,3 +37,7 @@ class WaitTimeout(RunbookError):
 
 class Blocked(RunbookError):
     """Raised when a person must act (rights, a file out of reach); nothing was changed."""
+
+
+class ArchiveError(RunbookError):
+    """Raised when evidence could not be written to, or read from, the evidence archive."""

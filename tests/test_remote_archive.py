@@ -1,0 +1,455 @@
+"""The evidence archive at an fsspec URL: a real S3 API (moto's server on a loopback port), real runs.
+
+No mocks of the archive: the runner writes through `Archive`, the objects are read back with boto3,
+and tampering is done to the objects themselves.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import itertools
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Iterator
+
+import pytest
+
+from runbook.archive import (
+    GENESIS,
+    INDEX,
+    WRITE_CHECK,
+    Archive,
+    destination,
+    read_index,
+    refuse_credentials,
+    verify,
+)
+from runbook.errors import ArchiveError, ParameterError
+from runbook.sandbox import free_port
+
+REPO = Path(__file__).resolve().parent.parent
+SECRET = "moto-secret-Zq9-4f1c"  # moto takes any key; this one must never reach the evidence
+_SCRUB = ("REDIS_PASSWORD", "RUNBOOK_SANDBOX_URL", "RUNBOOK_SANDBOX_DIR", "RUNBOOK_ARCHIVE")
+
+
+def _needs(module: str) -> None:
+    if importlib.util.find_spec(module) is None:
+        reason = f"{module} is not installed (pip install -e '.[test]')"
+        if os.environ.get("CI"):
+            pytest.fail(f"CI must run the remote archive tests: {reason}")
+        pytest.skip(reason)
+
+
+@pytest.fixture(scope="module")
+def endpoint(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """moto's S3 server on a free loopback port, for the whole module."""
+    for module in ("moto", "s3fs", "boto3"):
+        _needs(module)
+    port = free_port()
+    log = tmp_path_factory.mktemp("moto") / "moto.log"
+    with log.open("wb") as out:
+        proc = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
+                                stdout=out, stderr=subprocess.STDOUT)
+    deadline = time.monotonic() + 30
+    while True:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+            break
+        except OSError:
+            if proc.poll() is not None or time.monotonic() > deadline:
+                proc.kill()
+                pytest.fail(f"moto_server did not start on 127.0.0.1:{port}: {log.read_text()[-2000:]}")
+            time.sleep(0.1)
+    yield f"http://127.0.0.1:{port}"
+    proc.terminate()
+    try:
+        proc.wait(timeout=10)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+
+
+def aws_env(endpoint: str) -> dict[str, str]:
+    """What the runbook's environment holds for S3: the endpoint and dummy credentials, nothing from ~/.aws."""
+    return {"AWS_ENDPOINT_URL": endpoint, "AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": SECRET,
+            "AWS_DEFAULT_REGION": "us-east-1", "AWS_EC2_METADATA_DISABLED": "true",
+            "AWS_SHARED_CREDENTIALS_FILE": "/nonexistent", "AWS_CONFIG_FILE": "/nonexistent"}
+
+
+@pytest.fixture
+def s3_env(endpoint: str, monkeypatch: pytest.MonkeyPatch) -> dict[str, str]:
+    """The S3 environment in this process too (for tests that open an Archive here)."""
+    env = aws_env(endpoint)
+    for k in [k for k in os.environ if k.startswith("AWS_")]:
+        monkeypatch.delenv(k)
+    for k, v in env.items():
+        monkeypatch.setenv(k, v)
+    return env
+
+
+def s3_client(endpoint: str) -> Any:
+    import boto3  # noqa: PLC0415
+
+    return boto3.client("s3", endpoint_url=endpoint, aws_access_key_id="testing", aws_secret_access_key=SECRET,
+                        region_name="us-east-1")
+
+
+def new_bucket(endpoint: str) -> str:
+    name = f"evidence-{uuid.uuid4().hex[:10]}"
+    s3_client(endpoint).create_bucket(Bucket=name)
+    return name
+
+
+def cli(*args: str, env: dict[str, str], tmpdir: Path | None = None, prelude: str = "",
+        timeout: int = 300) -> subprocess.CompletedProcess[str]:
+    """`runbook ARGS` in a subprocess whose AWS settings are exactly `env` (`prelude` runs first)."""
+    base = {k: v for k, v in os.environ.items() if k not in _SCRUB and not k.startswith("AWS_")}
+    base.update(env)
+    if tmpdir is not None:
+        base["TMPDIR"] = str(tmpdir)
+    code = f"{prelude}\nimport sys\nfrom runbook.cli import main\nsys.exit(main(sys.argv[1:]))"
+    return subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True, env=base, check=False,
+                          timeout=timeout, cwd=REPO)
+
+
+def objects(endpoint: str, bucket: str, prefix: str) -> dict[str, bytes]:
+    """Every object under `prefix/`, by key relative to the prefix, read with boto3."""
+    s3 = s3_client(endpoint)
+    keys = [o["Key"] for page in s3.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix + "/")
+            for o in page.get("Contents", [])]
+    return {k[len(prefix) + 1:]: s3.get_object(Bucket=bucket, Key=k)["Body"].read() for k in keys}
+
+
+def put(endpoint: str, bucket: str, key: str, body: bytes) -> None:
+    s3_client(endpoint).put_object(Bucket=bucket, Key=key, Body=body)
+
+
+# --- a real run into S3 --------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class RemoteRun:
+    bucket: str
+    prefix: str
+    proc: subprocess.CompletedProcess[str]
+    tmpdir: Path
+
+    @property
+    def url(self) -> str:
+        return f"s3://{self.bucket}/{self.prefix}"
+
+
+@pytest.fixture(scope="module")
+def remote_run(endpoint: str, tmp_path_factory: pytest.TempPathFactory) -> RemoteRun:
+    """`runbook run inspect inspect --archive s3://bucket/runs` on the sandbox: two records in one run.
+
+    The scenario is pinned (AOF off, no drift: the inspection passes with warnings, exit 0), so the
+    exit code says how the archiving went, whatever the default params file holds.
+    """
+    bucket, tmpdir = new_bucket(endpoint), tmp_path_factory.mktemp("tmpdir")
+    proc = cli("run", "inspect", "inspect", "-p", "sandbox_scenario", "rdb-only", "--archive", f"s3://{bucket}/runs",
+               env=aws_env(endpoint), tmpdir=tmpdir)
+    return RemoteRun(bucket, "runs", proc, tmpdir)
+
+
+def test_run_archives_notebooks_html_and_index_in_the_bucket(remote_run: RemoteRun, endpoint: str) -> None:
+    proc = remote_run.proc
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    stored = objects(endpoint, remote_run.bucket, remote_run.prefix)
+    records = [json.loads(line) for line in stored[INDEX].splitlines()]
+    assert [r["notebook"] for r in records] == ["inspect", "inspect"]
+    assert records[0]["prev_hash"] == GENESIS
+    assert records[1]["prev_hash"] == hashlib.sha256(stored[INDEX].splitlines()[0]).hexdigest()
+    # Every file a record names is in the bucket with that sha256; nothing else is there (no write check).
+    named = {rel: digest for r in records for rel, digest in r["files"].items()}
+    assert {Path(rel).suffix for rel in named} == {".ipynb", ".html"} and len(named) == 4
+    assert set(stored) == {INDEX, *named}
+    for rel, digest in named.items():
+        assert hashlib.sha256(stored[rel]).hexdigest() == digest, rel
+    executed = json.loads(stored[next(rel for rel in named if rel.endswith(".ipynb"))])
+    assert executed["metadata"]["papermill"]["parameters"]["target"] == "sandbox"
+    assert any(c.get("outputs") for c in executed["cells"]), "the archived notebook was executed"
+
+
+def test_run_prints_s3_urls_and_leaves_no_staging_behind(remote_run: RemoteRun, endpoint: str) -> None:
+    out = remote_run.proc.stdout
+    assert remote_run.proc.returncode == 0, out + remote_run.proc.stderr
+    lines = out.splitlines()
+    printed = [ln.split(":", 1)[1].strip() for ln in lines if ln.startswith("evidence:")]
+    printed += [ln.strip() for prev, ln in itertools.pairwise(lines) if prev.startswith("evidence:")]
+    assert len(printed) == 4
+    stored = objects(endpoint, remote_run.bucket, remote_run.prefix)
+    for url in printed:
+        assert url.startswith(remote_run.url + "/"), url
+        assert url[len(remote_run.url) + 1:] in stored, url
+    assert f"index:    {remote_run.url}/{INDEX}" in lines
+    assert list(remote_run.tmpdir.iterdir()) == []  # the staging dir was removed
+    everything = out + remote_run.proc.stderr + "".join(b.decode(errors="replace") for b in stored.values())
+    assert SECRET not in everything
+
+
+def test_archive_verify_and_list_work_on_the_url(remote_run: RemoteRun, endpoint: str) -> None:
+    env = aws_env(endpoint)
+    ok = cli("archive", "verify", "--archive", remote_run.url, env=env)
+    assert ok.returncode == 0, ok.stderr
+    assert f"{remote_run.url}: 2 record(s), chain and files intact" in ok.stdout
+    listed = cli("archive", "list", "--archive", remote_run.url, env=env)
+    assert listed.returncode == 0, listed.stderr
+    change = next(ln.split()[1] for ln in remote_run.proc.stdout.splitlines() if ln.startswith("change "))
+    assert [ln.split()[1] for ln in listed.stdout.splitlines()] == [change, change]
+
+
+def copy_of(run: RemoteRun, endpoint: str) -> str:
+    """A copy of the run's archive under a new prefix (each tampering test gets its own)."""
+    prefix = f"copy-{uuid.uuid4().hex[:8]}"
+    for rel, body in objects(endpoint, run.bucket, run.prefix).items():
+        put(endpoint, run.bucket, f"{prefix}/{rel}", body)
+    return prefix
+
+
+def _record_files(endpoint: str, bucket: str, prefix: str) -> list[list[str]]:
+    index = objects(endpoint, bucket, prefix)[INDEX]
+    return [sorted(json.loads(line)["files"]) for line in index.splitlines()]
+
+
+def test_verify_names_an_altered_object(remote_run: RemoteRun, endpoint: str) -> None:
+    prefix = copy_of(remote_run, endpoint)
+    html = _record_files(endpoint, remote_run.bucket, prefix)[0][0]
+    assert html.endswith(".html")
+    original = objects(endpoint, remote_run.bucket, prefix)[html]
+    put(endpoint, remote_run.bucket, f"{prefix}/{html}", original.replace(b"</html>", b"<!-- edited --></html>"))
+    proc = cli("archive", "verify", "--archive", f"s3://{remote_run.bucket}/{prefix}", env=aws_env(endpoint))
+    assert proc.returncode == 1
+    run_id = _run_ids(endpoint, remote_run.bucket, prefix)[0]
+    assert proc.stderr.splitlines() == [f"line 1 (run {run_id}): {html} was altered (sha256 differs)"]
+
+
+def _run_ids(endpoint: str, bucket: str, prefix: str) -> list[str]:
+    return [json.loads(line)["run_id"] for line in objects(endpoint, bucket, prefix)[INDEX].splitlines()]
+
+
+def test_verify_names_a_missing_object(remote_run: RemoteRun, endpoint: str) -> None:
+    prefix = copy_of(remote_run, endpoint)
+    notebook = _record_files(endpoint, remote_run.bucket, prefix)[1][1]
+    assert notebook.endswith(".ipynb")
+    s3_client(endpoint).delete_object(Bucket=remote_run.bucket, Key=f"{prefix}/{notebook}")
+    proc = cli("archive", "verify", "--archive", f"s3://{remote_run.bucket}/{prefix}", env=aws_env(endpoint))
+    assert proc.returncode == 1
+    run_id = _run_ids(endpoint, remote_run.bucket, prefix)[1]
+    assert proc.stderr.splitlines() == [f"line 2 (run {run_id}): {notebook} is missing"]
+
+
+@pytest.mark.parametrize("change", ["remove-first-line", "edit-first-line"])
+def test_verify_catches_an_index_line_removed_or_edited(remote_run: RemoteRun, endpoint: str, change: str) -> None:
+    prefix = copy_of(remote_run, endpoint)
+    lines = objects(endpoint, remote_run.bucket, prefix)[INDEX].splitlines()
+    if change == "remove-first-line":
+        lines, broken = lines[1:], 1
+    else:
+        rec = json.loads(lines[0])
+        rec["status"] = "pass" if rec["status"] != "pass" else "warn"  # someone rewrites history
+        lines[0], broken = json.dumps(rec, sort_keys=True, separators=(",", ":")).encode(), 2
+    put(endpoint, remote_run.bucket, f"{prefix}/{INDEX}", b"\n".join(lines) + b"\n")
+    proc = cli("archive", "verify", "--archive", f"s3://{remote_run.bucket}/{prefix}", env=aws_env(endpoint))
+    assert proc.returncode == 1
+    problems = proc.stderr.splitlines()
+    assert len(problems) == 1 and problems[0].startswith(f"line {broken} ") and "hash chain broken" in problems[0]
+
+
+# --- failing fast, before anything runs ----------------------------------------------------------
+
+def test_missing_bucket_exits_2_before_the_target_is_touched(endpoint: str, default_binary: Path, make_sandbox,
+                                                             tmp_path: Path) -> None:
+    sb = make_sandbox(default_binary)
+    client = sb.client()
+    connections = client.info("stats")["total_connections_received"]
+    tmpdir = tmp_path / "tmp"
+    tmpdir.mkdir()
+    proc = cli("run", "inspect", "-p", "target", sb.url, "--archive", "s3://no-such-bucket-7f3/runs",
+               env=aws_env(endpoint), tmpdir=tmpdir)
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    assert proc.stdout == ""
+    assert proc.stderr.strip() == (f"runbook: parameter error: evidence archive s3://no-such-bucket-7f3/runs: the "
+                                   f"bucket no-such-bucket-7f3 does not exist at {endpoint}; create it, or fix the "
+                                   "bucket name in the URL")
+    assert client.info("stats")["total_connections_received"] == connections  # nobody else connected
+    assert list(tmpdir.iterdir()) == []  # no staging dir, no run dir
+
+
+@pytest.mark.parametrize(
+    ("case", "url", "expected"),
+    [
+        ("unreachable", "s3://{bucket}/runs", "could not be reached"),
+        ("no-credentials", "s3://{bucket}/runs", "no credentials were found in the environment; set AWS_ACCESS_KEY_ID"),
+        ("no-s3fs", "s3://{bucket}/runs", "the s3:// scheme needs a package that is not installed"),
+        ("unknown-scheme", "nosuchfs://{bucket}/runs", "fsspec knows no nosuchfs:// scheme"),
+        ("credentials-in-url", "s3://AKIAEXAMPLE:wJalr-secret@{bucket}/runs", "the URL carries credentials"),
+    ],
+)
+def test_unusable_destination_exits_2_with_one_clear_line(endpoint: str, case: str, url: str, expected: str) -> None:
+    bucket = new_bucket(endpoint)
+    url = url.format(bucket=bucket)
+    env, prelude = aws_env(endpoint), ""
+    if case == "unreachable":
+        env["AWS_ENDPOINT_URL"] = f"http://127.0.0.1:{free_port()}"
+    elif case == "no-credentials":
+        del env["AWS_ACCESS_KEY_ID"], env["AWS_SECRET_ACCESS_KEY"]
+    elif case == "no-s3fs":
+        prelude = "import sys; sys.modules['s3fs'] = None  # as if s3fs were not installed"
+    t0 = time.perf_counter()
+    proc = cli("run", "inspect", "--archive", url, env=env, prelude=prelude)
+    seconds = time.perf_counter() - t0
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    assert proc.stdout == ""
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("runbook: parameter error: evidence archive "), proc.stderr
+    assert expected in lines[0]
+    assert "wJalr-secret" not in proc.stderr
+    assert seconds < 30, f"took {seconds:.1f} s to give up"
+    assert objects(endpoint, bucket, "runs") == {}  # nothing was written (not even the write check)
+
+
+# --- the archive object against S3 ---------------------------------------------------------------
+
+def test_concurrent_writers_to_one_s3_index_lose_no_record(s3_env: dict[str, str], endpoint: str) -> None:
+    url = f"s3://{new_bucket(endpoint)}/shared"
+    errors: list[BaseException] = []
+
+    def writer(name: str) -> None:
+        archive = Archive(url)
+        try:
+            for i in range(8):
+                archive.add({"run_id": f"{name}-{i}", "files": {}})
+        except BaseException as err:  # noqa: BLE001
+            errors.append(err)
+        finally:
+            archive.close()
+
+    threads = [threading.Thread(target=writer, args=(n,)) for n in ("a", "b")]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=120)
+    assert errors == []
+    assert sorted(r["run_id"] for r in read_index(url)) == sorted(f"{n}-{i}" for n in "ab" for i in range(8))
+    assert verify(url) == []
+
+
+def test_failed_upload_keeps_the_evidence_locally_and_says_where(s3_env: dict[str, str], endpoint: str) -> None:
+    bucket = new_bucket(endpoint)
+    archive = Archive(f"s3://{bucket}/runs")
+    nb = archive.run_path("inspect", "sandbox", datetime.now(timezone.utc))
+    nb.write_text('{"cells": []}')
+    record = {"run_id": "r1", "files": archive.files([nb])}
+    s3_client(endpoint).delete_bucket(Bucket=bucket)  # empty: the write check removed its object
+    with pytest.raises(ArchiveError) as caught:
+        archive.add(record)
+    message = str(caught.value)
+    assert "run r1 was not archived" in message and f"bucket {bucket} does not exist" in message
+    assert str(archive.local) in message
+    archive.close()
+    assert nb.is_file()  # kept: the staging dir is a local archive with the unsent record
+    assert [r["run_id"] for r in read_index(archive.local)] == ["r1"]
+    assert verify(archive.local) == []
+    shutil.rmtree(archive.local)
+
+
+def test_the_rollback_notebook_reads_the_remote_index(s3_env: dict[str, str], endpoint: str, tmp_path: Path) -> None:
+    url = f"s3://{new_bucket(endpoint)}/runs"
+    archive = Archive(url)
+    archive.add({"run_id": "seeded", "change_id": "c0ffee000000", "notebook": "enable-aof", "target": "sandbox",
+                 "status": "pass", "files": {},
+                 "summary": {"result": "changed", "changes": [{"setting": "appendfsync", "from": "always",
+                                                              "to": "everysec"}]}})
+    archive.close()
+    proc = cli("run", "rollback", "--json", "--archive", url, env=aws_env(endpoint), tmpdir=tmp_path)
+    out = json.loads(proc.stdout)
+    summary = out["steps"][0]["summary"]
+    assert summary["change_id"] == "c0ffee000000", (summary, proc.stderr)  # found only in the remote index
+    assert "appendfsync" in json.dumps(summary["runtime"]) + json.dumps(summary["notes"])
+    assert out["steps"][0]["ipynb"].startswith(url + "/")
+    assert [r["notebook"] for r in read_index(url)] == ["enable-aof", "rollback"]
+
+
+# --- the same archive on another fsspec store (memory://), and the pure parts --------------------
+
+def test_memory_archive_round_trip_and_tampering() -> None:
+    import fsspec  # noqa: PLC0415
+
+    url = f"memory://runbook-{uuid.uuid4().hex[:8]}/runs"
+    archive = Archive(url)
+    staging = archive.local
+    nb = archive.run_path("inspect", "redis://10.0.0.5:6379/0", datetime.now(timezone.utc))
+    nb.write_text('{"cells": []}')
+    html = nb.with_suffix(".html")
+    html.write_text("<html>run</html>")
+    written = archive.add({"run_id": "m1", "files": archive.files([nb, html])})
+    second = archive.add({"run_id": "m2", "files": {}})
+    rel = nb.relative_to(staging).as_posix()
+    assert archive.location(nb) == f"{url}/{rel}"
+    assert archive.location() == f"{url}/{INDEX}"
+    assert archive.env_value() == url
+    archive.close()
+    assert not staging.exists()
+
+    fs = fsspec.filesystem("memory")
+    root = url[len("memory://"):]
+    assert fs.cat_file(f"{root}/{rel}") == b'{"cells": []}'
+    assert not fs.exists(f"{root}/{WRITE_CHECK}")
+    assert read_index(url) == [written, second]
+    assert second["prev_hash"] == hashlib.sha256(fs.cat_file(f"{root}/{INDEX}").splitlines()[0]).hexdigest()
+    assert verify(url) == []
+    fs.pipe_file(f"{root}/{rel}", b'{"cells": [1]}')
+    assert verify(url) == [f"line 1 (run m1): {rel} was altered (sha256 differs)"]
+    fs.rm_file(f"{root}/{INDEX}")
+    assert verify(url) == [f"{url}/{INDEX} does not exist"]
+    assert read_index(url) == []
+
+
+@pytest.mark.parametrize(
+    ("given", "expected"),
+    [
+        ("archive", Path("archive")),
+        ("/var/lib/runbook/archive", Path("/var/lib/runbook/archive")),
+        (Path("rel/dir"), Path("rel/dir")),
+        ("file:///var/lib/runbook/archive", Path("/var/lib/runbook/archive")),
+        ("file://localhost/srv/a%20b", Path("/srv/a b")),
+        ("s3://bucket/prefix/", "s3://bucket/prefix"),
+        ("gs://bucket", "gs://bucket"),
+        ("memory://x/y", "memory://x/y"),
+    ],
+)
+def test_destination(given: Any, expected: Any) -> None:
+    assert destination(given) == expected
+    assert type(destination(given)) is type(expected)
+
+
+def test_file_url_of_another_host_is_refused() -> None:
+    with pytest.raises(ParameterError, match="names a local directory"):
+        destination("file://otherhost/srv/archive")
+
+
+@pytest.mark.parametrize("url", ["s3://AKIA:secret-1@bucket/p", "s3://AKIA@bucket/p", "simplecache::s3://k:secret-1@b/p"])
+def test_credentials_in_the_url_are_refused_and_not_repeated(url: str) -> None:
+    with pytest.raises(ParameterError) as caught:
+        refuse_credentials(url)
+    assert "carries credentials" in str(caught.value)
+    assert "secret-1" not in str(caught.value) and "AKIA" not in str(caught.value)
+    with pytest.raises(ParameterError):
+        Archive(url)
+    with pytest.raises(ParameterError):
+        verify(url)
+
+
+def test_plain_urls_are_not_refused() -> None:
+    refuse_credentials("s3://bucket/prefix")
+    refuse_credentials("memory://x/y")
