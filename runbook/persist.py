@@ -309,8 +309,8 @@ def raise_if_blocked(target: Target, plan: PersistPlan, result: PersistResult) -
 def boot_check(target: Target, plan: PersistPlan, *, timeout_s: float = 30.0) -> Check:
     """Start a throwaway server from a copy of the config file and compare its persistence settings.
 
-    Port, bind, dir, pidfile, logfile, daemonize, supervised, unixsocket and tls-port are
-    overridden, so the copy cannot touch the real server's files or sockets.
+    Port, bind, dir, pidfile, logfile, daemonize, supervised, unixsocket, tls-port and replicaof
+    are overridden, so the copy cannot touch the real server's files, sockets or master.
     """
     from .sandbox import Sandbox, find_server_binary  # noqa: PLC0415
 
@@ -327,6 +327,8 @@ def boot_check(target: Target, plan: PersistPlan, *, timeout_s: float = 30.0) ->
         extra += ["--unixsocket", str(root / "boot.sock")]  # never touch the real server's socket
     if config.last("tls-port"):
         extra += ["--tls-port", "0"]
+    if config.last("replicaof") or config.last("slaveof"):
+        extra += ["--replicaof", "no", "one"]  # a copy must never connect to, and sync from, a real master
     sb = Sandbox(config=text, binary=binary, root=root, extra_args=tuple(extra))
     try:
         sb.start(timeout_s)
