@@ -59,10 +59,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _print_run(result: RunResult) -> None:
     print(f"change {result.change_id}")
-    print(f"{'step':<16} {'target':<28} {'status':<8} key figures")
+    print(f"{'step':<16} {'target':<28} {'status':<8} {'changed':<8} key figures")
     for s in result.steps:
         figures = s.summary.get("error") or _figures(s.summary)
-        print(f"{s.name:<16} {s.target[:28]:<28} {s.status:<8} {figures}")
+        print(f"{s.name:<16} {s.target[:28]:<28} {s.status:<8} {changed(s.summary):<8} {figures}")
     for nb in dict.fromkeys(s.notebook for s in result.steps if s.notebook is not None):
         print(f"evidence: {result.archive.location(nb)}\n          {result.archive.location(nb.with_suffix('.html'))}")
     print(f"index:    {result.archive.location()}")
@@ -70,6 +70,17 @@ def _print_run(result: RunResult) -> None:
         print(f"failing:  {s.target} at {s.name}: {s.summary.get('error') or _figures(s.summary)}")
     verdict = {0: "OK", 1: "FAILED", 2: "USAGE ERROR", 3: "BLOCKED: a person must act"}[result.exit_code]
     print(f"verdict:  {verdict} (exit {result.exit_code})")
+
+
+#: The `result` a notebook records when it changed the server, its config file or the backup destination.
+CHANGED_RESULTS = ("changed", "done")
+
+
+def changed(summary: dict) -> str:
+    """yes / no for a step that may change something (it records a `result`), - for a read-only step."""
+    if "result" not in summary:
+        return "-"
+    return "yes" if summary["result"] in CHANGED_RESULTS else "no"
 
 
 def _figures(summary: dict) -> str:
@@ -105,6 +116,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                     "change_id": result.change_id, "exit_code": result.exit_code,
                     "failing": [{"target": s.target, "notebook": s.name, "status": s.status} for s in result.failing()],
                     "steps": [{"notebook": s.name, "target": s.target, "status": s.status,
+                               "changed": changed(s.summary),
                                "exit_code": s.exit_code, "summary": s.summary,
                                "ipynb": result.archive.location(s.notebook) if s.notebook else None,
                                "html": result.archive.location(s.html) if s.html else None, "run_id": s.record["run_id"]}

@@ -142,6 +142,7 @@ def test_run_all_performs_the_seed_change(tmp_path: Path) -> None:
     assert rc == 0, err
     steps = out["steps"]
     assert [s["notebook"] for s in steps] == ["inspect", "enable-aof", "persist-config", "test-persistence", "inspect"]
+    assert [s["changed"] for s in steps] == ["-", "no", "yes", "-", "-"]  # only the file was written
     before, enable, persist, test, after = (s["summary"] for s in steps)
     assert before["verdict"] == "fail" and before["drift"] == ["appendonly"]  # the seed's problem, shown
     assert enable["result"] == "unchanged"  # AOF already ran complete: nothing sent
