@@ -22,7 +22,6 @@ import shutil
 import tempfile
 import time
 import uuid
-import weakref
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -36,7 +35,8 @@ log = logging.getLogger(__name__)
 INDEX = "index.jsonl"
 GENESIS = "0" * 64
 ARCHIVE_ENV = "RUNBOOK_ARCHIVE"
-#: The object a remote archive writes, reads back and deletes to prove it takes writes.
+#: The name prefix of the object a remote archive writes, reads back and deletes to prove it takes
+#: writes; each check adds its own random suffix, so runs starting together do not share one object.
 WRITE_CHECK = ".runbook-write-check"
 #: How often an append to a remote index is retried when another writer changed it first.
 APPEND_ATTEMPTS = 10
@@ -95,9 +95,12 @@ class Archive:
     endpoint is unreachable, the bucket is missing, there are no credentials or the scheme
     needs a package that is not installed. Credentials come from the environment only: a URL
     that carries them is refused. Files are staged in a local temp dir (`local`) and uploaded
-    by `add`, then the record is appended to `<url>/index.jsonl`; `close` removes the staging
-    dir, except after a failed upload, which keeps it (with the unsent record in its own
-    index.jsonl) and names it in the ArchiveError.
+    by `add`, then the record is appended to `<url>/index.jsonl`. Only `close` (after a run
+    that finished) removes the staging dir: a failed upload keeps it (with the unsent record in
+    its own index.jsonl) and names it in the ArchiveError; `abandon` (a run that raised) keeps
+    it and logs where it is. An upload never replaces an object already at the archive: a file
+    whose name is taken (another host, the same notebook, target and millisecond) is stored
+    under `<stem>-2<suffix>` (or -3, ...), and the record names it there.
 
     Object stores cannot append: `add` reads the whole index, appends and writes it back. On S3
     the write is conditional (If-Match on the ETag read, If-None-Match for a new index), so a
@@ -118,8 +121,8 @@ class Archive:
         _check_writable(_Remote.open(where, quick=True))
         self.url = where
         self.local = Path(tempfile.mkdtemp(prefix="runbook-archive-"))
-        self._uploaded: dict[str, str] = {}
-        self._cleanup = weakref.finalize(self, shutil.rmtree, self.local, ignore_errors=True)
+        self._uploaded: dict[str, tuple[str, str]] = {}  # staged rel -> (rel at the archive, sha256)
+        self._kept = False
 
     def run_path(self, notebook: str, target: str, started: datetime) -> Path:
         """A reserved local path for a run's executed notebook (its HTML goes beside it)."""
@@ -134,13 +137,16 @@ class Archive:
         if self._remote is None:
             return append_record(self.local, record)
         try:
+            files: dict[str, str] = {}
             for rel, digest in record.get("files", {}).items():
-                if self._uploaded.get(rel) != digest:  # a fleet step's records share one notebook
-                    self._remote.fs.put_file(str(self.local / rel), self._remote.path(rel))
-                    self._uploaded[rel] = digest
-            return _append_remote(self._remote, record)
+                stored, stored_digest = self._uploaded.get(rel, ("", ""))
+                if stored_digest != digest:  # a fleet step's records share one notebook: upload it once
+                    stored = _upload_new(self._remote, self.local / rel, rel)
+                    self._uploaded[rel] = (stored, digest)
+                files[stored] = digest
+            return _append_remote(self._remote, {**record, "files": files} if files else record)
         except Exception as err:  # noqa: BLE001  (whatever went wrong, keep the evidence and say where)
-            self._cleanup.detach()
+            self._kept = True
             append_record(self.local, record)
             cause = str(err) if isinstance(err, ArchiveError) else explain(self._remote.url, err)
             raise ArchiveError(f"run {record.get('run_id')} was not archived: {cause}. Its files and record are "
@@ -152,16 +158,32 @@ class Archive:
         if self._remote is None:
             return str(path if path is not None else self.local / INDEX)
         rel = INDEX if path is None else Path(path).relative_to(self.local).as_posix()
-        return f"{self._remote.url}/{rel}"
+        return f"{self._remote.url}/{self._uploaded.get(rel, (rel, ''))[0]}"
 
     def env_value(self) -> str:
         """What the kernel gets in $RUNBOOK_ARCHIVE (the rollback notebook reads the index there)."""
         return self.url if self.url is not None else str(self.local.resolve())
 
     def close(self) -> None:
-        """Remove a remote archive's staging dir (nothing to do for a local directory)."""
-        if self._remote is not None:
-            self._cleanup()
+        """After a run that finished: remove a remote archive's staging dir, unless a failed upload kept it."""
+        if self._remote is not None and not self._kept:
+            shutil.rmtree(self.local, ignore_errors=True)
+
+    def abandon(self) -> None:
+        """After a run that raised: keep a remote archive's staging dir when it holds files not yet
+        uploaded (a step that may have changed the target), and log where it is."""
+        if self._remote is None or self._kept:
+            return
+        uploaded = set(self._uploaded)
+        pending = sorted(p.relative_to(self.local).as_posix() for p in self.local.rglob("*")
+                         if p.is_file() and p.relative_to(self.local).as_posix() not in uploaded)
+        if not pending:
+            shutil.rmtree(self.local, ignore_errors=True)
+            return
+        self._kept = True
+        log.warning("the run stopped before all its evidence was archived: evidence kept in %s; upload it to "
+                    "%s by hand (not uploaded, and named in no record: %s)",
+                    self.local, self._remote.url, ", ".join(pending))
 
 
 def sha256_file(path: Path) -> str:
@@ -320,8 +342,9 @@ class _Remote:
 
 
 def _check_writable(remote: _Remote) -> None:
-    """Write, read back and delete a small object at the archive (ParameterError when that fails)."""
-    probe, token = remote.path(WRITE_CHECK), f"runbook write check {uuid.uuid4().hex}\n".encode()
+    """Write, read back and delete a small object of this run's own at the archive (ParameterError when that fails)."""
+    name = f"{WRITE_CHECK}-{uuid.uuid4().hex}"
+    probe, token = remote.path(name), f"runbook write check {name}\n".encode()
     try:
         remote.fs.pipe_file(probe, token)
         back = remote.fs.cat_file(probe)
@@ -333,7 +356,30 @@ def _check_writable(remote: _Remote) -> None:
     try:
         remote.fs.rm_file(probe)
     except Exception as err:  # noqa: BLE001  (a store that may not delete still archives)
-        log.info("could not remove the write check %s/%s: %s", remote.url, WRITE_CHECK, err)
+        log.info("could not remove the write check %s/%s: %s", remote.url, name, err)
+
+
+def _upload_new(remote: _Remote, local: Path, rel: str) -> str:
+    """Upload `local` to `rel` at the archive, or to `<stem>-2<suffix>` (-3, ...) when that name is
+    taken; returns the name used. Never replaces an object: on S3 the write is conditional
+    (If-None-Match), elsewhere the name is checked first (a race there can still replace one)."""
+    stem, suffix = rel[: -len(Path(rel).suffix) or None], Path(rel).suffix
+    name, n = rel, 2
+    while True:
+        path = remote.path(name)
+        try:
+            if remote.is_s3():
+                remote.fs.put_file(str(local), path, mode="create")
+                return name
+            if not remote.fs.exists(path):
+                remote.fs.put_file(str(local), path)
+                return name
+        except OSError as err:
+            if not (isinstance(err, FileExistsError) or _error_code(err) in _CONFLICT_CODES):
+                raise
+        log.info("%s/%s already exists (another run wrote evidence under the same name): trying %s-%d%s",
+                 remote.url, name, stem, n, suffix)
+        name, n = f"{stem}-{n}{suffix}", n + 1
 
 
 def _append_remote(remote: _Remote, record: dict[str, Any]) -> dict[str, Any]:
@@ -343,10 +389,14 @@ def _append_remote(remote: _Remote, record: dict[str, Any]) -> dict[str, Any]:
         old, guard = _read_guarded(remote, index)
         written, line = _chained(old, record)
         new = old + (b"\n" if old and not old.endswith(b"\n") else b"") + line
+        if remote.is_s3():
+            # s3fs sends data of 2 * chunksize or more as a multipart upload, and CreateMultipartUpload
+            # takes no If-Match: keep the index one conditional PutObject however large it grows.
+            guard = {**guard, "chunksize": max(len(new) + 1, 50 << 20)}
         try:
             remote.fs.pipe_file(index, new, **guard)
         except OSError as err:
-            if _error_code(err) in ("PreconditionFailed", "ConditionalRequestConflict"):
+            if _error_code(err) in _CONFLICT_CODES:
                 log.info("%s changed while this run appended to it: appending again", index)
                 time.sleep(random.uniform(0, 0.05 * (attempt + 1)))  # let the other writer finish
                 continue
@@ -358,6 +408,10 @@ def _append_remote(remote: _Remote, record: dict[str, Any]) -> dict[str, Any]:
         return written
     raise ArchiveError(f"{remote.url}/{INDEX} changed under every one of {APPEND_ATTEMPTS} attempts to append "
                        "to it: another writer keeps writing there")
+
+
+#: What S3 answers to a conditional write whose condition no longer holds.
+_CONFLICT_CODES = ("PreconditionFailed", "ConditionalRequestConflict")
 
 
 def _read_guarded(remote: _Remote, index: str) -> tuple[bytes, dict[str, str]]:

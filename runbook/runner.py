@@ -244,13 +244,17 @@ def run(
     # The rollback notebook reads the archive, and a sandbox target reads the handoff file:
     # the kernel finds both through its environment.
     os.environ[ARCHIVE_ENV] = store.env_value()
-    with tempfile.TemporaryDirectory(prefix="runbook-run-") as tmp, shared_kernel() as kernel:
-        handoff = Path(tmp) / "sandbox.json"
-        os.environ[SANDBOX_FILE_ENV] = str(handoff)
-        kernel.start()  # boots (and imports the runbook) while the sandbox is seeded
-        ctx = RunContext(result.change_id, store, commit, fail_on, kernel, extra, keep_going)
-        with shared_sandbox(steps, handoff):
-            _run_steps(steps, result, ctx)
+    try:
+        with tempfile.TemporaryDirectory(prefix="runbook-run-") as tmp, shared_kernel() as kernel:
+            handoff = Path(tmp) / "sandbox.json"
+            os.environ[SANDBOX_FILE_ENV] = str(handoff)
+            kernel.start()  # boots (and imports the runbook) while the sandbox is seeded
+            ctx = RunContext(result.change_id, store, commit, fail_on, kernel, extra, keep_going)
+            with shared_sandbox(steps, handoff):
+                _run_steps(steps, result, ctx)
+    except BaseException:  # Ctrl-C, a render failure: a step may have changed the target, keep its evidence
+        store.abandon()
+        raise
     os.environ.pop(SANDBOX_FILE_ENV, None)
     store.close()
     return result

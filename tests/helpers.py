@@ -4,19 +4,37 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
 _SCRUB = ("REDIS_PASSWORD", "RUNBOOK_SANDBOX_URL", "RUNBOOK_SANDBOX_DIR", "RUNBOOK_ARCHIVE")
 
 
-def runbook_cli(*args: str, env: dict[str, str] | None = None, timeout: int = 300) -> subprocess.CompletedProcess[str]:
-    base = {k: v for k, v in os.environ.items() if k not in _SCRUB}
+def runbook_cli(*args: str, env: dict[str, str] | None = None, timeout: int = 300,
+                drop_prefix: str = "") -> subprocess.CompletedProcess[str]:
+    """`runbook ARGS` in a subprocess, without the runbook's own settings from this environment (nor, given
+    `drop_prefix`, any variable whose name starts with it: `AWS_` keeps ~/.aws settings out), plus `env`."""
+    base = {k: v for k, v in os.environ.items() if k not in _SCRUB and not (drop_prefix and k.startswith(drop_prefix))}
     base.update(env or {})
     return subprocess.run([sys.executable, "-m", "runbook", *args], capture_output=True, text=True,
                           env=base, timeout=timeout, cwd=REPO)
+
+
+def wait_for_port(host: str, port: int, timeout: float, proc: subprocess.Popen | None = None) -> bool:
+    """True once `host:port` accepts connections; False after `timeout` seconds, or as soon as `proc` exits."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            socket.create_connection((host, port), timeout=1).close()
+            return True
+        except OSError:
+            if (proc is not None and proc.poll() is not None) or time.monotonic() > deadline:
+                return False
+            time.sleep(0.1)
 
 
 def run_json(archive: Path, *args: str, env: dict[str, str] | None = None) -> tuple[int, dict, str]:

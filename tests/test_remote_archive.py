@@ -6,13 +6,15 @@ and tampering is done to the objects themselves.
 
 from __future__ import annotations
 
+import gc
 import hashlib
 import importlib.util
+import inspect
 import itertools
 import json
+import logging
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import threading
@@ -25,6 +27,8 @@ from typing import Any, Iterator
 
 import pytest
 
+from helpers import runbook_cli, wait_for_port
+from runbook import archive as archive_module
 from runbook.archive import (
     GENESIS,
     INDEX,
@@ -38,9 +42,7 @@ from runbook.archive import (
 from runbook.errors import ArchiveError, ParameterError
 from runbook.sandbox import free_port
 
-REPO = Path(__file__).resolve().parent.parent
 SECRET = "moto-secret-Zq9-4f1c"  # moto takes any key; this one must never reach the evidence
-_SCRUB = ("REDIS_PASSWORD", "RUNBOOK_SANDBOX_URL", "RUNBOOK_SANDBOX_DIR", "RUNBOOK_ARCHIVE")
 
 
 def _needs(module: str) -> None:
@@ -59,18 +61,13 @@ def endpoint(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     port = free_port()
     log = tmp_path_factory.mktemp("moto") / "moto.log"
     with log.open("wb") as out:
+        # Multipart parts from 256 bytes (S3 wants 5 MiB): a test sends a multipart upload of a few KiB.
         proc = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
-                                stdout=out, stderr=subprocess.STDOUT)
-    deadline = time.monotonic() + 30
-    while True:
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=1).close()
-            break
-        except OSError:
-            if proc.poll() is not None or time.monotonic() > deadline:
-                proc.kill()
-                pytest.fail(f"moto_server did not start on 127.0.0.1:{port}: {log.read_text()[-2000:]}")
-            time.sleep(0.1)
+                                stdout=out, stderr=subprocess.STDOUT,
+                                env={**os.environ, "S3_UPLOAD_PART_MIN_SIZE": "256"})
+    if not wait_for_port("127.0.0.1", port, 30, proc):
+        proc.kill()
+        pytest.fail(f"moto_server did not start on 127.0.0.1:{port}: {log.read_text()[-2000:]}")
     yield f"http://127.0.0.1:{port}"
     proc.terminate()
     try:
@@ -110,16 +107,10 @@ def new_bucket(endpoint: str) -> str:
     return name
 
 
-def cli(*args: str, env: dict[str, str], tmpdir: Path | None = None, prelude: str = "",
-        timeout: int = 300) -> subprocess.CompletedProcess[str]:
-    """`runbook ARGS` in a subprocess whose AWS settings are exactly `env` (`prelude` runs first)."""
-    base = {k: v for k, v in os.environ.items() if k not in _SCRUB and not k.startswith("AWS_")}
-    base.update(env)
-    if tmpdir is not None:
-        base["TMPDIR"] = str(tmpdir)
-    code = f"{prelude}\nimport sys\nfrom runbook.cli import main\nsys.exit(main(sys.argv[1:]))"
-    return subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True, env=base, check=False,
-                          timeout=timeout, cwd=REPO)
+def cli(*args: str, env: dict[str, str], tmpdir: Path | None = None) -> subprocess.CompletedProcess[str]:
+    """`runbook ARGS` in a subprocess whose AWS settings are exactly `env` (temp files in `tmpdir`)."""
+    return runbook_cli(*args, env={**env, **({"TMPDIR": str(tmpdir)} if tmpdir is not None else {})},
+                       drop_prefix="AWS_")
 
 
 def objects(endpoint: str, bucket: str, prefix: str) -> dict[str, bytes]:
@@ -295,18 +286,21 @@ def test_missing_bucket_exits_2_before_the_target_is_touched(endpoint: str, defa
         ("credentials-in-url", "s3://AKIAEXAMPLE:wJalr-secret@{bucket}/runs", "the URL carries credentials"),
     ],
 )
-def test_unusable_destination_exits_2_with_one_clear_line(endpoint: str, case: str, url: str, expected: str) -> None:
+def test_unusable_destination_exits_2_with_one_clear_line(endpoint: str, case: str, url: str, expected: str,
+                                                          tmp_path: Path) -> None:
     bucket = new_bucket(endpoint)
     url = url.format(bucket=bucket)
-    env, prelude = aws_env(endpoint), ""
+    env = aws_env(endpoint)
     if case == "unreachable":
         env["AWS_ENDPOINT_URL"] = f"http://127.0.0.1:{free_port()}"
     elif case == "no-credentials":
         del env["AWS_ACCESS_KEY_ID"], env["AWS_SECRET_ACCESS_KEY"]
-    elif case == "no-s3fs":
-        prelude = "import sys; sys.modules['s3fs'] = None  # as if s3fs were not installed"
+    elif case == "no-s3fs":  # as if s3fs were not installed: a package of that name that fails to import
+        (tmp_path / "s3fs").mkdir()
+        (tmp_path / "s3fs" / "__init__.py").write_text("raise ModuleNotFoundError(\"No module named 's3fs'\")\n")
+        env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(tmp_path), os.environ.get("PYTHONPATH")]))
     t0 = time.perf_counter()
-    proc = cli("run", "inspect", "--archive", url, env=env, prelude=prelude)
+    proc = cli("run", "inspect", "--archive", url, env=env)
     seconds = time.perf_counter() - t0
     assert proc.returncode == 2, proc.stdout + proc.stderr
     assert proc.stdout == ""
@@ -342,6 +336,197 @@ def test_concurrent_writers_to_one_s3_index_lose_no_record(s3_env: dict[str, str
     assert errors == []
     assert sorted(r["run_id"] for r in read_index(url)) == sorted(f"{n}-{i}" for n in "ab" for i in range(8))
     assert verify(url) == []
+
+
+class _ReadAfterAllWrote:
+    """A filesystem whose write-check reads wait until every one of `n` runs has written its own."""
+
+    def __init__(self, fs: Any, barrier: threading.Barrier) -> None:
+        self._fs, self._barrier = fs, barrier
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._fs, name)
+
+    def cat_file(self, path: str, *args: Any, **kwargs: Any) -> Any:
+        if WRITE_CHECK in path:
+            self._barrier.wait()
+        return self._fs.cat_file(path, *args, **kwargs)
+
+
+def test_runs_starting_together_each_check_writes_with_their_own_object(
+        s3_env: dict[str, str], endpoint: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    bucket = new_bucket(endpoint)
+    n = 4
+    barrier = threading.Barrier(n, timeout=60)
+    real_open = archive_module._Remote.open
+
+    def gated_open(url: str, *, quick: bool = False) -> Any:
+        remote = real_open(url, quick=quick)
+        if not quick:  # the write check opens its own, quick one
+            return remote
+        return archive_module._Remote(remote.url, _ReadAfterAllWrote(remote.fs, barrier), remote.root)
+
+    monkeypatch.setattr(archive_module._Remote, "open", gated_open)
+    opened: list[Archive] = []
+    errors: list[BaseException] = []
+
+    def start() -> None:
+        try:
+            opened.append(Archive(f"s3://{bucket}/runs"))
+        except BaseException as err:  # noqa: BLE001
+            errors.append(err)
+
+    threads = [threading.Thread(target=start) for _ in range(n)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=120)
+    assert errors == [] and len(opened) == n  # every check read back its own token
+    for archive in opened:
+        archive.close()
+    assert objects(endpoint, bucket, "runs") == {}  # and removed its own object
+
+
+def test_a_run_that_raises_keeps_the_staged_evidence_and_says_where(
+        s3_env: dict[str, str], endpoint: str, caplog: pytest.LogCaptureFixture) -> None:
+    archive = Archive(f"s3://{new_bucket(endpoint)}/runs")
+    staging = archive.local
+    first = archive.run_path("inspect", "sandbox", datetime.now(timezone.utc))
+    first.write_text('{"cells": []}')
+    archive.add({"run_id": "r1", "files": archive.files([first])})
+    # The next step has run (it may have changed production) and then something raises before `add`.
+    nb = archive.run_path("enable-aof", "sandbox", datetime.now(timezone.utc))
+    nb.write_text('{"cells": ["changed"]}')
+    html = nb.with_suffix(".html")
+    html.write_text("<html>changed</html>")
+    with caplog.at_level(logging.WARNING, logger="runbook.archive"):
+        try:
+            raise KeyboardInterrupt  # what runner.run() does with any exception
+        except BaseException:  # noqa: BLE001
+            archive.abandon()
+    del archive
+    gc.collect()  # nothing removes it later either (there was a finalizer that did, at exit or GC)
+    assert nb.read_text() == '{"cells": ["changed"]}' and html.read_text() == "<html>changed</html>"
+    [message] = [r.getMessage() for r in caplog.records]
+    assert f"evidence kept in {staging};" in message
+    pending = message.rsplit("(", 1)[1]
+    assert nb.relative_to(staging).as_posix() in pending and html.relative_to(staging).as_posix() in pending
+    assert first.relative_to(staging).as_posix() not in pending  # that one is in the archive already
+    shutil.rmtree(staging)
+
+
+def test_a_run_that_raises_with_everything_uploaded_leaves_nothing_behind(
+        s3_env: dict[str, str], endpoint: str, caplog: pytest.LogCaptureFixture) -> None:
+    archive = Archive(f"s3://{new_bucket(endpoint)}/runs")
+    nb = archive.run_path("inspect", "sandbox", datetime.now(timezone.utc))
+    nb.write_text('{"cells": []}')
+    archive.add({"run_id": "r1", "files": archive.files([nb])})
+    archive.abandon()
+    assert not archive.local.exists()
+    assert caplog.records == []
+
+
+def test_evidence_under_a_taken_name_is_stored_beside_it_not_over_it(s3_env: dict[str, str], endpoint: str) -> None:
+    url = f"s3://{new_bucket(endpoint)}/runs"
+    started = datetime.now(timezone.utc)  # two hosts, the same notebook, target and millisecond
+    hosts = [Archive(url), Archive(url)]
+    staged = []
+    for n, archive in enumerate(hosts):
+        nb = archive.run_path("inspect", "sandbox", started)
+        nb.write_text(f'{{"cells": [], "host": {n}}}')
+        nb.with_suffix(".html").write_text(f"<html>host {n}</html>")
+        staged.append(nb)
+    assert staged[0].relative_to(hosts[0].local) == staged[1].relative_to(hosts[1].local)
+    written = [a.add({"run_id": f"h{n}", "files": a.files([nb, nb.with_suffix(".html")])})
+               for n, (a, nb) in enumerate(zip(hosts, staged))]
+    rel = staged[0].relative_to(hosts[0].local).as_posix()
+    taken = rel.removesuffix(".ipynb")
+    assert sorted(written[0]["files"]) == sorted([f"{taken}.html", rel])
+    assert sorted(written[1]["files"]) == sorted([f"{taken}-2.html", f"{taken}-2.ipynb"])
+    assert hosts[1].location(staged[1]) == f"{url}/{taken}-2.ipynb"
+    assert hosts[1].location(staged[1].with_suffix(".html")) == f"{url}/{taken}-2.html"
+    assert verify(url) == []  # each record's files are the ones it wrote
+    stored = objects(endpoint, url.split("/")[2], "runs")
+    assert stored[rel] == b'{"cells": [], "host": 0}' and stored[f"{taken}-2.ipynb"] == b'{"cells": [], "host": 1}'
+    for archive in hosts:
+        archive.close()
+
+
+def add_while_another_lands(monkeypatch: pytest.MonkeyPatch, this: Archive, other: Archive,
+                            record: dict[str, Any], another: dict[str, Any]) -> tuple[dict[str, Any], int]:
+    """`this.add(record)`, with `other.add(another)` landing between its read of the index and its write;
+    returns what this add wrote and how many times the index was read."""
+    real_read, reads = archive_module._read_guarded, []
+
+    def read_then_another_lands(remote: Any, index: str) -> Any:
+        got = real_read(remote, index)
+        reads.append(index)
+        if len(reads) == 1:
+            other.add(another)  # its own read is the second
+        return got
+
+    monkeypatch.setattr(archive_module, "_read_guarded", read_then_another_lands)
+    try:
+        return this.add(record), len(reads)
+    finally:
+        monkeypatch.setattr(archive_module, "_read_guarded", real_read)
+
+
+def test_a_write_over_a_changed_index_fails_and_the_append_is_redone(
+        s3_env: dict[str, str], endpoint: str, monkeypatch: pytest.MonkeyPatch,
+        caplog: pytest.LogCaptureFixture) -> None:
+    url = f"s3://{new_bucket(endpoint)}/shared"
+    this, other = Archive(url), Archive(url)
+    this.add({"run_id": "r0", "files": {}})
+    # The guard itself: read the index, let another add land, then write with the guard read before it.
+    remote = archive_module._Remote.open(url)
+    index = remote.path(INDEX)
+    old, guard = archive_module._read_guarded(remote, index)
+    other.add({"run_id": "r1", "files": {}})
+    with pytest.raises(OSError):
+        remote.fs.pipe_file(index, old + b'{"run_id": "lost"}\n', **guard)
+    assert [r["run_id"] for r in read_index(url)] == ["r0", "r1"]
+    # The retry: another add lands between this add's read and its write.
+    with caplog.at_level(logging.INFO, logger="runbook.archive"):
+        written, reads = add_while_another_lands(monkeypatch, this, other, {"run_id": "r3", "files": {}},
+                                                 {"run_id": "r2", "files": {}})
+    assert reads == 3  # this add, the other add, this add again
+    assert f"{index} changed while this run appended to it: appending again" in caplog.text
+    records = read_index(url)
+    assert [r["run_id"] for r in records] == ["r0", "r1", "r2", "r3"]
+    assert records[-1] == written and verify(url) == []
+    this.close()
+    other.close()
+
+
+def test_an_index_past_the_multipart_threshold_is_still_written_conditionally(
+        s3_env: dict[str, str], endpoint: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    import s3fs  # noqa: PLC0415
+
+    # s3fs sends data of 2 * chunksize (100 MB by default) or more as a multipart upload. Lower that
+    # default to 1 KiB (moto's server takes parts that small) rather than write 100 MB indexes.
+    pipe = s3fs.S3FileSystem._pipe_file
+    names = [p.name for p in inspect.signature(pipe).parameters.values() if p.default is not p.empty
+             and p.kind is p.POSITIONAL_OR_KEYWORD]
+    defaults = list(pipe.__defaults__)
+    defaults[names.index("chunksize")] = 1024
+    monkeypatch.setattr(pipe, "__defaults__", tuple(defaults))
+    url = f"s3://{new_bucket(endpoint)}/shared"
+    remote = archive_module._Remote.open(url)
+    # What a multipart upload does with a condition: CreateMultipartUpload takes none, s3fs drops it.
+    remote.fs.pipe_file(remote.path("taken"), b"first")
+    remote.fs.pipe_file(remote.path("taken"), b"x" * 4096, IfNoneMatch="*")
+    assert remote.fs.cat_file(remote.path("taken")) == b"x" * 4096  # replaced, condition and all
+    this, other = Archive(url), Archive(url)
+    padding = "x" * 4096
+    this.add({"run_id": "r0", "files": {}, "note": padding})
+    written, reads = add_while_another_lands(monkeypatch, this, other, {"run_id": "r2", "files": {}, "note": padding},
+                                             {"run_id": "r1", "files": {}, "note": padding})
+    assert reads == 3  # the stale write was refused and redone
+    assert [r["run_id"] for r in read_index(url)] == ["r0", "r1", "r2"]
+    assert verify(url) == []
+    this.close()
+    other.close()
 
 
 def test_failed_upload_keeps_the_evidence_locally_and_says_where(s3_env: dict[str, str], endpoint: str) -> None:
@@ -404,7 +589,7 @@ def test_memory_archive_round_trip_and_tampering() -> None:
     fs = fsspec.filesystem("memory")
     root = url[len("memory://"):]
     assert fs.cat_file(f"{root}/{rel}") == b'{"cells": []}'
-    assert not fs.exists(f"{root}/{WRITE_CHECK}")
+    assert not [p for p in fs.find(root) if WRITE_CHECK in p]
     assert read_index(url) == [written, second]
     assert second["prev_hash"] == hashlib.sha256(fs.cat_file(f"{root}/{INDEX}").splitlines()[0]).hexdigest()
     assert verify(url) == []
