@@ -4,7 +4,8 @@
 sandbox from a copy of the target's own config file (listeners, files, replication and cluster
 state moved into the sandbox, so the copy cannot touch the real server), optionally loads a copy
 of its data, puts the sandbox in the target's runtime persistence state, then runs `all` with
-`apply` there. Towards the target it only sends PING, INFO and CONFIG GET, and reads its files.
+`apply` there. Towards the target it only sends PING, INFO, CONFIG GET and DBSIZE (enable-aof's
+read-only preflight), and reads its files.
 """
 
 from __future__ import annotations
@@ -17,15 +18,20 @@ import subprocess
 import tempfile
 import time
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Iterator, Sequence
 
 import redis
 
 from .aof import aof_on_disk, wait_aof_ready
+from .archive import Archive
+from .checks import FAIL
+from .configedit import quote
 from .configfile import ConfigFile, mask_secrets, read_config, split_args
-from .errors import ParameterError, PreconditionFailed
+from .enable import Preflight
+from .enable import preflight as enable_preflight
+from .errors import ParameterError, PreconditionFailed, WaitTimeout
 from .params import load_files
 from .persist import choose_method
 from .persistence import (
@@ -61,6 +67,10 @@ NEUTRALIZED = frozenset({
 #: Runtime persistence settings copied from the target (dir is the sandbox's own; the file names
 #: cannot change at runtime).
 MIRRORED = tuple(k for k in PERSISTENCE_SETTINGS if k not in ("dir", "appendfilename", "appenddirname"))
+#: Settings naming a file that must lie inside the sandbox (a relative one resolves against its dir).
+ISOLATED_FILES = ("logfile", "pidfile", "unixsocket", "aclfile", "cluster-config-file")
+#: A master with fewer connected replicas than this refuses writes; the lone sandbox has none.
+MIN_REPLICAS = ("min-replicas-to-write", "min-slaves-to-write")
 #: Memory the sandbox may need per byte the target uses: the dataset, plus copy-on-write while it forks.
 MEMORY_FACTOR = 1.5
 _COMMENT = "# rehearsal: disabled: "
@@ -94,6 +104,7 @@ class Production:
     used_memory: int
     config_path: Path
     config: ConfigFile = field(repr=False)
+    preflight: Preflight = field(repr=False)  # enable-aof's read-only preflight, run against the target
 
 
 @dataclass(frozen=True)
@@ -126,11 +137,12 @@ class Override:
 
 @dataclass(frozen=True)
 class SandboxConfig:
-    """The sandbox's config text, what it changed, and the included files it copied."""
+    """The sandbox's config text, what it changed, the included files it copied, and what to tell the user."""
 
     text: str = field(repr=False)
     overrides: tuple[Override, ...]
     includes: tuple[str, ...]
+    caveats: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -156,6 +168,7 @@ class Rehearsal:
     production_keys: int
     mirrored: dict[str, dict[str, str]]
     overrides: tuple[Override, ...]
+    includes: tuple[str, ...]  # the target's included files, copied into the sandbox
     persist_method: str
     persist_method_reason: str
     caveats: tuple[str, ...]
@@ -164,17 +177,8 @@ class Rehearsal:
 
     def record(self) -> dict[str, Any]:
         """The JSON-able form for the evidence (no secrets: values of secret directives never get here)."""
-        return {
-            "of": self.production, "production_server": self.production_server, "config_file": self.config_file,
-            "binary": self.binary, "server": self.server, "version_match": self.version_match,
-            "data_copied": self.data_copied,
-            "copied": [{"role": c.role, "source": c.source, "size": c.size} for c in self.copied],
-            "keys_loaded": self.keys_loaded, "production_keys": self.production_keys, "mirrored": self.mirrored,
-            "overrides": [{"directive": o.directive, "production": o.production, "sandbox": o.sandbox}
-                          for o in self.overrides],
-            "persist_method": self.persist_method, "persist_method_reason": self.persist_method_reason,
-            "caveats": list(self.caveats), "sandbox_dir": self.sandbox_dir, "prepare_s": self.prepare_s,
-        }
+        fields = asdict(self)
+        return {"of": fields.pop("production"), **fields}
 
 
 @dataclass(frozen=True)
@@ -182,7 +186,6 @@ class Staged:
     """A started rehearsal sandbox and the parameters that point the run at it."""
 
     sandbox: Sandbox
-    client: redis.Redis
     rehearsal: Rehearsal
     pairs: tuple[tuple[str, str], ...]
 
@@ -232,7 +235,7 @@ def connection_from(files: Sequence[str | Path], pairs: Sequence[tuple[str, str]
 
 
 def observe(conn: Connection) -> Production:
-    """Connect to the real target and read it: PING, INFO, CONFIG GET and its config file, nothing else."""
+    """Connect to the real target and read it: PING, INFO, CONFIG GET, DBSIZE and its config file, nothing else."""
     target = connect(conn.target, username=conn.username, password_env=conn.password_env,
                      tls_ca_file=conn.tls_ca_file, connect_timeout_s=conn.connect_timeout_s,
                      command_timeout_s=conn.command_timeout_s, config_command=conn.config_command)
@@ -249,11 +252,19 @@ def observe(conn: Connection) -> Production:
     if not conn.config_file and not target.local:
         raise ParameterError(f"{conn.target} is on another host: its config file {path_str} is not here. Pass "
                              "config_file with a local copy of it.")
+    if conn.config_file and not Path(path_str).is_file():
+        raise ParameterError(f"cannot rehearse {redact_url(conn.target)}: the config_file parameter names "
+                             f"{path_str}, which does not exist here. Point config_file at the file the target "
+                             f"runs with, or a local copy of it (INFO server config_file: "
+                             f"{ident.config_file or 'empty'}).")
     try:
         config = read_config(path_str)
     except PreconditionFailed as err:
-        raise ParameterError(f"cannot rehearse {conn.target}: {err}") from err
-    return Production(conn, target, ident, runtime, keys, used_memory, Path(path_str), config)
+        raise ParameterError(f"cannot rehearse {redact_url(conn.target)}: {err}") from err
+    # What the real enable-aof step would refuse on this target (a failing BGSAVE, no disk room,
+    # a replica): the sandbox cannot show it, since it measures itself. Read-only.
+    pre = enable_preflight(target, allow_replica=conn.allow_replica)
+    return Production(conn, target, ident, runtime, keys, used_memory, Path(path_str), config, pre)
 
 
 # -- the server binary ------------------------------------------------------------------------------
@@ -323,8 +334,9 @@ def _read_private(path: Path, what: str) -> bytes:
 
 
 def _neutralized(text: str, path: Path, root: Path, overrides: list[Override], includes: list[str],
-                 cwd: Path, depth: int = 0) -> str:
-    """`text` with every NEUTRALIZED directive commented out and every include pointed at a private copy."""
+                 cwd: Path, depth: int = 0) -> tuple[str, Path]:
+    """`text` with every NEUTRALIZED directive commented out and every include pointed at a private copy,
+    and the working directory the server has after reading it (`dir` lines move it, as Redis chdirs)."""
     out: list[str] = []
     for lineno, raw in enumerate(text.splitlines(keepends=True), start=1):
         line = raw.strip()
@@ -354,54 +366,66 @@ def _neutralized(text: str, path: Path, root: Path, overrides: list[Override], i
                 sub = _read_private(inc, f"included file (from {path}:{lineno})")
                 copy = root / "include" / f"{len(includes):02d}-{inc.name}"
                 includes.append(str(inc))
-                body = _neutralized(sub.decode("utf-8", errors="surrogateescape"), inc, root, overrides,
-                                    includes, cwd, depth + 1)
+                body, cwd = _neutralized(sub.decode("utf-8", errors="surrogateescape"), inc, root, overrides,
+                                         includes, cwd, depth + 1)
                 _private_file(copy, body.encode("utf-8", errors="surrogateescape"))
                 out.append(f'include "{copy}"{ending or chr(10)}')
             continue
         out.append(raw)
-    return "".join(out)
+    return "".join(out), cwd
 
 
-def sandbox_config(config_path: Path, root: Path, *, cluster: bool) -> SandboxConfig:
+def sandbox_config(config: ConfigFile, root: Path) -> SandboxConfig:
     """The sandbox's config: the target's file as it is, minus what would reach the target, plus the
     sandbox's own values at the end (port, bind, dir, pidfile and logfile are appended by Sandbox).
 
     Persistence and auth lines stay: persistence is what is rehearsed, and the same password works.
     """
+    config_path = config.path
     (root / "include").mkdir(mode=0o700, exist_ok=True)
     overrides: list[Override] = []
     includes: list[str] = []
+    caveats: list[str] = []
     main = _read_private(config_path, "config file").decode("utf-8", errors="surrogateescape")
-    text = _neutralized(main, config_path, root, overrides, includes, config_path.parent)
+    # Where the server was started is unknown here: start from the file's own directory, as read_config does.
+    text, final_dir = _neutralized(main, config_path, root, overrides, includes, config_path.parent)
     seen = {o.directive for o in overrides}
-    extra: list[tuple[str, str]] = [("supervised", "no")]
+    extra: list[tuple[str, tuple[str, ...]]] = [("supervised", ("no",))]
     if "unixsocket" in seen:
-        extra.append(("unixsocket", str(root / "redis.sock")))
+        extra.append(("unixsocket", (str(root / "redis.sock"),)))
     if "aclfile" in seen:
-        source = Path(next(o.production for o in reversed(overrides) if o.directive == "aclfile"))
-        if not source.is_absolute():
-            source = config_path.parent / source
+        # Redis loads the ACL file after the whole config, from the directory the last `dir` left it in.
+        source = final_dir / next(o.production for o in reversed(overrides) if o.directive == "aclfile")
         _private_file(root / "users.acl", _read_private(source, "aclfile"))
-        extra.append(("aclfile", str(root / "users.acl")))
+        extra.append(("aclfile", (str(root / "users.acl"),)))
     if seen & {"replicaof", "slaveof", "primaryof"}:
-        extra.append(("replicaof", "no one"))
-    if cluster:
-        extra.append(("cluster-config-file", str(root / "nodes.conf")))
+        extra.append(("replicaof", ("no", "one")))
+    if (config.value("cluster-enabled") or "no").lower() == "yes":
+        # Relative, so it resolves in the dir appended last: a copy of this file started with its own
+        # dir (persist-config's boot check) then takes its own nodes.conf, not the sandbox's locked one.
+        extra.append(("cluster-config-file", ("nodes.conf",)))
+    min_replicas = [d for d in config.directives if d.name in MIN_REPLICAS and d.args]
+    if min_replicas and min_replicas[-1].args[0] not in ("0", ""):
+        d = min_replicas[-1]
+        extra.append((d.name, ("0",)))
+        overrides.append(Override(d.name, d.args[0], "0"))
+        caveats.append(f"the file sets {d.name} {d.args[0]}: the lone sandbox master has no replicas and would "
+                       "refuse writes, so it ran with 0; the target needs its replicas connected for the change")
     text = text.rstrip("\n") + "\n\n# Rehearsal overrides (runbook.rehearse): the sandbox's own sockets and files\n"
-    text += "".join(f"{k} {v}\n" if k == "replicaof" else f'{k} "{v}"\n' for k, v in extra)
-    # What the record shows: each neutralized directive once (its last value), with what replaced it.
-    sandbox_values = {k: v for k, v in extra}
+    text += "".join(f"{k} {' '.join(map(quote, args))}\n" for k, args in extra)
+    # What the record shows: each overridden directive once (its last value), with what replaced it.
+    sandbox_values = {k: " ".join(args) for k, args in extra}
     sandbox_values.update({"port": "a free loopback port", "bind": "127.0.0.1", "dir": str(root / "data"),
                            "pidfile": str(root / "redis.pid"), "logfile": str(root / "redis.log"),
                            "daemonize": "no", "slaveof": "no one", "primaryof": "no one"})
     last = {o.directive: o for o in overrides}
     shown = [Override(o.directive, o.production, sandbox_values.get(o.directive, "")) for o in last.values()
              if o.production != sandbox_values.get(o.directive, "")]
-    for k, v in extra:
-        if k not in last:
-            shown.append(Override(k, "", v))
-    return SandboxConfig(text, tuple(shown), tuple(includes))
+    replication_shown = bool(last.keys() & {"replicaof", "slaveof", "primaryof"})
+    for k, args in extra:
+        if k not in last and not (k == "replicaof" and replication_shown):  # no slaveof + replicaof pair
+            shown.append(Override(k, "", " ".join(args)))
+    return SandboxConfig(text, tuple(shown), tuple(includes), tuple(caveats))
 
 
 # -- the data ---------------------------------------------------------------------------------------
@@ -571,8 +595,8 @@ def rehearsal_sandbox(production: Production, *, with_data: bool = False, keep: 
     root = Path(tempfile.mkdtemp(prefix="runbook-rehearse-"))  # 0700
     sb: Sandbox | None = None
     try:
-        cluster = (production.config.value("cluster-enabled") or "no").lower() == "yes"
-        built = sandbox_config(production.config_path, root, cluster=cluster)
+        built = sandbox_config(production.config, root)
+        caveats += built.caveats
         data_dir = root / "data"
         data_dir.mkdir(mode=0o700)
         copied = copy_data(files, data_dir)
@@ -582,12 +606,35 @@ def rehearsal_sandbox(production: Production, *, with_data: bool = False, keep: 
                                               production.config_path)
         _private_file(root / "redis.conf")  # Sandbox writes into it and keeps the mode
         sb = Sandbox(config=built.text, binary=choice.binary.path, root=root)
-        sb.start(timeout_s=600.0 if copied else 20.0)  # PING waits out the loading of a large copy
+        try:
+            sb.start(timeout_s=600.0 if copied else 20.0)  # PING waits out the loading of a large copy
+        except (PreconditionFailed, WaitTimeout) as err:
+            tail = "\n".join(mask_secrets(sb.log_text()).splitlines()[-8:]) or str(err)
+            after = f"its dir is kept: {root}" if keep else "or use --keep to look at its dir"
+            raise PreconditionFailed(
+                f"the rehearsal sandbox built from {production.config_path} did not start on "
+                f"{choice.binary.label} ({choice.match} match for the target's {ident.label}):\n{tail}\n"
+                f"Set RUNBOOK_REDIS_SERVER to a server binary that can run this file (its modules, its "
+                f"version), {after}."
+            ) from err
         creds = production.target.client.connection_pool.connection_kwargs
         client = sb.client(username=creds.get("username"), password=creds.get("password"))
+        # First thing once it answers. (Sandbox.start waits out LOADING unless the file sets a password, so a
+        # large copy is loaded before this runs; INFO, CONFIG GET and AUTH would be answered while loading.)
+        try:
+            _refuse_unless_isolated(client, sb, conn.config_command)
+        except (redis.AuthenticationError, redis.ResponseError) as err:
+            if isinstance(err, redis.ResponseError) and not str(err).startswith(("NOAUTH", "WRONGPASS")):
+                raise
+            raise PreconditionFailed(
+                f"the rehearsal sandbox, built from {production.config_path}, refused the credentials that "
+                f"{redact_url(conn.target)} accepts ({err}): the file's requirepass or ACL users differ from the "
+                "running server's (changed at runtime with CONFIG SET or ACL SETUSER and never saved). A restart "
+                "of the target would lock its clients out. Save the running credentials into the file first "
+                "(CONFIG REWRITE, ACL SAVE for an aclfile, or edit the file), then rehearse again."
+            ) from err
         _wait_loaded(client)
-        _refuse_unless_isolated(client, sb, conn.config_command)
-        if cluster:
+        if (production.config.value("cluster-enabled") or "no").lower() == "yes":
             serve_all_slots(client)
         loaded = keys_of(client) if with_data else None
         if loaded is not None and loaded != production.keys:
@@ -599,13 +646,14 @@ def rehearsal_sandbox(production: Production, *, with_data: bool = False, keep: 
             production=redact_url(conn.target), production_server=ident.label, config_file=str(production.config_path),
             binary=str(choice.binary.path), server=running.label, version_match=choice.match,
             data_copied=bool(copied), copied=copied, keys_loaded=loaded, production_keys=production.keys,
-            mirrored=mirrored, overrides=built.overrides, persist_method=method, persist_method_reason=method_reason,
+            mirrored=mirrored, overrides=built.overrides, includes=built.includes, persist_method=method,
+            persist_method_reason=method_reason,
             caveats=tuple(caveats), sandbox_dir=str(root), prepare_s=round(time.perf_counter() - t0, 3),
         )
         pairs = [("target", "sandbox"), ("config_file", str(sb.config_path)), ("apply", "true")]
         if method in ("rewrite", "edit"):
             pairs.append(("method", method))  # what the target would use, not what suits the sandbox
-        yield Staged(sb, client, rehearsal, tuple(pairs))
+        yield Staged(sb, rehearsal, tuple(pairs))
         if keep:
             _shutdown(client)
     finally:
@@ -630,13 +678,24 @@ def _wait_loaded(client: redis.Redis, timeout_s: float = 600.0) -> None:
 
 
 def _refuse_unless_isolated(client: redis.Redis, sb: Sandbox, config_command: str) -> None:
-    """Make sure the started copy listens, writes and replicates only inside the sandbox."""
+    """Make sure the started copy listens, writes, logs and replicates only inside the sandbox."""
     role = client.info("replication").get("role")
-    seen = config_get(client, ["dir", "port"], config_command)
-    if role != "master" or Path(seen.get("dir", "")).resolve() != sb.data_dir.resolve() \
-            or int(seen.get("port", 0)) != sb.port:
-        raise PreconditionFailed(f"the rehearsal sandbox is not isolated (role {role}, dir {seen.get('dir')}, port "
-                                 f"{seen.get('port')}); it was stopped. Report this as a bug.")
+    seen = config_get(client, ["dir", "port", "syslog-enabled", *ISOLATED_FILES], config_command)
+    cwd = Path(seen.get("dir", ""))
+    leaks = [f"role {role}"] if role != "master" else []
+    if cwd.resolve() != sb.data_dir.resolve():
+        leaks.append(f"dir {cwd}")
+    if int(seen.get("port", 0)) != sb.port:
+        leaks.append(f"port {seen.get('port')}")
+    if seen.get("syslog-enabled", "no") != "no":
+        leaks.append(f"syslog-enabled {seen['syslog-enabled']}")
+    assert sb.root is not None
+    for name in ISOLATED_FILES:  # an empty value: no such file (no socket, no ACL file)
+        if seen.get(name) and not (cwd / seen[name]).resolve().is_relative_to(sb.root.resolve()):
+            leaks.append(f"{name} {seen[name]}")
+    if leaks:
+        raise PreconditionFailed(f"the rehearsal sandbox in {sb.root} is not isolated ({', '.join(leaks)}); it was "
+                                 "stopped. Report this as a bug.")
 
 
 def _shutdown(client: redis.Redis) -> None:
@@ -665,11 +724,13 @@ def _pointed_at(sb: Sandbox) -> Iterator[None]:
 
 
 def predicted_failures(production: Production, rehearsal: Rehearsal, result: RunResult) -> list[tuple[str, int, str]]:
-    """(step, exit code, reason) the target would meet that a sandbox cannot show: its role and its rights."""
+    """(step, exit code, reason) the target would meet that a sandbox cannot show: enable-aof's preflight
+    on the target itself (role, last BGSAVE, disk room, ...) and its rights on its config file."""
     out: list[tuple[str, int, str]] = []
-    if production.identity.role != "master" and not production.connection.allow_replica:
-        out.append(("enable-aof", EXIT_FAIL, (f"the target is a {production.identity.role} and allow_replica is "
-                    "false (the sandbox is a master, so the rehearsal itself passed this step)")))
+    refused = [f"{c.observed} ({c.fix})" if c.fix else c.observed
+               for c in production.preflight.checks if c.status == FAIL]
+    if refused:
+        out.append(("enable-aof", EXIT_FAIL, "; ".join(refused)))
     persisted = [s for s in result.steps if s.name == "persist-config" and s.summary.get("result") == "changed"]
     if rehearsal.persist_method == "blocked" and persisted:
         out.append(("persist-config", EXIT_BLOCKED, (f"{rehearsal.persist_method_reason}; a person with the "
@@ -679,14 +740,12 @@ def predicted_failures(production: Production, rehearsal: Rehearsal, result: Run
 
 def verdict(result: RunResult, predicted: Sequence[tuple[str, int, str]] = ()) -> tuple[str, int]:
     """("production would pass" or "production would fail at STEP: REASON", exit code)."""
-    for i, step in enumerate(result.steps):
-        # The picture before the change: its findings are what the change fixes (as the runner counts it).
-        before_change = i == 0 and step.name == "inspect" and len(result.steps) > 1 and step.status in ("fail", "warn")
-        if step.status == "skipped" or step.exit_code == EXIT_OK or before_change:
-            continue
-        failing = [f"{k}: {v.get('observed')}" for k, v in step.summary.get("checks", {}).items()
-                   if v.get("status") == "fail"]
-        reason = step.summary.get("error") or "; ".join(failing) or f"ended {step.status}"
+    failing = result.failing()  # the runner's rule: the first inspection's findings are what the change fixes
+    if failing:
+        step = failing[0]
+        checks = [f"{k}: {v.get('observed')}" for k, v in step.summary.get("checks", {}).items()
+                  if v.get("status") == "fail"]
+        reason = step.summary.get("error") or "; ".join(checks) or f"ended {step.status}"
         word = "be blocked" if step.status == "blocked" else "fail"
         return f"production would {word} at {step.name}: {reason}", result.exit_code
     if result.exit_code == EXIT_OK and predicted:
@@ -695,14 +754,49 @@ def verdict(result: RunResult, predicted: Sequence[tuple[str, int, str]] = ()) -
     return "production would pass", EXIT_OK
 
 
-def rehearse(files: Sequence[str | Path], pairs: Sequence[tuple[str, str]] = (), archive: Any = Path("archive"), *,
-             with_data: bool = False, keep: bool = False, fail_on: str = "fail") -> RehearsalResult:
+def require_writable(store: Archive) -> None:
+    """ParameterError unless a local archive directory takes a file (Archive checks remote ones itself).
+
+    Leaves it as found: directories made for the check are removed again.
+    """
+    if store.url is not None:
+        return
+    missing: list[Path] = []
+    probe = store.local.absolute()
+    while not probe.exists() and probe != probe.parent:
+        missing.append(probe)
+        probe = probe.parent
+    made: list[Path] = []
+    try:
+        for d in reversed(missing):
+            d.mkdir()
+            made.append(d)
+        fd, name = tempfile.mkstemp(dir=store.local, prefix=".runbook-write-check-")
+        os.close(fd)
+        os.unlink(name)
+    except OSError as err:
+        raise ParameterError(f"evidence archive {store.local} does not take files ({err.strerror or err}): pass "
+                             "--archive with a writable directory. Nothing was read from the target.") from err
+    finally:
+        for d in reversed(made):
+            try:
+                d.rmdir()
+            except OSError:
+                pass
+
+
+def rehearse(files: Sequence[str | Path], pairs: Sequence[tuple[str, str]] = (),
+             archive: str | Path | Archive = Path("archive"), *, with_data: bool = False,
+             keep: bool = False) -> RehearsalResult:
     """Rehearse `runbook run all -p apply true` for the one target of `files` on a copy of it."""
+    # The evidence must have somewhere to go before the target is read or anything is copied or started.
+    store = archive if isinstance(archive, Archive) else Archive(archive)
+    require_writable(store)
     production = observe(connection_from(files, pairs))
     try:
         with rehearsal_sandbox(production, with_data=with_data, keep=keep) as staged, _pointed_at(staged.sandbox):
             t0 = time.perf_counter()
-            result = run(["all"], files, [*pairs, *staged.pairs], archive, fail_on,
+            result = run(["all"], files, [*pairs, *staged.pairs], store,
                          record_extra={"rehearsal": staged.rehearsal.record()})
             run_s = round(time.perf_counter() - t0, 3)
     finally:

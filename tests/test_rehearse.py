@@ -23,12 +23,15 @@ from typing import Callable, Iterator
 import pytest
 import redis
 from conftest import BINARIES, binary_or_skip
-from helpers import REPO, index, runbook_cli
+from helpers import REPO, has_redis_user, index, needs_redis_user_reason, runbook_cli
 
 import runbook
-from runbook.errors import ParameterError
+from runbook.errors import ParameterError, PreconditionFailed
 from runbook.rehearse import (
     Connection,
+    _refuse_unless_isolated,
+    _version_caveat,
+    binary_version,
     check_room,
     choose_binary,
     observe,
@@ -36,7 +39,7 @@ from runbook.rehearse import (
     verdict,
 )
 from runbook.runner import RunResult, StepResult
-from runbook.sandbox import free_port, populate
+from runbook.sandbox import find_server_binary, free_port, populate
 from runbook.target import Identity
 
 pytestmark = pytest.mark.notebook
@@ -44,7 +47,7 @@ pytestmark = pytest.mark.notebook
 DEBIAN_CONF = Path(__file__).parent / "data" / "debian-redis.conf"
 DEBIAN_CONF_SHA256 = "f558f95397acc98423d3521b4c59af5ab8c36264e43c58c7e97419e0d4fcbbdf"
 #: Redis's own commands that only read; anything else reaching the production server is a bug.
-READ_ONLY = {"ping", "info", "config|get", "hello", "auth", "client|setinfo", "select"}
+READ_ONLY = {"ping", "info", "config|get", "dbsize", "hello", "auth", "client|setinfo", "select"}
 
 
 @dataclass
@@ -163,9 +166,9 @@ def snapshot(prod: Production) -> dict:
     return {"conf": sha(prod.conf), "config": c.config_get("*"), "dbsize": c.dbsize(), "files": tree(prod.data)}
 
 
-def commands_seen(prod: Production) -> set[str]:
+def commands_seen(client: redis.Redis) -> set[str]:
     """The commands the server ran since the test's CONFIG RESETSTAT (which counts itself)."""
-    return {k.removeprefix("cmdstat_") for k in prod.client().info("commandstats")} - {"config|resetstat"}
+    return {k.removeprefix("cmdstat_") for k in client.info("commandstats")} - {"config|resetstat"}
 
 
 def test_the_test_data_is_debians_stock_config() -> None:
@@ -210,7 +213,7 @@ def test_rehearsal_from_debians_stock_config_in_the_seeds_state(start_production
                                      for rec in records)
     assert runbook_cli("archive", "verify", "--archive", str(archive)).returncode == 0
     # Production untouched: only read commands, same file, same settings, same data, no new files.
-    assert commands_seen(prod) <= READ_ONLY, commands_seen(prod) - READ_ONLY
+    assert commands_seen(prod.client()) <= READ_ONLY, commands_seen(prod.client()) - READ_ONLY
     assert snapshot(prod) == before
     assert os.listdir(tmp_path / "tmpdir") == []  # the sandbox is gone
 
@@ -233,7 +236,7 @@ def test_unreadable_rdb_with_data_exits_2_and_starts_nothing(start_production, t
 
 
 @pytest.mark.parametrize("params, message", [
-    ("config_file: {tmp}/missing.conf\n", "config file {tmp}/missing.conf does not exist"),
+    ("config_file: {tmp}/missing.conf\n", "the config_file parameter names {tmp}/missing.conf, which does not exist"),
     ("targets:\n  - target: {url}\n  - target: redis://127.0.0.1:1/0\n", "rehearse takes one target"),
     ("target: sandbox\n", "rehearse copies a real server"),
 ])
@@ -245,6 +248,7 @@ def test_usage_errors_exit_2(default_binary: Path, make_sandbox, tmp_path: Path,
     rc, _, _, err = rehearse_json(tmp_path, "-f", str(path), "--archive", str(tmp_path / "archive"))
     assert rc == 2, err
     assert message.format(tmp=tmp_path) in err
+    assert "Pass config_file" not in err  # never tell the user to pass what they passed
     assert not (tmp_path / "archive").exists()
 
 
@@ -319,10 +323,11 @@ def test_sockets_acl_file_includes_and_cluster_state_move_into_the_sandbox(defau
     before = {p: sha(p) for p in (nodes, conf_dir / "users.acl")}
     conn = Connection(prod.url, "", "", "", 5.0, 10.0, "CONFIG", str(prod.config_path), "auto", False)
     with rehearsal_sandbox(observe(conn)) as staged:
-        root, c = staged.sandbox.root, staged.client
+        root, c = staged.sandbox.root, staged.sandbox.client()
         seen = c.config_get("*")
         assert Path(seen["unixsocket"]).parent == root and Path(seen["aclfile"]).parent == root
-        assert seen["cluster-config-file"] == str(root / "nodes.conf")
+        # Relative, so a copy of this file started with another dir (the boot check) takes its own.
+        assert seen["cluster-config-file"] == "nodes.conf" and (root / "data" / "nodes.conf").is_file()
         assert seen["maxmemory-policy"] == "allkeys-lru"  # the included file, read from its private copy
         (copy,) = (root / "include").iterdir()
         assert stat.S_IMODE(copy.stat().st_mode) == 0o600
@@ -333,45 +338,58 @@ def test_sockets_acl_file_includes_and_cluster_state_move_into_the_sandbox(defau
     assert prod.client().execute_command("CLUSTER", "INFO").count("cluster_slots_assigned:0") == 1
 
 
-@pytest.mark.parametrize("server, version, expected, match", [
-    ("redis", "7.0.15", "redis-7", "exact"),
-    ("redis", "7.0.99", "redis-7", "major.minor"),
-    ("valkey", "9.1.2", "valkey-9", "exact"),
-    ("redis", "6.2.14", "redis-6", "exact"),
+@pytest.mark.parametrize("label, same, match", [
+    ("redis-7", "version", "exact"),
+    ("redis-7", "major.minor", "major.minor"),
+    ("valkey-9", "version", "exact"),
+    ("redis-6", "version", "exact"),
 ])
-def test_the_binary_matches_the_targets_version(server: str, version: str, expected: str, match: str) -> None:
-    want = binary_or_skip(expected)
-    ident = Identity(server, version, "standalone", "master", "", "", 0, 0, 0)
+def test_the_binary_matches_the_targets_version(label: str, same: str, match: str) -> None:
+    want = binary_or_skip(label)
+    found = binary_version(want)
+    assert found is not None
+    version = found.version if same == "version" else ".".join([*found.version.split(".")[:2], "999"])
+    ident = Identity(found.server, version, "standalone", "master", "", "", 0, 0, 0)
     choice = choose_binary(ident, [b for b in BINARIES.values() if b != want] + [want])
     assert choice.binary.path == want and choice.match == match
 
 
 def test_an_unknown_version_falls_back_to_the_default_and_says_so(default_binary: Path) -> None:
-    choice = choose_binary(Identity("redis", "5.0.14", "standalone", "master", "", "", 0, 0, 0), list(BINARIES.values()))
-    assert choice.match == "none" and choice.binary.version != "5.0.14"
+    ident = Identity("redis", "5.0.14", "standalone", "master", "", "", 0, 0, 0)
+    choice = choose_binary(ident, list(BINARIES.values()))
+    default = binary_version(find_server_binary())
+    assert default is not None and choice.match == "none"
+    assert choice.binary.path == find_server_binary()
+    assert _version_caveat(ident, choice) == (
+        f"no Redis 5.0.14 binary here: rehearsed on {default.label}, results may differ (set RUNBOOK_REDIS_SERVER "
+        "to a matching redis-server)")
 
 
-def _step(name: str, status: str, code: int, **summary: object) -> StepResult:
-    return StepResult(name, "sandbox", status, code, dict(summary), None, None, {})
+def _step(name: str, status: str, code: int, before_change: bool = False, **summary: object) -> StepResult:
+    return StepResult(name, "sandbox", status, code, dict(summary), None, None, {}, before_change)
 
 
 @pytest.mark.parametrize("steps, text, code", [
-    ([_step("inspect", "fail", 1), _step("enable-aof", "pass", 0), _step("inspect", "pass", 0)],
+    ([_step("inspect", "fail", 1, True), _step("enable-aof", "pass", 0), _step("inspect", "pass", 0)],
      "production would pass", 0),
-    ([_step("inspect", "warn", 0), _step("enable-aof", "error", 1, error="ChangeFailed: rewrite failed"),
+    ([_step("inspect", "warn", 0, True), _step("enable-aof", "error", 1, error="ChangeFailed: rewrite failed"),
       _step("inspect", "skipped", 0)], "production would fail at enable-aof: ChangeFailed: rewrite failed", 1),
-    ([_step("inspect", "pass", 0), _step("persist-config", "blocked", 3, error="Blocked: no rights")],
+    ([_step("inspect", "pass", 0, True), _step("persist-config", "blocked", 3, error="Blocked: no rights")],
      "production would be blocked at persist-config: Blocked: no rights", 3),
-    ([_step("inspect", "pass", 0), _step("test-persistence", "fail", 1,
-                                         checks={"bgsave": {"status": "fail", "observed": "MISCONF"}})],
+    ([_step("inspect", "pass", 0, True), _step("test-persistence", "fail", 1,
+                                               checks={"bgsave": {"status": "fail", "observed": "MISCONF"}})],
      "production would fail at test-persistence: bgsave: MISCONF", 1),
+    # The last inspection is not the picture before the change: its failure counts.
+    ([_step("inspect", "fail", 1, True), _step("enable-aof", "pass", 0),
+      _step("inspect", "fail", 1, checks={"drift": {"status": "fail", "observed": "appendonly"}})],
+     "production would fail at inspect: drift: appendonly", 1),
 ])
 def test_verdict(steps: list[StepResult], text: str, code: int) -> None:
     assert verdict(RunResult("c", None, steps)) == (text, code)  # type: ignore[arg-type]
 
 
 def test_verdict_adds_what_the_sandbox_cannot_show() -> None:
-    passed = RunResult("c", None, [_step("inspect", "pass", 0), _step("enable-aof", "pass", 0)])  # type: ignore[arg-type]
+    passed = RunResult("c", None, [_step("inspect", "pass", 0, True), _step("enable-aof", "pass", 0)])  # type: ignore[arg-type]
     assert verdict(passed, [("persist-config", 3, "no rights")]) == (
         "production would be blocked at persist-config: no rights", 3)
 
@@ -383,3 +401,152 @@ def test_room_for_the_copy(tmp_path: Path) -> None:
         check_room(1_000_000, [], tmp_path, meminfo)
     meminfo.write_text("MemAvailable: 4000000 kB\n")
     check_room(1_000_000, [], tmp_path, meminfo)
+
+
+def test_a_cluster_node_rehearses_past_persist_config(start_production, tmp_path: Path) -> None:
+    prod = start_production(binary_or_skip("redis-7"), (r"^# cluster-enabled yes$", "cluster-enabled yes"), keys=0)
+    assert prod.client().info("cluster")["cluster_enabled"] == 1
+    before = snapshot(prod)
+
+    rc, out, _, err = rehearse_json(tmp_path, "-f", str(params_file(tmp_path, prod)), "--archive", str(tmp_path / "a"))
+
+    steps = {s["notebook"]: s for s in out["steps"]}
+    assert steps["enable-aof"]["exit_code"] == 0, err
+    assert steps["persist-config"]["exit_code"] == 0
+    assert steps["persist-config"]["summary"]["checks"]["file_boots"]["status"] == "pass"  # its own nodes.conf
+    assert {"directive": "cluster-config-file", "production": "", "sandbox": "nodes.conf"} \
+        in out["rehearsal"]["overrides"]
+    # What is left is true of the target too: test-persistence's canaries span hash slots
+    # (MGET/UNLINK of many keys), which a cluster node refuses.
+    assert rc == 1 and out["verdict"] == ("production would fail at test-persistence: ClusterCrossSlotError: "
+                                          "Keys in request don't hash to the same slot")
+    assert snapshot(prod) == before
+    assert os.listdir(tmp_path / "tmpdir") == []
+
+
+@pytest.mark.skipif(not has_redis_user, reason=needs_redis_user_reason)
+def test_a_target_whose_bgsave_fails_would_fail_at_enable_aof(default_binary: Path, make_sandbox,
+                                                               tmp_path: Path) -> None:
+    prod = make_sandbox(default_binary, run_as="redis")
+    c = prod.client()
+    c.set("k", "v")
+    os.chown(prod.data_dir, 0, 0)  # the server can no longer write its dir: its BGSAVE fails
+    prod.data_dir.chmod(0o755)
+    c.bgsave()
+    deadline = time.monotonic() + 20
+    while (info := c.info("persistence"))["rdb_bgsave_in_progress"] or info["rdb_last_bgsave_status"] != "err":
+        assert time.monotonic() < deadline, info
+        time.sleep(0.05)
+    before = (c.config_get("*"), tree(prod.data_dir))
+    c.config_resetstat()
+    params = tmp_path / "params.yaml"
+    params.write_text(f"target: {prod.url}\n")
+
+    rc, out, _, err = rehearse_json(tmp_path, "-f", str(params), "--archive", str(tmp_path / "a"))
+
+    assert out["run_exit_code"] == 0, err  # the sandbox's own BGSAVE works: only the preflight on the target shows it
+    assert rc == 1
+    assert out["verdict"].startswith("production would fail at enable-aof: rdb_last_bgsave_status:err (a fork-and-write")
+    assert commands_seen(c) <= READ_ONLY, commands_seen(c) - READ_ONLY
+    assert (c.config_get("*"), tree(prod.data_dir)) == before
+
+
+@pytest.mark.parametrize("where", ["/proc/forbidden-dir", "{tmp}/a-file/archive"])
+def test_an_archive_that_takes_no_files_exits_2_before_the_target_is_read(default_binary: Path, make_sandbox,
+                                                                          tmp_path: Path, where: str) -> None:
+    prod = make_sandbox(default_binary)
+    (tmp_path / "a-file").write_text("")
+    c = prod.client()
+    c.config_resetstat()
+    params = tmp_path / "params.yaml"
+    params.write_text(f"target: {prod.url}\n")
+
+    rc, _, stdout, err = rehearse_json(tmp_path, "-f", str(params), "--archive", where.format(tmp=tmp_path))
+
+    assert rc == 2, err
+    assert f"evidence archive {where.format(tmp=tmp_path)} does not take files" in err and stdout == ""
+    assert commands_seen(c) == set()  # not even PING
+    assert os.listdir(tmp_path / "tmpdir") == []
+
+
+@pytest.mark.parametrize("line, leak", [
+    ("", ""),
+    ("syslog-enabled yes\n", "syslog-enabled yes"),
+    ("unixsocket {tmp}/outside.sock\n", "unixsocket {tmp}/outside.sock"),
+    ("aclfile {tmp}/outside.acl\n", "aclfile {tmp}/outside.acl"),
+    ("cluster-enabled yes\ncluster-config-file ../../nodes-outside.conf\n", "cluster-config-file ../../nodes-outside"),
+])
+def test_the_isolation_check_names_what_reaches_outside_the_sandbox(default_binary: Path, make_sandbox,
+                                                                    tmp_path: Path, line: str, leak: str) -> None:
+    (tmp_path / "outside.acl").write_text("user default on nopass ~* &* +@all\n")
+    sb = make_sandbox(default_binary, config='save ""\n' + line.format(tmp=tmp_path))
+    if not leak:
+        _refuse_unless_isolated(sb.client(), sb, "CONFIG")  # the plain sandbox: everything inside its root
+        return
+    with pytest.raises(PreconditionFailed, match=re.escape(leak.format(tmp=tmp_path))):
+        _refuse_unless_isolated(sb.client(), sb, "CONFIG")
+
+
+def test_credentials_changed_at_runtime_and_never_saved_are_named(start_production, tmp_path: Path) -> None:
+    in_file, at_runtime = "in-the-file-Pw-1", "at-runtime-Pw-2"
+    prod = start_production(binary_or_skip("redis-7"), (r"^# requirepass foobared$", f"requirepass {in_file}"),
+                            password=in_file, keys=0, drift=False)
+    prod.client().config_set("requirepass", at_runtime)
+    prod.password = at_runtime
+    params = params_file(tmp_path, prod, password_env="PROD_REDIS_PASSWORD")
+
+    rc, _, stdout, err = rehearse_json(tmp_path, "-f", str(params), "--archive", str(tmp_path / "a"),
+                                       env={"PROD_REDIS_PASSWORD": at_runtime})
+
+    assert rc == 1, err
+    assert "refused the credentials" in err and "differ from the running server's" in err
+    assert "would lock its clients out" in err and "CONFIG REWRITE" in err
+    assert "Traceback" not in err and stdout == ""
+    assert at_runtime not in err and in_file not in err
+    assert os.listdir(tmp_path / "tmpdir") == []
+
+
+def test_a_relative_aclfile_comes_from_the_final_dir_and_min_replicas_is_lifted(default_binary: Path, make_sandbox,
+                                                                                tmp_path: Path, clean_env) -> None:
+    root = tmp_path / "sb0"  # make_sandbox's first dir; its config ends with `dir <root>/data`
+    (root / "data").mkdir(parents=True)
+    (root / "users.acl").write_text("user default on nopass ~* &* +@all\nuser beside-the-file on nopass +@all\n")
+    (root / "data" / "users.acl").write_text("user default on nopass ~* &* +@all\nuser in-the-dir on nopass +@all\n")
+    prod = make_sandbox(default_binary, config='aclfile users.acl\nmin-replicas-to-write 1\nsave ""\n')
+    assert prod.client().acl_users() == ["default", "in-the-dir"]  # where Redis itself read it from
+    conn = Connection(prod.url, "", "", "", 5.0, 10.0, "CONFIG", str(prod.config_path), "auto", False)
+
+    with rehearsal_sandbox(observe(conn)) as staged:
+        c = staged.sandbox.client()
+        assert c.acl_users() == ["default", "in-the-dir"]
+        assert c.set("k", "v")  # with min-replicas-to-write 1 the lone master would answer NOREPLICAS
+        r = staged.rehearsal.record()
+
+    assert {"directive": "min-replicas-to-write", "production": "1", "sandbox": "0"} in r["overrides"]
+    assert any(c.startswith("the file sets min-replicas-to-write 1") for c in r["caveats"])
+
+
+@pytest.mark.parametrize("keep", [True, False])
+def test_a_sandbox_that_does_not_start_says_why(default_binary: Path, make_sandbox, tmp_path: Path,
+                                                keep: bool) -> None:
+    prod = make_sandbox(default_binary)
+    conf = tmp_path / "with-module.conf"  # the file as the target runs it: with a module this binary lacks
+    conf.write_text(prod.config_path.read_text() + "loadmodule /nonexistent/redisearch.so\n")
+    params = tmp_path / "params.yaml"
+    params.write_text(f"target: {prod.url}\nconfig_file: {conf}\n")
+
+    rc, _, stdout, err = rehearse_json(tmp_path, "-f", str(params), *(["--keep"] if keep else []),
+                                       "--archive", str(tmp_path / "a"))
+
+    assert rc == 1, err
+    found = binary_version(default_binary)
+    assert found is not None
+    assert f"the rehearsal sandbox built from {conf} did not start on {found.label} (exact match" in err
+    assert "/nonexistent/redisearch.so" in err  # the server's own words, from its log
+    assert "Set RUNBOOK_REDIS_SERVER" in err and "Traceback" not in err and stdout == ""
+    left = list((tmp_path / "tmpdir").iterdir())
+    if keep:
+        assert len(left) == 1 and f"its dir is kept: {left[0]}" in err
+        assert (left[0] / "redis.conf").is_file()
+    else:
+        assert left == [] and "use --keep" in err
