@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import redis
+from redis.crc import key_slot
 
 from .aof import aof_on_disk, aof_ready
 from .checks import FAIL, PASS, WARN, Check, worst
@@ -28,9 +29,41 @@ from .target import Identity, Target, identify
 MODES = ("online", "restart", "crash")
 
 
-def canary_prefix() -> str:
-    """A namespace unique to this run, so canaries never collide with real keys or other runs."""
-    return f"runbook:canary:{time.strftime('%Y%m%dT%H%M%S', time.gmtime())}:{uuid.uuid4().hex[:8]}:"
+def canary_prefix(client: redis.Redis | None = None) -> str:
+    """A namespace unique to this run, so canaries never collide with real keys or other runs.
+
+    Every canary carries one hash tag, so they all live in one slot: on a cluster node, a slot the
+    node serves (batched MGET/UNLINK would otherwise fail with CROSSSLOT or MOVED).
+    """
+    run = uuid.uuid4().hex[:8]
+    tag = _served_tag(client, run) if client is not None and _cluster_enabled(client) else run
+    return f"runbook:canary:{time.strftime('%Y%m%dT%H%M%S', time.gmtime())}:{{{tag}}}:"
+
+
+def _cluster_enabled(client: redis.Redis) -> bool:
+    return bool(int(client.info("cluster").get("cluster_enabled", 0)))
+
+
+def _served_tag(client: redis.Redis, run: str) -> str:
+    """`run` with a suffix that hashes to a slot this cluster node serves as a master."""
+    me = client.execute_command("CLUSTER", "MYID")
+    me = me.decode() if isinstance(me, bytes) else str(me)
+    served = [(int(r[0]), int(r[1])) for r in client.execute_command("CLUSTER", "SLOTS")
+              if _node_id(r[2]) == me]
+    if not served:
+        raise PreconditionFailed("this cluster node serves no hash slot, so it takes no writes: "
+                                 "point target at a master that serves slots (CLUSTER SLOTS)")
+    for n in range(100_000):
+        tag = f"{run}-{n}"
+        if any(lo <= key_slot(tag.encode()) <= hi for lo, hi in served):
+            return tag
+    raise PreconditionFailed(f"no canary hash tag maps to this node's slots {served}")
+
+
+def _node_id(node: Any) -> str:
+    """The node id in one entry of CLUSTER SLOTS (a list [ip, port, id, ...])."""
+    value = node[2] if isinstance(node, (list, tuple)) and len(node) > 2 else ""
+    return value.decode() if isinstance(value, bytes) else str(value)
 
 
 def write_canaries(client: redis.Redis, prefix: str, count: int, ttl_s: int) -> dict[str, str]:
@@ -190,7 +223,7 @@ def online_test(target: Target, *, keys: int = 1000, ttl_s: int = 3600, timeout_
     client = target.client
     ident = identify(client)
     runtime = runtime_settings(client, target.config_command)
-    prefix = canary_prefix()
+    prefix = canary_prefix(client)
     checks: list[Check] = []
     figures: dict[str, Any] = {"canary_prefix": prefix, "canaries_written": 0}
     info = client.info("persistence")
@@ -321,7 +354,7 @@ def restart_test(target: Target, *, allow_restart: bool, restart_command: str = 
     if trap:
         raise PreconditionFailed(f"{target.name}: refusing to restart: {trap}")
     client = target.client
-    values = write_canaries(client, canary_prefix(), keys, ttl_s)
+    values = write_canaries(client, canary_prefix(client), keys, ttl_s)
     if int(client.info("persistence").get("aof_enabled", 0)):
         _aof_write_check(client, 0)  # make the canaries durable in the AOF before the restart
     dbsize_before = int(client.dbsize())

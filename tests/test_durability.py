@@ -12,7 +12,7 @@ import pytest
 import runbook
 from helpers import index, run_json
 from runbook import durability
-from runbook.sandbox import populate
+from runbook.sandbox import SEED_CONFIG, populate
 
 
 def checks_of(result) -> dict[str, str]:
@@ -172,3 +172,20 @@ def test_restart_refused_with_a_stale_aof(default_binary: Path, make_sandbox, cl
     with pytest.raises(runbook.PreconditionFailed, match="old or empty AOF"):
         durability.restart_test(target, allow_restart=True, keys=10)
     assert client.info("server")["process_id"] == pid and client.get("new") == "1"
+
+
+@pytest.mark.parametrize("slots", [(0, 16383), (8192, 16383)], ids=["all-slots", "half-the-slots"])
+def test_online_test_on_a_cluster_node_keeps_canaries_in_its_own_slot(default_binary: Path, make_sandbox,
+                                                                      slots: tuple[int, int]) -> None:
+    config = SEED_CONFIG + "\ncluster-enabled yes\ncluster-require-full-coverage no\n"
+    sb = make_sandbox(default_binary, config=config)
+    sb.client().execute_command("CLUSTER", "ADDSLOTSRANGE", *slots)
+    deadline = time.monotonic() + 10
+    while "cluster_state:ok" not in sb.client().execute_command("CLUSTER", "INFO") and time.monotonic() < deadline:
+        time.sleep(0.05)
+    result = durability.online_test(runbook.connect(sb.url), keys=300)
+    assert result.verdict != "fail", [c for c in result.checks if c.status == "fail"]
+    assert result.figures["canaries_found"] == result.figures["canaries_written"] == 300
+    assert result.figures["canaries_left"] == 0
+    tag = result.figures["canary_prefix"].split("{")[1].split("}")[0]
+    assert slots[0] <= sb.client().execute_command("CLUSTER", "KEYSLOT", tag) <= slots[1]
