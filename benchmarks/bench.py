@@ -72,20 +72,34 @@ def run_all(repeat: int, work: Path) -> tuple[float, dict[str, float]]:
 
 
 def inspect_cost(sizes: list[int], repeat: int) -> dict[int, float]:
-    """Median milliseconds of one inspect_target call (no kernel) at each dataset size."""
-    out = {}
-    for n in sizes:
-        with Sandbox() as sb:
-            populate(sb.client(), n)
-            target = runbook.connect(sb.url)
-            runbook.inspect_target(target)  # warm-up
-            runs = []
-            for _ in range(max(repeat, 21)):
+    """Median milliseconds of one inspect_target call (no kernel) at each dataset size.
+
+    One server per size, all up at once, measured in turns (10k, 100k, 1M, 10k, ...): noise from
+    the rest of this 2-core machine then falls on every size alike instead of on whichever ran last.
+    """
+    servers = [Sandbox().start() for _ in sizes]
+    try:
+        targets = []
+        for n, sb in zip(sizes, servers):
+            client = sb.client()
+            populate(client, n)
+            # The seed's save rules fire while populating: let that BGSAVE end and save once more,
+            # so no fork competes for the cores while inspecting.
+            while int(client.info("persistence")["rdb_bgsave_in_progress"]):
+                time.sleep(0.05)
+            client.save()
+            targets.append(runbook.connect(sb.url))
+            runbook.inspect_target(targets[-1])  # warm-up
+        runs: dict[int, list[float]] = {n: [] for n in sizes}
+        for _ in range(max(repeat, 51)):
+            for n, target in zip(sizes, targets):
                 t = time.perf_counter()
                 runbook.inspect_target(target)
-                runs.append((time.perf_counter() - t) * 1000)
-            out[n] = median(runs)
-    return out
+                runs[n].append((time.perf_counter() - t) * 1000)
+        return {n: median(r) for n, r in runs.items()}
+    finally:
+        for sb in servers:
+            sb.cleanup()
 
 
 _LOG_TS = re.compile(r"(\d+ \w+ \d{4} \d\d:\d\d:\d\d\.\d{3})")

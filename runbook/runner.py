@@ -27,7 +27,7 @@ from .archive import ARCHIVE_ENV, Archive
 from .errors import ParameterError
 from .evidence import read_summary
 from .fleet import CHECKS as FLEET_CHECKS
-from .fleet import PER_TARGET, normalize_targets
+from .fleet import normalize_targets
 from .params import Param, coerce_pair, load_files, notebook_parameters, validate
 from .target import SANDBOX_FILE_ENV, SANDBOX_URL_ENV
 
