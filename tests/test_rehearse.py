@@ -39,7 +39,7 @@ from runbook.rehearse import (
     verdict,
 )
 from runbook.runner import RunResult, StepResult
-from runbook.sandbox import find_server_binary, free_port, populate
+from runbook.sandbox import _die_with_parent, find_server_binary, free_port, populate
 from runbook.target import Identity
 
 pytestmark = pytest.mark.notebook
@@ -104,7 +104,7 @@ def start_production(tmp_path: Path) -> Iterator[Callable[..., Production]]:
         conf.write_text(seed_config(root, port, *edits))
         with (root / "stdout.log").open("ab") as out:
             proc = subprocess.Popen([str(binary), str(conf)], cwd=root, stdout=out, stderr=subprocess.STDOUT,
-                                    start_new_session=True)
+                                    start_new_session=True, preexec_fn=_die_with_parent)  # no leak if pytest is killed
         prod = Production(root, port, conf, root / "data", proc, password)
         started.append(prod)
         deadline = time.monotonic() + 20
