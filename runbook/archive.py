@@ -401,10 +401,13 @@ def _append_remote(remote: _Remote, record: dict[str, Any]) -> dict[str, Any]:
                 time.sleep(random.uniform(0, 0.05 * (attempt + 1)))  # let the other writer finish
                 continue
             raise
-        if not remote.fs.cat_file(index).startswith(new):
-            raise ArchiveError(f"{remote.url}/{INDEX} was rewritten by another writer right after this run "
-                               "appended to it, and this run's record is no longer in it: one writer at a "
-                               "time per remote index")
+        if line.rstrip(b"\n") not in remote.fs.cat_file(index).splitlines():
+            # Another writer replaced the index after ours (a store without conditional writes, or one
+            # whose conditional create is not atomic): this record is not in it, so append it again.
+            log.warning("%s was rewritten by another writer right after this run appended to it: appending again",
+                        index)
+            time.sleep(random.uniform(0, 0.05 * (attempt + 1)))
+            continue
         return written
     raise ArchiveError(f"{remote.url}/{INDEX} changed under every one of {APPEND_ATTEMPTS} attempts to append "
                        "to it: another writer keeps writing there")
