@@ -24,7 +24,7 @@ from .checks import FAIL, PASS, WARN, Check, worst
 from .configfile import read_config
 from .errors import ParameterError, PreconditionFailed, WaitTimeout
 from .persistence import runtime_settings
-from .target import Identity, Target, identify
+from .target import Identity, Target, identify, wait_loaded
 
 MODES = ("online", "restart", "crash")
 
@@ -317,19 +317,9 @@ def restart_server(target: Target, restart_command: str = "", timeout_s: float =
     else:
         raise ParameterError("mode restart needs restart_command for a target that is not the sandbox "
                              "(for example: sudo systemctl restart redis-server)")
-    deadline = start + timeout_s
-    while True:
-        try:
-            target.client.ping()
-            if not int(target.client.info("persistence").get("loading", 0)):
-                return time.monotonic() - start
-        except redis.BusyLoadingError:
-            pass
-        except redis.ConnectionError:
-            pass
-        if time.monotonic() > deadline:
-            raise WaitTimeout(f"{target.name} did not answer without LOADING within {timeout_s}s of the restart")
-        time.sleep(0.05)
+    wait_loaded(target.client, timeout_s - (time.monotonic() - start), f"{target.name} after its restart",
+                while_down=True)
+    return time.monotonic() - start
 
 
 def loaded_from(target: Target) -> str:

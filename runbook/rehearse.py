@@ -50,6 +50,7 @@ from .target import (
     connect,
     identify,
     redact_url,
+    wait_loaded,
 )
 
 log = logging.getLogger(__name__)
@@ -479,7 +480,7 @@ def rehearsal_sandbox(production: Production, *, with_data: bool = False, keep: 
                 "of the target would lock its clients out. Save the running credentials into the file first "
                 "(CONFIG REWRITE, ACL SAVE for an aclfile, or edit the file), then rehearse again."
             ) from err
-        _wait_loaded(client)
+        wait_loaded(client, 600.0, "the rehearsal sandbox (loading the copied data)")
         if (production.config.value("cluster-enabled") or "no").lower() == "yes":
             serve_all_slots(client)
         loaded = keys_of(client) if with_data else None
@@ -507,20 +508,6 @@ def rehearsal_sandbox(production: Production, *, with_data: bool = False, keep: 
             sb.cleanup()
         if not keep:
             shutil.rmtree(root, ignore_errors=True)
-
-
-def _wait_loaded(client: redis.Redis, timeout_s: float = 600.0) -> None:
-    """Wait until the sandbox has loaded the copied data (a password-protected server answers before that)."""
-    deadline = time.monotonic() + timeout_s
-    while True:
-        try:
-            if not int(client.info("persistence").get("loading", 0)):
-                return
-        except redis.BusyLoadingError:
-            pass
-        if time.monotonic() > deadline:
-            raise PreconditionFailed(f"the rehearsal sandbox was still loading the copied data after {timeout_s}s")
-        time.sleep(0.05)
 
 
 def _refuse_unless_isolated(client: redis.Redis, sb: Sandbox, config_command: str) -> None:

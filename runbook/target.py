@@ -12,13 +12,14 @@ import ipaddress
 import json
 import logging
 import os
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import parse_qs, parse_qsl, urlparse
 
 import redis
 
-from .errors import ParameterError, PreconditionFailed, TargetUnreachable
+from .errors import ParameterError, PreconditionFailed, TargetUnreachable, WaitTimeout
 from .sandbox import Sandbox, seed_sandbox
 
 log = logging.getLogger(__name__)
@@ -203,3 +204,23 @@ def identify(client: redis.Redis) -> Identity:
             "(SENTINEL get-master-addr-by-name NAME)."
         )
     return ident
+
+
+def wait_loaded(client: redis.Redis, timeout_s: float, what: str, *, while_down: bool = False) -> float:
+    """Seconds until `client`'s server answers without LOADING; WaitTimeout naming `what` after `timeout_s`.
+
+    `while_down`: a refused connection counts as not yet up (the server is restarting).
+    """
+    start = time.monotonic()
+    while True:
+        try:
+            if not int(client.info("persistence").get("loading", 0)):
+                return time.monotonic() - start
+        except redis.BusyLoadingError:
+            pass
+        except redis.ConnectionError:
+            if not while_down:
+                raise
+        if time.monotonic() - start > timeout_s:
+            raise WaitTimeout(f"{what} was still loading (or down) {timeout_s}s later")
+        time.sleep(0.05)
