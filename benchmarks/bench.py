@@ -26,9 +26,9 @@ import papermill as pm
 from nbformat.v4 import new_code_cell, new_notebook
 
 import runbook
-from runbook import enable
-from runbook.runner import notebooks_dir
-from runbook.sandbox import Sandbox, populate
+from runbook.steps import enable_aof as enable
+from runbook.orchestration.runner import notebooks_dir
+from runbook.sandbox.throwaway import Sandbox, populate
 
 ROOT = Path(__file__).resolve().parent.parent
 RUNBOOK = [sys.executable, "-m", "runbook"]

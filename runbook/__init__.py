@@ -1,12 +1,12 @@
 """Redis persistence runbook: inspect, change and test persistence, with archived evidence.
 
-The notebooks call these; `runbook.report` holds their tables and plots.
+The notebooks call these; `runbook.evidence.report` holds their tables and plots.
 """
 
-from .aof import aof_on_disk, enable_aof_runtime, parse_manifest, wait_aof_ready
-from .checks import Check, worst
-from .configfile import mask_secrets, read_config
-from .errors import (
+from runbook.server.aof import aof_on_disk, enable_aof_runtime, parse_manifest, wait_aof_ready
+from runbook.steps.checks import Check, worst
+from runbook.server.configfile import mask_secrets, read_config
+from runbook.errors import (
     Blocked,
     ChangeFailed,
     ParameterError,
@@ -16,10 +16,10 @@ from .errors import (
     VerificationFailed,
     WaitTimeout,
 )
-from .evidence import read_summary, record
-from .inspection import Inspection, inspect_target
-from .sandbox import Sandbox, seed_sandbox
-from .target import Target, connect, identify
+from runbook.evidence.summary import read_summary, record
+from runbook.steps.inspect import Inspection, inspect_target
+from runbook.sandbox.throwaway import Sandbox, seed_sandbox
+from runbook.server.target import Target, connect, identify
 
 __version__ = "0.1.0"
 

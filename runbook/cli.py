@@ -10,10 +10,10 @@ from typing import Sequence
 
 from pathlib import Path
 
-from .archive import archive_root, read_index, verify
-from .metrics import render, write_atomically
-from .errors import ParameterError, RunbookError
-from .runner import EXIT_FAIL, EXIT_OK, EXIT_USAGE, NOTEBOOKS, SEQUENCES, RunResult, run
+from runbook.evidence.archive import archive_root, read_index, verify
+from runbook.evidence.metrics import render, write_atomically
+from runbook.errors import ParameterError, RunbookError
+from runbook.orchestration.runner import EXIT_FAIL, EXIT_OK, EXIT_USAGE, NOTEBOOKS, SEQUENCES, RunResult, run
 
 
 ARCHIVE_HELP = ("evidence archive: a directory or an fsspec URL such as s3://bucket/prefix, credentials from "
@@ -147,7 +147,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def _rehearse(args: argparse.Namespace) -> int:
     """`runbook rehearse`: the step table, what the sandbox was built from, and the verdict for the target."""
-    from .rehearse import rehearse  # noqa: PLC0415
+    from runbook.orchestration.rehearse import rehearse  # noqa: PLC0415
 
     done = rehearse(args.files, [tuple(p) for p in args.pairs], archive_root(args.archive),
                     with_data=args.with_data, keep=args.keep)

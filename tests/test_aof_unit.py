@@ -1,10 +1,10 @@
-"""runbook.aof without a server: the 7.x manifest, the AOF on disk, the readiness condition."""
+"""runbook.server.aof without a server: the 7.x manifest, the AOF on disk, the readiness condition."""
 
 from __future__ import annotations
 
 import pytest
 
-from runbook.aof import READY_CONDITION, ManifestEntry, aof_on_disk, aof_ready, parse_manifest
+from runbook.server.aof import READY_CONDITION, ManifestEntry, aof_on_disk, aof_ready, parse_manifest
 
 MANIFEST_7 = "file appendonly.aof.1.base.rdb seq 1 type b\nfile appendonly.aof.1.incr.aof seq 1 type i\n"
 

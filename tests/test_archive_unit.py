@@ -1,4 +1,4 @@
-"""runbook.archive: the hash-chained index, its verification, and where runs are stored."""
+"""runbook.evidence.archive: the hash-chained index, its verification, and where runs are stored."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from runbook.archive import (
+from runbook.evidence.archive import (
     ARCHIVE_ENV,
     GENESIS,
     INDEX,

@@ -11,8 +11,8 @@ import pytest
 
 import runbook
 from helpers import index, run_json
-from runbook import backup
-from runbook.sandbox import populate
+from runbook.steps import backup
+from runbook.sandbox.throwaway import populate
 
 
 def sha(path: Path) -> str:

@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 
 from helpers import REPO
-from runbook.sandbox import free_port
+from runbook.sandbox.throwaway import free_port
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 ARTIFACTS = REPO / "test-artifacts"

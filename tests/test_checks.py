@@ -1,11 +1,11 @@
-"""runbook.checks: verdicts over hand-made INFO dicts (no server)."""
+"""runbook.steps.checks: verdicts over hand-made INFO dicts (no server)."""
 
 from __future__ import annotations
 
 import pytest
 
-from runbook.checks import FAIL, PASS, WARN, persistence_checks, worst
-from runbook.persistence import Drift
+from runbook.steps.checks import FAIL, PASS, WARN, persistence_checks, worst
+from runbook.server.settings import Drift
 
 NOW = 1_700_000_000.0
 MB = 1024**2

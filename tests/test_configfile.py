@@ -1,10 +1,10 @@
-"""runbook.configfile: redis.conf parsing (quoting, include, last one wins) and secret masking."""
+"""runbook.server.configfile: redis.conf parsing (quoting, include, last one wins) and secret masking."""
 
 from __future__ import annotations
 
 import pytest
 
-from runbook.configfile import MASK, mask_secrets, read_config, split_args
+from runbook.server.configfile import MASK, mask_secrets, read_config, split_args
 from runbook.errors import PreconditionFailed
 
 
@@ -297,14 +297,14 @@ def test_mask_secrets_leaves_other_text_byte_identical():
     ("12:M 26 Nov 2026 06:00:00.000 # >>> 'requirepass hunter23'\n", "hunter23"),
 ])
 def test_mask_secrets_more_forms(text: str, secret: str) -> None:
-    from runbook.configfile import mask_secrets
+    from runbook.server.configfile import mask_secrets
 
     assert secret not in mask_secrets(text)
     assert secret not in mask_secrets("+" + text)
 
 
 def test_parse_error_does_not_echo_the_secret(tmp_path) -> None:
-    from runbook.configfile import read_config
+    from runbook.server.configfile import read_config
     from runbook.errors import PreconditionFailed
 
     conf = tmp_path / "r.conf"

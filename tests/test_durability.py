@@ -11,8 +11,8 @@ import pytest
 
 import runbook
 from helpers import index, run_json
-from runbook import durability
-from runbook.sandbox import SEED_CONFIG, populate
+from runbook.steps import test_persistence as durability
+from runbook.sandbox.throwaway import SEED_CONFIG, populate
 
 
 def checks_of(result) -> dict[str, str]:
@@ -57,7 +57,7 @@ def _as_runner_sandbox(monkeypatch: pytest.MonkeyPatch, sb) -> runbook.Target:
 
 
 def test_restart_keeps_every_canary_after_the_change(server_binary: Path, make_sandbox, clean_env) -> None:
-    from runbook import enable, persist
+    from runbook.steps import enable_aof as enable, persist_config as persist
 
     sb = make_sandbox(server_binary)
     populate(sb.client(), 3000)
@@ -159,7 +159,7 @@ def test_notebook_modes_through_the_runner(default_binary: Path, make_sandbox, c
 
 def test_restart_refused_with_a_stale_aof(default_binary: Path, make_sandbox, clean_env) -> None:
     """AOF turned off at runtime after it ran: the old AOF would be loaded and newer writes lost."""
-    from runbook.sandbox import SEED_CONFIG
+    from runbook.sandbox.throwaway import SEED_CONFIG
 
     sb = make_sandbox(default_binary, config=SEED_CONFIG.replace("appendonly no", "appendonly yes"))
     client = sb.client()

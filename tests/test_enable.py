@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 
 import runbook
-from runbook import enable
-from runbook.sandbox import SEED_CONFIG, populate
+from runbook.steps import enable_aof as enable
+from runbook.sandbox.throwaway import SEED_CONFIG, populate
 
 KEYS = 200_000
 

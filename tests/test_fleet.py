@@ -10,9 +10,9 @@ import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
 from runbook.errors import ParameterError
-from runbook.fleet import normalize_targets
-from runbook.runner import plan
-from runbook.sandbox import Sandbox, populate
+from runbook.orchestration.fleet import normalize_targets
+from runbook.orchestration.runner import plan
+from runbook.sandbox.throwaway import Sandbox, populate
 
 from helpers import has_redis_user, index, needs_redis_user_reason, run_json, runbook_cli
 

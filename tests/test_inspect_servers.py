@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 import runbook
-from runbook.sandbox import SEED_CONFIG, populate
+from runbook.sandbox.throwaway import SEED_CONFIG, populate
 
 
 def _checks(insp: runbook.Inspection) -> dict[str, runbook.Check]:
@@ -87,7 +87,7 @@ def test_renamed_config_command(server_binary: Path, make_sandbox, clean_env) ->
 
 
 def test_unreachable_target_says_what_to_do(clean_env) -> None:
-    from runbook.sandbox import free_port
+    from runbook.sandbox.throwaway import free_port
 
     with pytest.raises(runbook.TargetUnreachable, match="cannot connect.*server runs"):
         runbook.connect(f"redis://127.0.0.1:{free_port()}/0", connect_timeout_s=1)

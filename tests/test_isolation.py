@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from helpers import run_json
-from runbook.sandbox import SEED_CONFIG, free_port
+from runbook.sandbox.throwaway import SEED_CONFIG, free_port
 
 
 def test_free_ports_leave_room_for_a_cluster_bus_port() -> None:
@@ -25,7 +25,7 @@ def test_free_port_skips_a_port_whose_bus_port_is_taken(monkeypatch: pytest.Monk
         taken.listen()
         bus = taken.getsockname()[1]
         candidates = iter([bus - 10000, 21111])
-        monkeypatch.setattr("runbook.sandbox.random.randrange", lambda a, b: next(candidates))
+        monkeypatch.setattr("runbook.sandbox.throwaway.random.randrange", lambda a, b: next(candidates))
         assert free_port() == 21111
 
 

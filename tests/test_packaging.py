@@ -14,7 +14,7 @@ import pytest
 import yaml
 
 from runbook.errors import ParameterError
-from runbook.params import parse_parameters_cell, validate
+from runbook.orchestration.params import parse_parameters_cell, validate
 
 REPO = Path(__file__).resolve().parent.parent
 

@@ -1,11 +1,11 @@
-"""runbook.params: the parameters cell, parameter files, -p pairs and validation."""
+"""runbook.orchestration.params: the parameters cell, parameter files, -p pairs and validation."""
 
 from __future__ import annotations
 
 import pytest
 
 from runbook.errors import ParameterError
-from runbook.params import Param, coerce_pair, load_files, parse_parameters_cell, validate
+from runbook.orchestration.params import Param, coerce_pair, load_files, parse_parameters_cell, validate
 
 CELL = '''\
 # Parameters

@@ -11,9 +11,9 @@ import pytest
 
 import runbook
 from helpers import index, run_json
-from runbook import persist
-from runbook.configfile import read_config
-from runbook.sandbox import SEED_CONFIG, populate
+from runbook.steps import persist_config as persist
+from runbook.server.configfile import read_config
+from runbook.sandbox.throwaway import SEED_CONFIG, populate
 
 DEBIAN_CONF = Path("/etc/redis/redis.conf")
 

@@ -1,11 +1,11 @@
-"""runbook.persistence without a server: memory units, normalisation, save rules, runtime vs file."""
+"""runbook.server.settings without a server: memory units, normalisation, save rules, runtime vs file."""
 
 from __future__ import annotations
 
 import pytest
 
-from runbook.configfile import read_config
-from runbook.persistence import PERSISTENCE_SETTINGS, compare, memory_bytes, normalize, save_rules
+from runbook.server.configfile import read_config
+from runbook.server.settings import PERSISTENCE_SETTINGS, compare, memory_bytes, normalize, save_rules
 
 
 @pytest.mark.parametrize(

@@ -12,7 +12,7 @@ import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
 from helpers import REPO, index, runbook_cli
-from runbook.sandbox import seed_sandbox
+from runbook.sandbox.throwaway import seed_sandbox
 
 README = (REPO / "README.md").read_text()
 _CRON_FIELD = re.compile(r"^(\*|\d+(-\d+)?)(/\d+)?(,(\*|\d+(-\d+)?)(/\d+)?)*$")

@@ -27,7 +27,7 @@ from helpers import REPO, has_redis_user, index, needs_redis_user_reason, runboo
 
 import runbook
 from runbook.errors import ParameterError, PreconditionFailed
-from runbook.rehearse import (
+from runbook.orchestration.rehearse import (
     Connection,
     _refuse_unless_isolated,
     _version_caveat,
@@ -38,9 +38,9 @@ from runbook.rehearse import (
     rehearsal_sandbox,
     verdict,
 )
-from runbook.runner import RunResult, StepResult
-from runbook.sandbox import _die_with_parent, find_server_binary, free_port, populate
-from runbook.target import Identity
+from runbook.orchestration.runner import RunResult, StepResult
+from runbook.sandbox.throwaway import _die_with_parent, find_server_binary, free_port, populate
+from runbook.server.target import Identity
 
 pytestmark = pytest.mark.notebook
 

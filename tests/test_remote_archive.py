@@ -28,8 +28,8 @@ from typing import Any, Iterator
 import pytest
 
 from helpers import runbook_cli, wait_for_port
-from runbook import archive as archive_module
-from runbook.archive import (
+from runbook.evidence import archive as archive_module
+from runbook.evidence.archive import (
     GENESIS,
     INDEX,
     WRITE_CHECK,
@@ -40,7 +40,7 @@ from runbook.archive import (
     verify,
 )
 from runbook.errors import ArchiveError, ParameterError
-from runbook.sandbox import free_port
+from runbook.sandbox.throwaway import free_port
 
 SECRET = "moto-secret-Zq9-4f1c"  # moto takes any key; this one must never reach the evidence
 
@@ -399,7 +399,7 @@ def test_a_run_that_raises_keeps_the_staged_evidence_and_says_where(
     nb.write_text('{"cells": ["changed"]}')
     html = nb.with_suffix(".html")
     html.write_text("<html>changed</html>")
-    with caplog.at_level(logging.WARNING, logger="runbook.archive"):
+    with caplog.at_level(logging.WARNING, logger="runbook.evidence.archive"):
         try:
             raise KeyboardInterrupt  # what runner.run() does with any exception
         except BaseException:  # noqa: BLE001
@@ -487,7 +487,7 @@ def test_a_write_over_a_changed_index_fails_and_the_append_is_redone(
         remote.fs.pipe_file(index, old + b'{"run_id": "lost"}\n', **guard)
     assert [r["run_id"] for r in read_index(url)] == ["r0", "r1"]
     # The retry: another add lands between this add's read and its write.
-    with caplog.at_level(logging.INFO, logger="runbook.archive"):
+    with caplog.at_level(logging.INFO, logger="runbook.evidence.archive"):
         written, reads = add_while_another_lands(monkeypatch, this, other, {"run_id": "r3", "files": {}},
                                                  {"run_id": "r2", "files": {}})
     assert reads == 3  # this add, the other add, this add again

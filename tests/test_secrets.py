@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from helpers import index, run_json
-from runbook.sandbox import SEED_CONFIG
+from runbook.sandbox.throwaway import SEED_CONFIG
 
 pytestmark = pytest.mark.notebook
 

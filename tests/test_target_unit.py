@@ -1,11 +1,11 @@
-"""runbook.target without a server: the target parameter, password redaction, locality."""
+"""runbook.server.target without a server: the target parameter, password redaction, locality."""
 
 from __future__ import annotations
 
 import pytest
 
 from runbook.errors import ParameterError
-from runbook.target import check_target_parameter, is_local, redact_url
+from runbook.server.target import check_target_parameter, is_local, redact_url
 
 
 @pytest.mark.parametrize(

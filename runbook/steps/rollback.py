@@ -12,14 +12,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .archive import archive_root, read_index
-from .checks import FAIL, PASS, Check, worst
-from .configedit import atomic_write, read_raw, unified_diff
-from .configfile import read_config
-from .durability import restart_trap
-from .errors import Blocked, PreconditionFailed
-from .persistence import config_set, normalize, runtime_settings
-from .target import Target, identify
+from runbook.evidence.archive import archive_root, read_index
+from runbook.steps.checks import FAIL, PASS, Check, worst
+from runbook.server.configedit import atomic_write, read_raw, unified_diff
+from runbook.server.configfile import read_config
+from runbook.steps.test_persistence import restart_trap
+from runbook.errors import Blocked, PreconditionFailed
+from runbook.server.settings import config_set, normalize, runtime_settings
+from runbook.server.target import Target, identify
 
 
 @dataclass(frozen=True)
@@ -134,7 +134,7 @@ def verify_rollback(target: Target, plan: RollbackPlan, result: str) -> tuple[Ch
     trap = restart_trap(target)
     checks.append(Check("no_restart_trap", FAIL if trap else PASS, trap or "a restart now would load the data"))
     # The same drift check as the inspection: the state the change started from, seen again.
-    from .inspection import inspect_target  # noqa: PLC0415  (avoid an import cycle)
+    from runbook.steps.inspect import inspect_target  # noqa: PLC0415  (avoid an import cycle)
 
     checks.append(next(c for c in inspect_target(target).checks if c.name == "config_drift"))
     return tuple(checks)

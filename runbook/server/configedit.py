@@ -17,7 +17,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Mapping
 
-from .configfile import mask_secrets, split_args
+from runbook.server.configfile import mask_secrets, split_args
 
 _COMMENTED = re.compile(r"^\s*#\s*([A-Za-z][\w-]*)\s+(.*)$")
 _SAFE_WORD = re.compile(r'^[^\s"\'\\]+$')

@@ -14,9 +14,9 @@ import pandas as pd
 from matplotlib.figure import Figure
 from pandas.io.formats.style import Styler
 
-from .checks import Check
-from .inspection import Inspection
-from .persistence import save_rules
+from runbook.steps.checks import Check
+from runbook.steps.inspect import Inspection
+from runbook.server.settings import save_rules
 
 COLOURS = {
     "pass": "background-color: #d4edda; color: #155724",

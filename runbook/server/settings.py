@@ -11,8 +11,8 @@ from pathlib import Path
 
 import redis
 
-from .configfile import ConfigFile
-from .errors import ChangeFailed, PreconditionFailed
+from runbook.server.configfile import ConfigFile
+from runbook.errors import ChangeFailed, PreconditionFailed
 
 #: Every persistence setting the runbook compares, with the server's default (None: no fixed default).
 PERSISTENCE_SETTINGS: dict[str, str | None] = {

@@ -11,9 +11,9 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, Mapping, Sequence
 
-from .checks import worst
-from .errors import ParameterError, RunbookError
-from .target import check_target_parameter
+from runbook.steps.checks import worst
+from runbook.errors import ParameterError, RunbookError
+from runbook.server.target import check_target_parameter
 
 #: What a target entry may set for itself; everything else comes from the params file as a whole.
 PER_TARGET = ("target", "username", "password_env", "tls_ca_file", "config_file", "config_command")
@@ -88,9 +88,9 @@ class FleetResult:
 
 
 def _check_one(entry: Mapping[str, str], check: str, defaults: Mapping[str, Any], opts: Mapping[str, Any]) -> Member:
-    from . import durability  # noqa: PLC0415
-    from .inspection import inspect_target  # noqa: PLC0415
-    from .target import connect, identify  # noqa: PLC0415
+    from runbook.steps import test_persistence as durability  # noqa: PLC0415
+    from runbook.steps.inspect import inspect_target  # noqa: PLC0415
+    from runbook.server.target import connect, identify  # noqa: PLC0415
 
     settings = {**defaults, **entry}
     name = settings.pop("target")
@@ -139,7 +139,7 @@ def demo_targets() -> list[str]:
     """
     import atexit  # noqa: PLC0415
 
-    from .sandbox import seed_sandbox  # noqa: PLC0415
+    from runbook.sandbox.throwaway import seed_sandbox  # noqa: PLC0415
 
     urls = []
     for scenario in ("rdb-only", "runtime-aof"):

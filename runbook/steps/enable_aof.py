@@ -18,14 +18,14 @@ from typing import Any, Callable, Mapping
 
 import redis
 
-from .aof import READY_CONDITION, aof_on_disk, aof_ready
-from .checks import FAIL, PASS, WARN, Check, worst
-from .configfile import mask_secrets
-from .errors import ChangeFailed, ParameterError, PreconditionFailed, VerificationFailed, WaitTimeout
-from .inspection import read_overcommit
-from .persistence import config_get, config_set, normalize, runtime_settings
-from .probe import LatencyProbe, LatencyStats
-from .target import Identity, Target, identify
+from runbook.server.aof import READY_CONDITION, aof_on_disk, aof_ready
+from runbook.steps.checks import FAIL, PASS, WARN, Check, worst
+from runbook.server.configfile import mask_secrets
+from runbook.errors import ChangeFailed, ParameterError, PreconditionFailed, VerificationFailed, WaitTimeout
+from runbook.steps.inspect import read_overcommit
+from runbook.server.settings import config_get, config_set, normalize, runtime_settings
+from runbook.server.probe import LatencyProbe, LatencyStats
+from runbook.server.target import Identity, Target, identify
 
 log = logging.getLogger(__name__)
 

@@ -20,13 +20,13 @@ from typing import Any, Mapping
 
 import redis
 
-from .aof import AofOnDisk, aof_on_disk, aof_ready
-from .checks import FAIL, PASS, WARN, Check, worst
-from .configedit import atomic_write, backup, edit_text, read_raw, unified_diff, utc_stamp
-from .configfile import ConfigFile, read_config
-from .errors import Blocked, ChangeFailed, ParameterError, PreconditionFailed, VerificationFailed
-from .persistence import PERSISTENCE_SETTINGS, Drift, compare, normalize, runtime_settings
-from .target import Identity, Target, identify
+from runbook.server.aof import AofOnDisk, aof_on_disk, aof_ready
+from runbook.steps.checks import FAIL, PASS, WARN, Check, worst
+from runbook.server.configedit import atomic_write, backup, edit_text, read_raw, unified_diff, utc_stamp
+from runbook.server.configfile import ConfigFile, read_config
+from runbook.errors import Blocked, ChangeFailed, ParameterError, PreconditionFailed, VerificationFailed
+from runbook.server.settings import PERSISTENCE_SETTINGS, Drift, compare, normalize, runtime_settings
+from runbook.server.target import Identity, Target, identify
 
 log = logging.getLogger(__name__)
 
@@ -313,7 +313,7 @@ def boot_check(target: Target, plan: PersistPlan, *, timeout_s: float = 30.0) ->
     cluster-config-file and syslog are overridden, so the copy cannot touch the real server's
     files, sockets, master or logs.
     """
-    from .sandbox import Sandbox, find_server_binary  # noqa: PLC0415
+    from runbook.sandbox.throwaway import Sandbox, find_server_binary  # noqa: PLC0415
 
     path = Path(plan.config_file)
     if not plan.config_file or not os.access(path, os.R_OK):

@@ -19,12 +19,12 @@ from typing import Any
 import redis
 from redis.crc import key_slot
 
-from .aof import aof_on_disk, aof_ready
-from .checks import FAIL, PASS, WARN, Check, worst
-from .configfile import read_config
-from .errors import ParameterError, PreconditionFailed, WaitTimeout
-from .persistence import runtime_settings
-from .target import Identity, Target, identify, wait_loaded
+from runbook.server.aof import aof_on_disk, aof_ready
+from runbook.steps.checks import FAIL, PASS, WARN, Check, worst
+from runbook.server.configfile import read_config
+from runbook.errors import ParameterError, PreconditionFailed, WaitTimeout
+from runbook.server.settings import runtime_settings
+from runbook.server.target import Identity, Target, identify, wait_loaded
 
 MODES = ("online", "restart", "crash")
 
@@ -307,7 +307,7 @@ def restart_server(target: Target, restart_command: str = "", timeout_s: float =
     """Restart the target (the sandbox itself, or `restart_command`) and wait out LOADING; returns seconds."""
     start = time.monotonic()
     if target.is_sandbox:
-        from .sandbox import restart_sandbox  # noqa: PLC0415
+        from runbook.sandbox.throwaway import restart_sandbox  # noqa: PLC0415
 
         restart_sandbox(target)
     elif restart_command:
@@ -324,7 +324,7 @@ def restart_server(target: Target, restart_command: str = "", timeout_s: float =
 
 def loaded_from(target: Target) -> str:
     """Which file the last start loaded, from the server's log when it is readable here."""
-    from .enable import server_log_tail  # noqa: PLC0415
+    from runbook.steps.enable_aof import server_log_tail  # noqa: PLC0415
 
     tail = server_log_tail(target, lines=40)
     for line in reversed(tail.splitlines()):
@@ -396,7 +396,7 @@ def crash_test(target: Target, *, crash_seconds: float = 2.0, binary: Path | Non
 
     Refused for any target but `sandbox`: it kills the server.
     """
-    from .sandbox import SEED_CONFIG, Sandbox  # noqa: PLC0415
+    from runbook.sandbox.throwaway import SEED_CONFIG, Sandbox  # noqa: PLC0415
 
     if target.name != "sandbox":
         raise ParameterError(f"mode crash kills the server: it runs only against target sandbox, not {target.name}")

@@ -11,7 +11,7 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from .errors import PreconditionFailed
+from runbook.errors import PreconditionFailed
 
 log = logging.getLogger(__name__)
 

@@ -21,7 +21,7 @@ from typing import Any
 
 import redis
 
-from .errors import PreconditionFailed, WaitTimeout
+from runbook.errors import PreconditionFailed, WaitTimeout
 
 log = logging.getLogger(__name__)
 
@@ -269,7 +269,7 @@ class Sandbox:
 
     def _config_text(self) -> str:
         assert self.config is not None
-        lines = [self.config.rstrip("\n"), "", "# Sandbox overrides (runbook.sandbox)"]
+        lines = [self.config.rstrip("\n"), "", "# Sandbox overrides (runbook.sandbox.throwaway)"]
         lines += [f'{k} "{v}"' for k, v in self._overrides()]
         return "\n".join(lines) + "\n"
 
@@ -305,7 +305,7 @@ class Sandbox:
                 text = self.log_text()
                 if "Address already in use" in text[-2000:]:
                     raise _PortTaken()
-                from .configfile import mask_secrets  # noqa: PLC0415
+                from runbook.server.configfile import mask_secrets  # noqa: PLC0415
 
                 raise PreconditionFailed(
                     f"{self.binary} exited with code {self._proc.returncode} while starting; "
@@ -428,7 +428,7 @@ def seed_sandbox(scenario: str = "rdb-only", *, binary: Path | None = None, keys
         populate(client, keys)
         client.save()
         if scenario == "runtime-aof":
-            from .aof import enable_aof_runtime  # noqa: PLC0415  (avoid an import cycle)
+            from runbook.server.aof import enable_aof_runtime  # noqa: PLC0415  (avoid an import cycle)
 
             enable_aof_runtime(client, appendfsync="everysec")
     except BaseException:

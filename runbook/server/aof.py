@@ -13,7 +13,7 @@ from pathlib import Path
 
 import redis
 
-from .errors import ChangeFailed, WaitTimeout
+from runbook.errors import ChangeFailed, WaitTimeout
 
 log = logging.getLogger(__name__)
 

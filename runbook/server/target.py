@@ -19,8 +19,8 @@ from urllib.parse import parse_qs, parse_qsl, urlparse
 
 import redis
 
-from .errors import ParameterError, PreconditionFailed, TargetUnreachable, WaitTimeout
-from .sandbox import Sandbox, seed_sandbox
+from runbook.errors import ParameterError, PreconditionFailed, TargetUnreachable, WaitTimeout
+from runbook.sandbox.throwaway import Sandbox, seed_sandbox
 
 log = logging.getLogger(__name__)
 

@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterator
 from urllib.parse import unquote, urlsplit
 
-from .errors import ArchiveError, ParameterError
+from runbook.errors import ArchiveError, ParameterError
 
 log = logging.getLogger(__name__)
 

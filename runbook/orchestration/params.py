@@ -15,8 +15,8 @@ from typing import Any, Iterable, Mapping
 
 import yaml
 
-from .errors import ParameterError
-from .target import check_target_parameter
+from runbook.errors import ParameterError
+from runbook.server.target import check_target_parameter
 
 _LINE = re.compile(r"^(?P<name>[A-Za-z_]\w*)\s*:\s*(?P<type>[\w\[\], |]+?)\s*=\s*(?P<rest>.+)$")
 _TYPES: dict[str, type | tuple[type, ...]] = {
