@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: setup demo test lab bench clean
+.PHONY: setup demo test lint lab bench clean
 
 setup: $(STAMP)
 
@@ -18,9 +18,14 @@ $(STAMP): pyproject.toml
 demo: setup
 	$(BIN)/runbook run all -p apply true
 
-test: setup
+test: setup lint
 	$(BIN)/python -m pytest tests
 	$(BIN)/python -m pytest --nbval-lax notebooks -p no:cacheprovider
+
+# The layers of ARCHITECTURE.md (pyproject.toml [tool.importlinter]) and ruff ([tool.ruff]).
+lint: setup
+	$(BIN)/lint-imports
+	$(BIN)/ruff check runbook tests benchmarks
 
 lab: setup
 	$(BIN)/jupyter lab --no-browser --ip 127.0.0.1 --ServerApp.root_dir=notebooks

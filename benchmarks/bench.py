@@ -26,9 +26,10 @@ import papermill as pm
 from nbformat.v4 import new_code_cell, new_notebook
 
 import runbook
+from runbook.orchestration.plan import notebooks_dir
+from runbook.sandbox.seed import populate
+from runbook.sandbox.throwaway import Sandbox
 from runbook.steps import enable_aof as enable
-from runbook.orchestration.runner import notebooks_dir
-from runbook.sandbox.throwaway import Sandbox, populate
 
 ROOT = Path(__file__).resolve().parent.parent
 RUNBOOK = [sys.executable, "-m", "runbook"]
@@ -265,7 +266,8 @@ def main() -> int:
         *[(f"enable-aof at {n:,} keys: server rewrite / our overhead", f"{a:.3f} s / {b:.3f} s", "")
           for n, (a, b) in r["enable_by_keys"].items()],
         ("enable-aof overhead", f"max {max(extras):.3f} s", f"target < 0.2 s and flat: {verdict(max(extras) < 0.2)}"),
-        ("redis-benchmark p99 alone / during inspections", f"{r['p99_quiet_ms']:.3f} / {r['p99_inspecting_ms']:.3f} ms", ""),
+        ("redis-benchmark p99 alone / during inspections",
+         f"{r['p99_quiet_ms']:.3f} / {r['p99_inspecting_ms']:.3f} ms", ""),
         ("peak RSS: runner / kernel", f"{r['rss_runner_mib']:.0f} / {r['rss_kernel_mib']:.0f} MiB", ""),
         *fleet_rows,
     ]
@@ -279,7 +281,8 @@ def _print_table(rows: list[tuple[str, str, str]], repeat: int, server: str) -> 
     if not server:
         with Sandbox() as sb:
             server = runbook.identify(sb.client()).label
-    print(f"machine: {platform.node()} {os.cpu_count()} cores, {platform.platform()}, Python {platform.python_version()}")
+    print(f"machine: {platform.node()} {os.cpu_count()} cores, {platform.platform()}, "
+          f"Python {platform.python_version()}")
     print(f"server: {server}; median of {repeat} runs")
     width = max(len(a) for a, _, _ in rows)
     for a, b, c in rows:

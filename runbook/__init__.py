@@ -1,11 +1,10 @@
 """Redis persistence runbook: inspect, change and test persistence, with archived evidence.
 
-The notebooks call these; `runbook.evidence.report` holds their tables and plots.
+The notebook-facing API. The notebooks call these, and one module per step
+(`runbook.steps.enable_aof`, ...); `runbook.evidence.report` holds their tables and plots.
+Layers, top to bottom: cli, orchestration, steps, evidence and sandbox, server, model and errors.
 """
 
-from runbook.server.aof import aof_on_disk, enable_aof_runtime, parse_manifest, wait_aof_ready
-from runbook.steps.checks import Check, worst
-from runbook.server.configfile import mask_secrets, read_config
 from runbook.errors import (
     Blocked,
     ChangeFailed,
@@ -17,15 +16,20 @@ from runbook.errors import (
     WaitTimeout,
 )
 from runbook.evidence.summary import read_summary, record
+from runbook.model import Check, ConnectionSpec, Outcome, Status, StepSummary, worst
+from runbook.sandbox.handoff import connect
+from runbook.sandbox.seed import seed_sandbox
+from runbook.sandbox.throwaway import Sandbox
+from runbook.server.aof import aof_on_disk, parse_manifest
+from runbook.server.configfile import mask_secrets, read_config
+from runbook.server.target import Target, identify
 from runbook.steps.inspect import Inspection, inspect_target
-from runbook.sandbox.throwaway import Sandbox, seed_sandbox
-from runbook.server.target import Target, connect, identify
 
 __version__ = "0.1.0"
 
 __all__ = [
-    "Blocked", "ChangeFailed", "Check", "Inspection", "ParameterError", "PreconditionFailed",
-    "RunbookError", "Sandbox", "Target", "TargetUnreachable", "VerificationFailed", "WaitTimeout",
-    "aof_on_disk", "connect", "enable_aof_runtime", "identify", "inspect_target", "mask_secrets",
-    "parse_manifest", "read_config", "read_summary", "record", "seed_sandbox", "wait_aof_ready", "worst",
+    "Blocked", "ChangeFailed", "Check", "ConnectionSpec", "Inspection", "Outcome", "ParameterError",
+    "PreconditionFailed", "RunbookError", "Sandbox", "Status", "StepSummary", "Target", "TargetUnreachable",
+    "VerificationFailed", "WaitTimeout", "aof_on_disk", "connect", "identify", "inspect_target", "mask_secrets",
+    "parse_manifest", "read_config", "read_summary", "record", "seed_sandbox", "worst",
 ]

@@ -6,15 +6,16 @@ import argparse
 import json
 import logging
 import sys
+from pathlib import Path
 from typing import Sequence
 
-from pathlib import Path
-
+from runbook.errors import ExitCode, ParameterError, RunbookError
 from runbook.evidence.archive import archive_root, read_index, verify
 from runbook.evidence.metrics import render, write_atomically
-from runbook.errors import ParameterError, RunbookError
-from runbook.orchestration.runner import EXIT_FAIL, EXIT_OK, EXIT_USAGE, NOTEBOOKS, SEQUENCES, RunResult, run
-
+from runbook.model import StepSummary
+from runbook.orchestration.plan import NOTEBOOKS, SEQUENCES
+from runbook.orchestration.rehearse import rehearse
+from runbook.orchestration.runner import RunResult, run
 
 ARCHIVE_HELP = ("evidence archive: a directory or an fsspec URL such as s3://bucket/prefix, credentials from "
                 "the environment (default $RUNBOOK_ARCHIVE or ./archive)")
@@ -61,38 +62,35 @@ def _print_run(result: RunResult) -> None:
     print(f"change {result.change_id}")
     print(f"{'step':<16} {'target':<28} {'status':<8} {'changed':<8} key figures")
     for s in result.steps:
-        figures = s.summary.get("error") or _figures(s.summary)
+        figures = s.summary.error or _figures(s.summary)
         print(f"{s.name:<16} {s.target[:28]:<28} {s.status:<8} {changed(s.summary):<8} {figures}")
     for nb in dict.fromkeys(s.notebook for s in result.steps if s.notebook is not None):
         print(f"evidence: {result.archive.location(nb)}\n          {result.archive.location(nb.with_suffix('.html'))}")
     print(f"index:    {result.archive.location()}")
     for s in result.failing():
-        print(f"failing:  {s.target} at {s.name}: {s.summary.get('error') or _figures(s.summary)}")
-    verdict = {0: "OK", 1: "FAILED", 2: "USAGE ERROR", 3: "BLOCKED: a person must act"}[result.exit_code]
+        print(f"failing:  {s.target} at {s.name}: {s.summary.error or _figures(s.summary)}")
+    verdict = {ExitCode.OK: "OK", ExitCode.FAILED: "FAILED", ExitCode.USAGE: "USAGE ERROR",
+               ExitCode.BLOCKED: "BLOCKED: a person must act"}[result.exit_code]
     print(f"verdict:  {verdict} (exit {result.exit_code})")
 
 
-#: The `result` a notebook records when it changed the server, its config file or the backup destination.
-CHANGED_RESULTS = ("changed", "done")
-
-
-def changed(summary: dict) -> str:
+def changed(summary: StepSummary) -> str:
     """yes / no for a step that may change something (it records a `result`), - for a read-only step."""
-    if "result" not in summary:
+    if summary.result is None:
         return "-"
-    return "yes" if summary["result"] in CHANGED_RESULTS else "no"
+    return "yes" if summary.changed_something else "no"
 
 
-def _figures(summary: dict) -> str:
-    failing = [f"{k}={v['status']}" for k, v in summary.get("checks", {}).items() if v.get("status") != "pass"]
-    parts = [f"{summary.get('server', '?')} {summary.get('version', '')}".strip()]
-    if summary.get("result"):
-        parts.append(f"result={summary['result']}" + (f" method={summary['method']}" if summary.get("method") else ""))
-    if "dbsize" in summary:
-        parts.append(f"keys={summary['dbsize']}")
-    if summary.get("drift"):
-        parts.append("drift=" + ",".join(summary["drift"]))
-    parts += failing
+def _figures(summary: StepSummary) -> str:
+    facts = summary.facts
+    parts = [f"{summary.server or '?'} {summary.version}".strip()]
+    if summary.result is not None:
+        parts.append(f"result={summary.result}" + (f" method={facts['method']}" if facts.get("method") else ""))
+    if "dbsize" in facts:
+        parts.append(f"keys={facts['dbsize']}")
+    if facts.get("drift"):
+        parts.append("drift=" + ",".join(facts["drift"]))
+    parts += [f"{c.name}={c.status}" for c in summary.not_passing]
     return " ".join(parts)
 
 
@@ -109,7 +107,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                          args.fail_on, keep_going=args.keep_going)
             if args.metrics_file:
                 # The last inspection of every target (a fleet: each of its members).
-                inspected = {s.target: s.summary for s in result.steps if s.name == "inspect" and "checks" in s.summary}
+                inspected = {s.target: s.summary for s in result.steps if s.name == "inspect" and s.summary.checks}
                 write_atomically(Path(args.metrics_file), render(inspected.items(), result.exit_code))
             if args.json:
                 print(json.dumps({
@@ -117,9 +115,10 @@ def main(argv: Sequence[str] | None = None) -> int:
                     "failing": [{"target": s.target, "notebook": s.name, "status": s.status} for s in result.failing()],
                     "steps": [{"notebook": s.name, "target": s.target, "status": s.status,
                                "changed": changed(s.summary),
-                               "exit_code": s.exit_code, "summary": s.summary,
+                               "exit_code": s.exit_code, "summary": s.summary.to_json(),
                                "ipynb": result.archive.location(s.notebook) if s.notebook else None,
-                               "html": result.archive.location(s.html) if s.html else None, "run_id": s.record["run_id"]}
+                               "html": result.archive.location(s.html) if s.html else None,
+                               "run_id": s.record["run_id"]}
                               for s in result.steps],
                 }, indent=2))
             else:
@@ -130,25 +129,21 @@ def main(argv: Sequence[str] | None = None) -> int:
             for rec in read_index(root):
                 print(f"{rec['started'][:19]}  {rec['change_id']}  {rec['notebook']:<10} {rec['target']:<28} "
                       f"{rec['status']:<8} {next(iter(rec['files']), '')}")
-            return EXIT_OK
+            return ExitCode.OK
         problems = verify(root)
         for p in problems:
             print(p, file=sys.stderr)
         if not problems:
             print(f"{root}: {len(read_index(root))} record(s), chain and files intact")
-        return EXIT_FAIL if problems else EXIT_OK
-    except ParameterError as err:
-        print(f"runbook: parameter error: {err}", file=sys.stderr)
-        return EXIT_USAGE
+        return ExitCode.FAILED if problems else ExitCode.OK
     except RunbookError as err:
-        print(f"runbook: {err}", file=sys.stderr)
-        return EXIT_FAIL
+        prefix = "parameter error: " if isinstance(err, ParameterError) else ""
+        print(f"runbook: {prefix}{err}", file=sys.stderr)
+        return err.exit_code
 
 
 def _rehearse(args: argparse.Namespace) -> int:
     """`runbook rehearse`: the step table, what the sandbox was built from, and the verdict for the target."""
-    from runbook.orchestration.rehearse import rehearse  # noqa: PLC0415
-
     done = rehearse(args.files, [tuple(p) for p in args.pairs], archive_root(args.archive),
                     with_data=args.with_data, keep=args.keep)
     r, result = done.rehearsal, done.run
@@ -158,7 +153,8 @@ def _rehearse(args: argparse.Namespace) -> int:
             "timings": {"prepare_s": r.prepare_s, "run_s": done.run_s},
             "change_id": result.change_id, "run_exit_code": result.exit_code,
             "steps": [{"notebook": s.name, "target": s.target, "status": s.status, "exit_code": s.exit_code,
-                       "summary": s.summary, "ipynb": result.archive.location(s.notebook) if s.notebook else None,
+                       "summary": s.summary.to_json(),
+                       "ipynb": result.archive.location(s.notebook) if s.notebook else None,
                        "html": result.archive.location(s.html) if s.html else None, "run_id": s.record["run_id"]}
                       for s in result.steps],
         }, indent=2))

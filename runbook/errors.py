@@ -1,18 +1,37 @@
-"""The runbook's exceptions: one base, a few subclasses grouped by cause.
+"""The runbook's exceptions: one base, a few subclasses grouped by cause, each carrying its exit code.
 
-The runner maps them to exit codes: ParameterError -> 2, Blocked -> 3,
-everything else -> 1.
+As click does, the exit code is on the exception class; the runner and `cli.main` read it there
+(`exit_code_for` for an error a notebook raised, known only by its class name) and nobody else
+decides one. A step that ends without raising exits by its status (`exit_code_for_status`).
 """
 
 from __future__ import annotations
+
+from enum import IntEnum
+from typing import ClassVar
+
+from runbook.model import Status
+
+
+class ExitCode(IntEnum):
+    """The `runbook` command's exit codes (README: Exit codes)."""
+
+    OK = 0
+    FAILED = 1  # a check failed, a guard refused, or a notebook raised
+    USAGE = 2  # usage or parameter error; nothing was changed
+    BLOCKED = 3  # a person must act; nothing was changed
 
 
 class RunbookError(Exception):
     """Base of every error the runbook raises on purpose."""
 
+    exit_code: ClassVar[ExitCode] = ExitCode.FAILED
+
 
 class ParameterError(RunbookError):
     """Raised when parameters are unknown, mistyped, unreadable or carry a secret."""
+
+    exit_code = ExitCode.USAGE
 
 
 class PreconditionFailed(RunbookError):
@@ -38,6 +57,26 @@ class WaitTimeout(RunbookError):
 class Blocked(RunbookError):
     """Raised when a person must act (rights, a file out of reach); nothing was changed."""
 
+    exit_code = ExitCode.BLOCKED
+
 
 class ArchiveError(RunbookError):
     """Raised when evidence could not be written to, or read from, the evidence archive."""
+
+
+def exit_code_for(ename: str) -> ExitCode:
+    """The exit code of the runbook exception class named `ename` (as papermill reports a notebook's
+    error); FAILED for any other exception."""
+    cls = globals().get(ename)
+    if isinstance(cls, type) and issubclass(cls, RunbookError):
+        return cls.exit_code
+    return ExitCode.FAILED
+
+
+def exit_code_for_status(status: Status, *, fail_on_warn: bool = False) -> ExitCode:
+    """The exit code of a step that ended with `status` (a warning fails only with --fail-on warn)."""
+    if status == Status.BLOCKED:
+        return Blocked.exit_code
+    if status in (Status.FAIL, Status.ERROR) or (status == Status.WARN and fail_on_warn):
+        return ExitCode.FAILED
+    return ExitCode.OK

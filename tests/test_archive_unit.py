@@ -145,7 +145,16 @@ def test_slug(text, expected):
     assert slug(text) == expected
 
 
-@pytest.mark.parametrize("text", ["redis://[::1]:6379/0", "unix:///run/redis/redis.sock", "unix:///tmp/a b/../c.sock", "x" * 200, "redis://h/0?x=1&y=2"])
+@pytest.mark.parametrize(
+    "text",
+    [
+        "redis://[::1]:6379/0",
+        "unix:///run/redis/redis.sock",
+        "unix:///tmp/a b/../c.sock",
+        "x" * 200,
+        "redis://h/0?x=1&y=2",
+    ],
+)
 def test_slug_is_a_safe_file_name(text):
     s = slug(text)
     assert re.fullmatch(r"[A-Za-z0-9._-]{1,80}", s)

@@ -8,21 +8,22 @@ import json
 from pathlib import Path
 
 import pytest
+from helpers import index, run_json, switch_aof_on
 
 import runbook
-from helpers import index, run_json
+from runbook.sandbox.seed import populate
 from runbook.steps import backup
-from runbook.sandbox.throwaway import populate
 
 
 def sha(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
-def test_backup_with_aof_manifest_and_restore_drill(server_binary: Path, make_sandbox, clean_env, tmp_path: Path) -> None:
+def test_backup_with_aof_manifest_and_restore_drill(server_binary: Path, make_sandbox, clean_env,
+                                                    tmp_path: Path) -> None:
     sb = make_sandbox(server_binary)
     populate(sb.client(), 4000)
-    runbook.enable_aof_runtime(sb.client())
+    switch_aof_on(sb.client())
     result = backup.take_backup(runbook.connect(sb.url), str(tmp_path / "bk"), apply=True, verify_restore=True)
     assert result.result == "done" and result.verdict == "pass", result.checks
     copy = Path(result.location)
@@ -58,7 +59,7 @@ def test_retention_prunes_but_keeps_the_newest(default_binary: Path, make_sandbo
 def test_rewrites_setting_restored_when_the_copy_fails(default_binary: Path, make_sandbox, clean_env, tmp_path: Path,
                                                        monkeypatch: pytest.MonkeyPatch) -> None:
     sb = make_sandbox(default_binary)
-    runbook.enable_aof_runtime(sb.client())
+    switch_aof_on(sb.client())
     sb.client().config_set("auto-aof-rewrite-percentage", 150)
     real_copy = backup.shutil.copy2
 

@@ -17,8 +17,8 @@ import uuid
 from pathlib import Path
 
 import pytest
-
 from helpers import REPO
+
 from runbook.sandbox.throwaway import free_port
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")

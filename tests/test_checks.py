@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from runbook.steps.checks import FAIL, PASS, WARN, persistence_checks, worst
+from runbook.model import Status, worst
 from runbook.server.settings import Drift
+from runbook.steps.checks import persistence_checks
 
 NOW = 1_700_000_000.0
 MB = 1024**2
@@ -66,12 +67,12 @@ def test_seed_state_runtime_aof_not_in_file_fails_config_drift():
         runtime(appendonly="yes"),
         [same("save", SAVE), Drift("appendonly", "yes", "no", True, "drift"), same("appendfsync", "everysec")],
     )
-    assert c["aof_enabled"].status == PASS
+    assert c["aof_enabled"].status == Status.PASS
     drift = c["config_drift"]
-    assert drift.status == FAIL
+    assert drift.status == Status.FAIL
     assert "AOF will be off after the next restart" in drift.observed
     assert "03-persist-config" in drift.fix
-    assert worst(statuses(c)) == FAIL
+    assert worst(statuses(c)) == Status.FAIL
 
 
 def test_file_yes_runtime_no_fails_with_the_trap():
@@ -81,7 +82,7 @@ def test_file_yes_runtime_no_fails_with_the_trap():
         [same("save", SAVE), Drift("appendonly", "no", "yes", True, "drift")],
     )
     drift = c["config_drift"]
-    assert drift.status == FAIL
+    assert drift.status == Status.FAIL
     assert "empty or stale AOF" in drift.observed
     assert "dump.rdb" in drift.observed
     assert "do not restart" in drift.fix
@@ -89,36 +90,36 @@ def test_file_yes_runtime_no_fails_with_the_trap():
 
 def test_clean_rdb_only_warns_on_aof_and_fails_nothing():
     c = run()
-    assert c["aof_enabled"].status == WARN
-    assert FAIL not in statuses(c)
-    assert worst(statuses(c)) == WARN
-    assert [n for n, chk in c.items() if chk.status != PASS] == ["aof_enabled"]
-    assert c["config_drift"].status == PASS
-    assert c["save_policy"].status == PASS
+    assert c["aof_enabled"].status == Status.WARN
+    assert Status.FAIL not in statuses(c)
+    assert worst(statuses(c)) == Status.WARN
+    assert [n for n, chk in c.items() if chk.status != Status.PASS] == ["aof_enabled"]
+    assert c["config_drift"].status == Status.PASS
+    assert c["save_policy"].status == Status.PASS
     assert "aof_write_status" not in c  # AOF off: its write status means nothing
 
 
 def test_clean_aof_on_passes_everything():
     c = run(info(aof_enabled=1), runtime(appendonly="yes"))
-    assert set(statuses(c)) == {PASS}
+    assert set(statuses(c)) == {Status.PASS}
     for name in ("aof_write_status", "aof_rewrite_status", "appendfsync"):
-        assert c[name].status == PASS
+        assert c[name].status == Status.PASS
 
 
 def test_other_drift_warns_and_names_the_setting():
     c = run(drift=[same("appendonly", "no"), Drift("appendfsync", "everysec", "always", True, "drift")])
-    assert c["config_drift"].status == WARN
+    assert c["config_drift"].status == Status.WARN
     assert "appendfsync" in c["config_drift"].observed
 
 
 def test_unknown_drift_rows_do_not_count_as_drift():
     c = run(drift=[Drift("dir", "/data", "./", True, "unknown")])
-    assert c["config_drift"].status == PASS
+    assert c["config_drift"].status == Status.PASS
 
 
 def test_bgsave_error_fails():
     c = run(info(rdb_last_bgsave_status="err"))
-    assert c["rdb_last_bgsave"].status == FAIL
+    assert c["rdb_last_bgsave"].status == Status.FAIL
     assert "err" in c["rdb_last_bgsave"].observed
     assert c["rdb_last_bgsave"].fix
 
@@ -129,40 +130,40 @@ def test_bgsave_error_fails():
 )
 def test_aof_status_error_fails(field, check):
     c = run(info(aof_enabled=1, **{field: "err"}), runtime(appendonly="yes"))
-    assert c[check].status == FAIL
-    assert worst(statuses(c)) == FAIL
+    assert c[check].status == Status.FAIL
+    assert worst(statuses(c)) == Status.FAIL
 
 
 def test_no_config_file_warns():
     c = run(config_file="")
-    assert c["config_drift"].status == WARN
+    assert c["config_drift"].status == Status.WARN
     assert "without a config file" in c["config_drift"].observed
 
 
 def test_config_read_error_warns_and_says_why():
     c = run(config_read_error="permission denied on /etc/redis/redis.conf")
-    assert c["config_drift"].status == WARN
+    assert c["config_drift"].status == Status.WARN
     assert "permission denied" in c["config_drift"].observed
 
 
 @pytest.mark.parametrize("role", ["replica", "slave"])
 def test_replica_role_warns(role):
     c = run(role=role)
-    assert c["role"].status == WARN
+    assert c["role"].status == Status.WARN
     assert role in c["role"].observed
 
 
 def test_master_role_passes():
-    assert run()["role"].status == PASS
+    assert run()["role"].status == Status.PASS
 
 
 def test_loading_warns():
-    assert run(info(loading=1))["loading"].status == WARN
+    assert run(info(loading=1))["loading"].status == Status.WARN
 
 
 def test_overdue_save_warns_and_names_the_rule():
     c = run(info(rdb_changes_since_last_save=5, rdb_last_save_time=int(NOW) - 100_000))
-    assert c["save_policy"].status == WARN
+    assert c["save_policy"].status == Status.WARN
     assert "save 3600 1" in c["save_policy"].observed
     assert "100000s" in c["save_policy"].observed
 
@@ -177,41 +178,41 @@ def test_overdue_save_warns_and_names_the_rule():
 )
 def test_save_not_overdue_passes(changes, age):
     c = run(info(rdb_changes_since_last_save=changes, rdb_last_save_time=int(NOW) - age))
-    assert c["save_policy"].status == PASS
+    assert c["save_policy"].status == Status.PASS
 
 
 def test_save_overdue_on_a_shorter_rule():
     c = run(info(rdb_changes_since_last_save=20_000, rdb_last_save_time=int(NOW) - 1000))
-    assert c["save_policy"].status == WARN
+    assert c["save_policy"].status == Status.WARN
     assert "save 300 100" in c["save_policy"].observed
 
 
 def test_empty_save_and_aof_off_fails():
     c = run(runtime_=runtime(save=""), drift=[same("save", ""), same("appendonly", "no")])
-    assert c["save_policy"].status == FAIL
+    assert c["save_policy"].status == Status.FAIL
     assert "nothing is persisted" in c["save_policy"].observed
 
 
 def test_empty_save_with_aof_on_only_warns():
     c = run(info(aof_enabled=1), runtime(save="", appendonly="yes"), [same("save", "")])
-    assert c["save_policy"].status == WARN
+    assert c["save_policy"].status == Status.WARN
 
 
 def test_appendfsync_no_warns_when_aof_on():
     c = run(info(aof_enabled=1), runtime(appendonly="yes", appendfsync="no"))
-    assert c["appendfsync"].status == WARN
+    assert c["appendfsync"].status == Status.WARN
 
 
 def test_delayed_fsync_warns():
     c = run(info(aof_enabled=1, aof_delayed_fsync=3), runtime(appendonly="yes"))
-    assert c["aof_delayed_fsync"].status == WARN
+    assert c["aof_delayed_fsync"].status == Status.WARN
 
 
 def test_stop_writes_on_bgsave_error_no_warns():
-    assert run(runtime_=runtime(stop_writes_on_bgsave_error="no"))["stop_writes_on_bgsave_error"].status == WARN
+    assert run(runtime_=runtime(stop_writes_on_bgsave_error="no"))["stop_writes_on_bgsave_error"].status == Status.WARN
 
 
-@pytest.mark.parametrize(("value", "expected"), [(0, WARN), (2, WARN), (1, PASS)])
+@pytest.mark.parametrize(("value", "expected"), [(0, Status.WARN), (2, Status.WARN), (1, Status.PASS)])
 def test_overcommit(value, expected):
     c = run(overcommit_memory=value)
     assert c["vm_overcommit_memory"].status == expected
@@ -225,18 +226,18 @@ def test_overcommit_unknown_is_absent():
 @pytest.mark.parametrize(
     ("free", "used", "expected"),
     [
-        (50 * MB, 100 * MB, FAIL),
-        (99 * MB, 100 * MB, FAIL),
-        (100 * MB, 100 * MB, WARN),
-        (150 * MB, 100 * MB, WARN),
-        (200 * MB, 100 * MB, PASS),
-        (10_000 * MB, 100 * MB, PASS),
+        (50 * MB, 100 * MB, Status.FAIL),
+        (99 * MB, 100 * MB, Status.FAIL),
+        (100 * MB, 100 * MB, Status.WARN),
+        (150 * MB, 100 * MB, Status.WARN),
+        (200 * MB, 100 * MB, Status.PASS),
+        (10_000 * MB, 100 * MB, Status.PASS),
     ],
 )
 def test_free_disk(free, used, expected):
     c = run(free_disk_bytes=free, used_memory_bytes=used)
     assert c["free_disk"].status == expected
-    assert bool(c["free_disk"].fix) == (expected != PASS)
+    assert bool(c["free_disk"].fix) == (expected != Status.PASS)
 
 
 @pytest.mark.parametrize(("free", "used"), [(None, 100), (100, None), (None, None)])
@@ -247,12 +248,12 @@ def test_free_disk_absent_without_both_numbers(free, used):
 @pytest.mark.parametrize(
     ("statuses_", "expected"),
     [
-        ([], PASS),
-        ([PASS], PASS),
-        ([PASS, WARN, PASS], WARN),
-        ([WARN, FAIL, PASS], FAIL),
-        ([FAIL, WARN], FAIL),
-        ([WARN, WARN], WARN),
+        ([], Status.PASS),
+        ([Status.PASS], Status.PASS),
+        ([Status.PASS, Status.WARN, Status.PASS], Status.WARN),
+        ([Status.WARN, Status.FAIL, Status.PASS], Status.FAIL),
+        ([Status.FAIL, Status.WARN], Status.FAIL),
+        ([Status.WARN, Status.WARN], Status.WARN),
     ],
 )
 def test_worst(statuses_, expected):

@@ -8,10 +8,10 @@ import stat
 
 import pytest
 
+from runbook.sandbox.throwaway import SEED_CONFIG
 from runbook.server import configedit
 from runbook.server.configedit import atomic_write, backup, directive_lines, edit_text, quote, unified_diff
 from runbook.server.configfile import MASK, read_config, split_args
-from runbook.sandbox.throwaway import SEED_CONFIG
 
 
 def active(text: str, name: str) -> list[tuple[int, str]]:

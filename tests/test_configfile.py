@@ -4,9 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from runbook.server.configfile import MASK, mask_secrets, read_config, split_args
 from runbook.errors import PreconditionFailed
-
+from runbook.server.configfile import MASK, mask_secrets, read_config, split_args
 
 # --- split_args ---------------------------------------------------------------------------------
 
@@ -304,8 +303,8 @@ def test_mask_secrets_more_forms(text: str, secret: str) -> None:
 
 
 def test_parse_error_does_not_echo_the_secret(tmp_path) -> None:
-    from runbook.server.configfile import read_config
     from runbook.errors import PreconditionFailed
+    from runbook.server.configfile import read_config
 
     conf = tmp_path / "r.conf"
     conf.write_text('requirepass "hunter2\n')

@@ -8,11 +8,12 @@ import time
 from pathlib import Path
 
 import pytest
+from helpers import index, run_json, switch_aof_on
 
 import runbook
-from helpers import index, run_json
+from runbook.sandbox.seed import populate
+from runbook.sandbox.throwaway import SEED_CONFIG
 from runbook.steps import test_persistence as durability
-from runbook.sandbox.throwaway import SEED_CONFIG, populate
 
 
 def checks_of(result) -> dict[str, str]:
@@ -28,7 +29,7 @@ def test_online_passes_and_cleans_up(server_binary: Path, make_sandbox, clean_en
     sb = make_sandbox(server_binary)
     populate(sb.client(), 2000)
     if aof:
-        runbook.enable_aof_runtime(sb.client())
+        switch_aof_on(sb.client())
     saves_before = sb.client().info("persistence").get("rdb_saves"), sb.client().lastsave()
     result = durability.online_test(runbook.connect(sb.url), keys=500, timeout_s=60)
     checks = checks_of(result)
@@ -57,7 +58,8 @@ def _as_runner_sandbox(monkeypatch: pytest.MonkeyPatch, sb) -> runbook.Target:
 
 
 def test_restart_keeps_every_canary_after_the_change(server_binary: Path, make_sandbox, clean_env) -> None:
-    from runbook.steps import enable_aof as enable, persist_config as persist
+    from runbook.steps import enable_aof as enable
+    from runbook.steps import persist_config as persist
 
     sb = make_sandbox(server_binary)
     populate(sb.client(), 3000)

@@ -1,4 +1,5 @@
-"""02-enable-aof against real servers: plan, apply, idempotence, refusals and failures that leave the server as found."""
+"""02-enable-aof against real servers: plan, apply, idempotence, refusals and failures that leave the server
+as found."""
 
 from __future__ import annotations
 
@@ -9,8 +10,9 @@ from pathlib import Path
 import pytest
 
 import runbook
+from runbook.sandbox.seed import populate
+from runbook.sandbox.throwaway import SEED_CONFIG
 from runbook.steps import enable_aof as enable
-from runbook.sandbox.throwaway import SEED_CONFIG, populate
 
 KEYS = 200_000
 
@@ -57,7 +59,7 @@ def test_plan_apply_and_second_run_unchanged(server_binary: Path, make_sandbox, 
 
 def test_fsync_change_on_running_aof_needs_no_rewrite(default_binary: Path, make_sandbox, clean_env) -> None:
     sb = make_sandbox(default_binary)
-    runbook.enable_aof_runtime(sb.client())
+    switch_aof_on(sb.client())
     target = runbook.connect(sb.url)
     pre = enable.preflight(target)
     plan = enable.plan_enable(pre, appendfsync="always", aof_settings={"auto-aof-rewrite-percentage": 50})
@@ -150,7 +152,7 @@ def test_renamed_config_command_is_used_for_the_change(default_binary: Path, mak
 
 # -- through the runner, as cron or CI runs it ------------------------------------------------
 
-from helpers import index, run_json  # noqa: E402
+from helpers import index, run_json, switch_aof_on  # noqa: E402
 
 
 @pytest.mark.notebook

@@ -7,14 +7,14 @@ from pathlib import Path
 
 import pytest
 import yaml
+from helpers import has_redis_user, index, needs_redis_user_reason, run_json, runbook_cli
 from prometheus_client.parser import text_string_to_metric_families
 
 from runbook.errors import ParameterError
 from runbook.orchestration.fleet import normalize_targets
-from runbook.orchestration.runner import plan
-from runbook.sandbox.throwaway import Sandbox, populate
-
-from helpers import has_redis_user, index, needs_redis_user_reason, run_json, runbook_cli
+from runbook.orchestration.plan import plan
+from runbook.sandbox.seed import populate
+from runbook.sandbox.throwaway import Sandbox
 
 
 @pytest.mark.parametrize(("raw", "message"), [
@@ -138,7 +138,8 @@ def test_fleet_change_is_applied_to_every_target(default_binary: Path, make_sand
     sbs = _fleet(make_sandbox, default_binary, 2)
     sbs[0].client().config_set("appendonly", "yes")
     archive = tmp_path / "a"
-    rc, out, err = run_json(archive, "all", "-p", "apply", "true", "-f", str(_fleet_file(tmp_path, [s.url for s in sbs])))
+    rc, out, err = run_json(archive, "all", "-p", "apply", "true",
+                            "-f", str(_fleet_file(tmp_path, [s.url for s in sbs])))
     assert rc == 0, err
     assert [(s["notebook"], s["status"]) for s in out["steps"]][-2:] == [("inspect", "warn")] * 2  # overcommit only
     for sb in sbs:

@@ -5,9 +5,11 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from helpers import switch_aof_on
 
 import runbook
-from runbook.sandbox.throwaway import SEED_CONFIG, populate
+from runbook.sandbox.seed import populate
+from runbook.sandbox.throwaway import SEED_CONFIG
 
 
 def _checks(insp: runbook.Inspection) -> dict[str, runbook.Check]:
@@ -34,16 +36,17 @@ def test_seed_clean_state(server_binary: Path, make_sandbox, clean_env) -> None:
 def test_runtime_aof_drift_is_a_failure(server_binary: Path, make_sandbox, clean_env) -> None:
     sb = make_sandbox(server_binary)
     populate(sb.client(), 200)
-    runbook.enable_aof_runtime(sb.client())
+    switch_aof_on(sb.client())
     insp = runbook.inspect_target(runbook.connect(sb.url))
     drift = {d.setting: d for d in insp.drift}
     assert (drift["appendonly"].runtime, drift["appendonly"].file, drift["appendonly"].status) == ("yes", "no", "drift")
     assert _checks(insp)["config_drift"].status == "fail"
     assert "after the next restart" in _checks(insp)["config_drift"].observed
     assert insp.verdict == "fail"
-    assert insp.summary()["drift"] == ["appendonly"]
+    assert insp.summary().facts["drift"] == ["appendonly"]
     assert insp.aof is not None and insp.aof.loadable
-    expected_layout = "single-file" if insp.identity.version.startswith("6.") and insp.identity.server == "redis" else "multi-part"
+    expected_layout = "single-file" \
+        if insp.identity.version.startswith("6.") and insp.identity.server == "redis" else "multi-part"
     assert insp.aof.layout == expected_layout
 
 
@@ -93,7 +96,8 @@ def test_unreachable_target_says_what_to_do(clean_env) -> None:
         runbook.connect(f"redis://127.0.0.1:{free_port()}/0", connect_timeout_s=1)
 
 
-def test_unreadable_config_file_is_a_warning_not_a_crash(default_binary: Path, make_sandbox, clean_env, tmp_path) -> None:
+def test_unreadable_config_file_is_a_warning_not_a_crash(default_binary: Path, make_sandbox, clean_env,
+                                                         tmp_path) -> None:
     sb = make_sandbox(default_binary)
     insp = runbook.inspect_target(runbook.connect(sb.url), config_file=str(tmp_path / "nope.conf"))
     check = _checks(insp)["config_drift"]

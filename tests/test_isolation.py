@@ -6,8 +6,8 @@ import socket
 from pathlib import Path
 
 import pytest
-
 from helpers import run_json
+
 from runbook.sandbox.throwaway import SEED_CONFIG, free_port
 
 

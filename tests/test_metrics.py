@@ -5,10 +5,11 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from helpers import runbook_cli
 from prometheus_client.parser import text_string_to_metric_families
 
-from helpers import runbook_cli
 from runbook.evidence.metrics import render
+from runbook.model import StepSummary
 
 
 def samples(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
@@ -16,13 +17,14 @@ def samples(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
             for fam in text_string_to_metric_families(text) for s in fam.samples}
 
 
-SUMMARY = {
-    "checks": {"config_drift": {"status": "fail"}, "aof_enabled": {"status": "pass"}, "save_policy": {"status": "warn"}},
+SUMMARY = StepSummary.from_json({
+    "checks": {"config_drift": {"status": "fail"}, "aof_enabled": {"status": "pass"},
+               "save_policy": {"status": "warn"}},
     "drift": ["appendonly"],
     "settings": ["appendonly", "appendfsync"],
     "metrics": {"aof_enabled": 1, "rdb_last_bgsave_status": "err", "aof_last_write_status": "ok",
                 "rdb_last_save_time": 1795671402, "latest_fork_usec": 805},
-}
+}, "inspect")
 
 
 def test_render_names_and_values() -> None:

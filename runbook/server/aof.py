@@ -1,4 +1,4 @@
-"""The append-only file: its layout on disk and the wait for the initial rewrite.
+"""The append-only file: its layout on disk, switching it on at runtime, and the one wait for it.
 
 See https://redis.io/docs/latest/operate/oss_and_stack/management/persistence/
 """
@@ -7,13 +7,16 @@ from __future__ import annotations
 
 import logging
 import shlex
-import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, Callable, Mapping, Sequence
 
 import redis
 
 from runbook.errors import ChangeFailed, WaitTimeout
+from runbook.model import SettingChange
+from runbook.server.poll import Deadline
+from runbook.server.settings import config_set, normalize
 
 log = logging.getLogger(__name__)
 
@@ -78,7 +81,8 @@ def _disk_file(role: str, path: Path) -> DiskFile:
     return DiskFile(role, path, st.st_size, st.st_mtime)
 
 
-def aof_on_disk(data_dir: Path, appendfilename: str = "appendonly.aof", appenddirname: str = "appendonlydir") -> AofOnDisk:
+def aof_on_disk(data_dir: Path, appendfilename: str = "appendonly.aof",
+                appenddirname: str = "appendonlydir") -> AofOnDisk:
     """Look for the AOF in `data_dir`: the 7.x manifest and its files, or 6.x's single file."""
     manifest = data_dir / appenddirname / f"{appendfilename}.manifest"
     if manifest.is_file():
@@ -104,7 +108,7 @@ def aof_on_disk(data_dir: Path, appendfilename: str = "appendonly.aof", appenddi
     return AofOnDisk("absent", (), False)
 
 
-#: INFO persistence fields that must all hold for the AOF to be complete (REDIS-FACTS.md).
+#: INFO persistence fields that must all hold for the AOF to be complete (no single field says so).
 READY_CONDITION = {
     "aof_enabled": 1,
     "aof_rewrite_in_progress": 0,
@@ -123,32 +127,72 @@ def aof_ready(info: dict[str, object], rewrites_before: int | None = None) -> bo
     return True
 
 
-def wait_aof_ready(
-    client: redis.Redis, timeout_s: float = 300.0, rewrites_before: int | None = None, poll_s: float = 0.05
-) -> dict[str, object]:
-    """Poll INFO persistence until the AOF is complete; WaitTimeout or ChangeFailed otherwise."""
-    deadline = time.monotonic() + timeout_s
-    info: dict[str, object] = {}
+#: Called while waiting with (seconds waited, INFO persistence): a progress bar, a log line.
+Progress = Callable[[float, Mapping[str, Any]], None]
+
+
+def wait_aof_complete(client: redis.Redis, before: Mapping[str, Any], *, turning_on: bool, timeout_s: float = 300.0,
+                      progress: Progress | None = None) -> dict[str, Any]:
+    """Poll INFO persistence until the full READY_CONDITION holds and, when AOF was just turned on, a
+    rewrite newer than `before` (INFO persistence read before the change) has completed.
+
+    ChangeFailed as soon as a rewrite fails; WaitTimeout naming what was last seen at the deadline.
+    """
+    deadline = Deadline(timeout_s)
+    rewrites_before = int(before["aof_rewrites"]) if turning_on and before.get("aof_rewrites") is not None else None
+    failures_before = before.get("aof_rewrites_consecutive_failures")
     while True:
         info = client.info("persistence")
+        if progress:
+            progress(deadline.elapsed, info)
         if aof_ready(info, rewrites_before):
-            return info
-        if info.get("aof_last_bgrewrite_status") == "err" and not info.get("aof_rewrite_in_progress"):
-            failures = info.get("aof_rewrites_consecutive_failures", "?")
-            raise ChangeFailed(
-                f"the AOF rewrite failed (aof_last_bgrewrite_status:err, consecutive failures {failures}); "
-                "check the server log and free disk in its dir"
-            )
-        if time.monotonic() >= deadline:
-            seen = {k: info.get(k) for k in (*READY_CONDITION, "aof_rewrites")}
-            raise WaitTimeout(f"AOF not complete after {timeout_s}s; last seen {seen}")
-        time.sleep(poll_s)
+            return dict(info)
+        if failures_before is not None and int(info.get("aof_rewrites_consecutive_failures", 0)) > int(failures_before):
+            raise ChangeFailed(f"the AOF rewrite failed (aof_rewrites_consecutive_failures "
+                               f"{info.get('aof_rewrites_consecutive_failures')}): check the server log, "
+                               "permissions and free disk in its dir")
+        if (failures_before is None and before.get("aof_last_bgrewrite_status") == "ok"
+                and info.get("aof_last_bgrewrite_status") == "err" and not int(info.get("aof_rewrite_in_progress", 0))):
+            raise ChangeFailed("the AOF rewrite failed (aof_last_bgrewrite_status:err): check the server log, "
+                               "permissions and free disk in its dir")
+        if deadline.expired:
+            seen = {k: info.get(k) for k in (*READY_CONDITION, "aof_rewrites", "aof_rewrites_consecutive_failures")}
+            raise WaitTimeout(f"the initial AOF rewrite did not complete within {timeout_s:.0f}s; last seen {seen}")
+        deadline.sleep(0.02 if deadline.elapsed < 1 else 0.05)
 
 
-def enable_aof_runtime(client: redis.Redis, appendfsync: str = "everysec", timeout_s: float = 300.0) -> dict[str, object]:
-    """CONFIG SET appendfsync, then appendonly yes, and wait for the initial rewrite to complete."""
+def apply_runtime(client: redis.Redis, changes: Sequence[SettingChange], config_command: str = "CONFIG", *,
+                  timeout_s: float = 300.0, progress: Progress | None = None) -> dict[str, Any]:
+    """CONFIG SET each change (appendonly last, so the initial rewrite runs with the final settings);
+    when the AOF is on afterwards, wait until it is complete on disk (`wait_aof_complete`).
+
+    The one way the runbook switches AOF on at runtime. On any failure every setting already set
+    is put back (appendonly first) and ChangeFailed says what was put back. Returns INFO persistence.
+    """
     before = client.info("persistence")
-    rewrites_before = int(before["aof_rewrites"]) if "aof_rewrites" in before else None
-    client.config_set("appendfsync", appendfsync)
-    client.config_set("appendonly", "yes")
-    return wait_aof_ready(client, timeout_s, rewrites_before)
+    turning_on = any(c.setting == "appendonly" and normalize("appendonly", c.after) == "yes" for c in changes)
+    done: list[SettingChange] = []
+    try:
+        for change in sorted(changes, key=lambda c: c.setting == "appendonly"):
+            config_set(client, change.setting, str(change.after), config_command)
+            done.append(change)
+        if not (turning_on or int(client.info("persistence").get("aof_enabled", 0))):
+            return dict(client.info("persistence"))
+        return wait_aof_complete(client, before, turning_on=turning_on, timeout_s=timeout_s, progress=progress)
+    except (ChangeFailed, WaitTimeout, redis.RedisError) as err:
+        raise ChangeFailed(f"{str(err).rstrip('.')}. {_put_back(client, config_command, done)}") from err
+
+
+def _put_back(client: redis.Redis, config_command: str, done: Sequence[SettingChange]) -> str:
+    """Put back every setting that was set (appendonly first); say what was restored."""
+    if not done:
+        return "Nothing had been changed."
+    problems = []
+    for change in sorted(done, key=lambda c: c.setting != "appendonly"):
+        try:
+            config_set(client, change.setting, str(change.before), config_command)
+        except (ChangeFailed, redis.RedisError) as err:
+            problems.append(f"{change.setting} not restored to {change.before!r}: {err}")
+    if problems:
+        return "Could NOT restore the server: " + "; ".join(problems) + ". Check it by hand now."
+    return "The server was left as found: " + ", ".join(f"{c.setting} {c.before}" for c in done) + "."

@@ -92,7 +92,8 @@ def split_args(line: str) -> list[str]:
             if inq:
                 if not c:
                     raise ValueError("unbalanced double quotes")
-                if c == "\\" and i + 3 < n and line[i + 1] == "x" and re.fullmatch(r"[0-9a-fA-F]{2}", line[i + 2 : i + 4]):
+                if c == "\\" and i + 3 < n and line[i + 1] == "x" \
+                        and re.fullmatch(r"[0-9a-fA-F]{2}", line[i + 2 : i + 4]):
                     cur.append(chr(int(line[i + 2 : i + 4], 16)))
                     i += 4
                     continue

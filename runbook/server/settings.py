@@ -11,8 +11,8 @@ from pathlib import Path
 
 import redis
 
-from runbook.server.configfile import ConfigFile
 from runbook.errors import ChangeFailed, PreconditionFailed
+from runbook.server.configfile import ConfigFile
 
 #: Every persistence setting the runbook compares, with the server's default (None: no fixed default).
 PERSISTENCE_SETTINGS: dict[str, str | None] = {
@@ -122,7 +122,8 @@ def compare(runtime: dict[str, str], config: ConfigFile | None, server_major: in
         effective = raw if in_file else default
         note = "" if in_file else "not in the file: the default applies"
         if name == "dir" and effective is not None and not Path(effective).is_absolute():
-            rows.append(Drift(name, rt, effective, in_file, "unknown", "relative dir: depends on the server's working directory"))
+            rows.append(Drift(name, rt, effective, in_file, "unknown",
+                              "relative dir: depends on the server's working directory"))
             continue
         if effective is None:
             rows.append(Drift(name, rt, None, in_file, "unknown", note or "no fixed default"))

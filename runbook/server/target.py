@@ -1,15 +1,13 @@
 """Connect to a target and say what it is.
 
-A target is a URL (`redis://host:port/db`, `rediss://...`, `unix:///path.sock`) or the
-word `sandbox`. Passwords come from the environment variable named by `password_env`,
-never from parameters: papermill copies parameters into the evidence.
+A target is a URL (`redis://host:port/db`, `rediss://...`, `unix:///path.sock`); the word
+`sandbox` is resolved to one by the sandbox layer (`runbook.sandbox.handoff`). Passwords come from the environment
+variable named by `password_env`, never from parameters: papermill copies parameters into the evidence.
 """
 
 from __future__ import annotations
 
-import atexit
 import ipaddress
-import json
 import logging
 import os
 import time
@@ -20,16 +18,10 @@ from urllib.parse import parse_qs, parse_qsl, urlparse
 import redis
 
 from runbook.errors import ParameterError, PreconditionFailed, TargetUnreachable, WaitTimeout
-from runbook.sandbox.throwaway import Sandbox, seed_sandbox
+from runbook.model import ConnectionSpec
+from runbook.server.settings import config_get, config_set, runtime_settings
 
 log = logging.getLogger(__name__)
-
-#: Set by the runner when it started the sandbox, so every notebook of a run shares it.
-SANDBOX_URL_ENV = "RUNBOOK_SANDBOX_URL"
-SANDBOX_DIR_ENV = "RUNBOOK_SANDBOX_DIR"
-#: Or a JSON file {"url", "dir"} the runner writes once its sandbox is up (the kernel may start earlier).
-SANDBOX_FILE_ENV = "RUNBOOK_SANDBOX_FILE"
-
 
 @dataclass(frozen=True)
 class Identity:
@@ -49,21 +41,49 @@ class Identity:
     def label(self) -> str:
         return f"{self.server.capitalize()} {self.version}"
 
+    @property
+    def major(self) -> int:
+        """The Redis major version whose config-file rules apply (Valkey reads files as Redis 7 does)."""
+        if self.server == "redis" and self.version[:1].isdigit():
+            return int(self.version.split(".")[0])
+        return 7
+
 
 @dataclass
 class Target:
-    """A connected target: the name to show, a client, and whether its files are on this host."""
+    """A connected target: the name to show, a client, whether its files are on this host, and the
+    (possibly renamed) CONFIG command every CONFIG call goes through."""
 
     name: str
     client: redis.Redis
     local: bool
     config_command: str = "CONFIG"
     sandbox_dir: Path | None = None
-    _sandbox: Sandbox | None = field(default=None, repr=False)
+    owner: object | None = field(default=None, repr=False)  # the sandbox this process started for it, if any
 
     @property
     def is_sandbox(self) -> bool:
         return self.sandbox_dir is not None
+
+    def config_get(self, names: list[str]) -> dict[str, str]:
+        """CONFIG GET each of `names` (https://redis.io/docs/latest/commands/config-get/)."""
+        return config_get(self.client, names, self.config_command)
+
+    def config_set(self, name: str, value: str) -> None:
+        """CONFIG SET one setting (https://redis.io/docs/latest/commands/config-set/)."""
+        config_set(self.client, name, value, self.config_command)
+
+    def config_rewrite(self) -> None:
+        """CONFIG REWRITE: the server writes its own config file (https://redis.io/docs/latest/commands/config-rewrite/).
+        Raises redis.ResponseError as the server refuses it."""
+        self.client.execute_command(self.config_command, "REWRITE")
+
+    def runtime_settings(self) -> dict[str, str]:
+        """The persistence settings the server runs with now."""
+        return runtime_settings(self.client, self.config_command)
+
+    def identify(self) -> Identity:
+        return identify(self.client)
 
 
 def check_target_parameter(target: str) -> None:
@@ -96,7 +116,8 @@ def redact_url(url: str) -> str:
     if p.password:
         p = p._replace(netloc=f"{p.username or ''}:********@{p.netloc.rsplit('@', 1)[1]}")
     if p.query:
-        pairs = [(k, "********" if k.lower() == "password" else v) for k, v in parse_qsl(p.query, keep_blank_values=True)]
+        pairs = [(k, "********" if k.lower() == "password" else v)
+                 for k, v in parse_qsl(p.query, keep_blank_values=True)]
         p = p._replace(query="&".join(f"{k}={v}" for k, v in pairs))
     return p.geturl()
 
@@ -115,63 +136,46 @@ def is_local(url: str) -> bool:
         return False
 
 
-def connect(
-    target: str = "sandbox",
-    *,
-    username: str = "",
-    password_env: str = "REDIS_PASSWORD",
-    tls_ca_file: str = "",
-    connect_timeout_s: float = 5.0,
-    command_timeout_s: float = 10.0,
-    config_command: str = "CONFIG",
-    sandbox_scenario: str = "rdb-only",
-) -> Target:
-    """Connect, authenticate and PING; raises TargetUnreachable with what to do when that fails."""
-    check_target_parameter(target)
-    sandbox: Sandbox | None = None
-    sandbox_dir: Path | None = None
-    url = target
-    if target == "sandbox":
-        url = os.environ.get(SANDBOX_URL_ENV, "")
-        handoff = Path(os.environ.get(SANDBOX_FILE_ENV, "") or "/nonexistent")
-        if not url and handoff.is_file():
-            shared = json.loads(handoff.read_text())
-            url, sandbox_dir = shared["url"], Path(shared["dir"])
-        elif url:
-            sandbox_dir = Path(os.environ.get(SANDBOX_DIR_ENV, "."))
-        else:
-            sandbox = seed_sandbox(sandbox_scenario)
-            atexit.register(sandbox.cleanup)
-            url, sandbox_dir = sandbox.url, sandbox.root
-            log.info("started a %s sandbox at %s", sandbox_scenario, url)
-    password = os.environ.get(password_env) if password_env else None
+def connect(spec: ConnectionSpec, *, url: str = "", sandbox_dir: Path | None = None,
+            owner: object | None = None) -> Target:
+    """Connect to `url` (default: the spec's target), authenticate and PING; TargetUnreachable with what to do.
+
+    `target: sandbox` is resolved to a URL by the sandbox layer (`runbook.connect`), which passes it here.
+    """
+    check_target_parameter(spec.target)
+    url = url or spec.target
+    if url == "sandbox":
+        raise ParameterError("target sandbox names a throwaway server: connect through runbook.connect, which starts "
+                             "or finds it")
+    password = os.environ.get(spec.password_env) if spec.password_env else None
     opts: dict[str, object] = {
         "decode_responses": True,
-        "socket_connect_timeout": connect_timeout_s,
-        "socket_timeout": command_timeout_s,
-        "username": username or None,
+        "socket_connect_timeout": spec.connect_timeout_s,
+        "socket_timeout": spec.command_timeout_s,
+        "username": spec.username or None,
         "password": password or None,
     }
-    if url.startswith("rediss://") and tls_ca_file:
-        opts["ssl_ca_certs"] = tls_ca_file
+    if url.startswith("rediss://") and spec.tls_ca_file:
+        opts["ssl_ca_certs"] = spec.tls_ca_file
     client = redis.Redis.from_url(url, **opts)  # type: ignore[arg-type]
-    name = target
+    name = spec.target
+    target = Target(name, client, is_local(url), spec.config_command, sandbox_dir, owner)
     try:
         client.ping()
     except redis.AuthenticationError as err:
         raise TargetUnreachable(
-            f"{name}: authentication failed ({err}). Put the right password in ${password_env}"
-            + (f" for user {username!r}" if username else "")
+            f"{name}: authentication failed ({err}). Put the right password in ${spec.password_env}"
+            + (f" for user {spec.username!r}" if spec.username else "")
             + "."
         ) from err
     except redis.ResponseError as err:
         if str(err).startswith("MISCONF"):
             # Some versions refuse even PING while saves fail; the server is there and answered.
             log.warning("%s answers MISCONF: %s", name, err)
-            return Target(name, client, is_local(url), config_command, sandbox_dir, sandbox)
+            return target
         if "NOAUTH" in str(err) or "WRONGPASS" in str(err):
             raise TargetUnreachable(
-                f"{name}: the server wants a password ({err}). Export it in ${password_env} "
+                f"{name}: the server wants a password ({err}). Export it in ${spec.password_env} "
                 "(or name another variable with password_env)."
             ) from err
         raise
@@ -179,7 +183,7 @@ def connect(
         raise TargetUnreachable(
             f"{name}: cannot connect ({err}). Check that the server runs and that the target URL is right."
         ) from err
-    return Target(name, client, is_local(url), config_command, sandbox_dir, sandbox)
+    return target
 
 
 def identify(client: redis.Redis) -> Identity:

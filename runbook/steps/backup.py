@@ -17,19 +17,22 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator
 
-
-from runbook.server.aof import aof_on_disk
-from runbook.evidence.archive import sha256_file, slug
-from runbook.steps.checks import FAIL, PASS, WARN, Check, worst
-from runbook.steps.test_persistence import bgsave_and_wait, validate_files
 from runbook.errors import Blocked, WaitTimeout
-from runbook.server.settings import config_get, config_set, runtime_settings
-from runbook.server.target import Identity, Target, identify
+from runbook.evidence.archive import sha256_file, slug
+from runbook.model import Check, Outcome, Status, StepSummary, worst
+from runbook.sandbox.binaries import for_server
+from runbook.sandbox.throwaway import Sandbox
+from runbook.server.aof import aof_on_disk
+from runbook.server.ops import bgsave_and_wait, validate_files
+from runbook.server.poll import Deadline
+from runbook.server.target import Identity, Target
+
+STEP = "backup"
 
 
 @dataclass(frozen=True)
 class BackupResult:
-    result: str  # planned, done, blocked
+    result: Outcome  # planned, done, blocked
     location: str = ""
     manifest: dict[str, Any] = field(default_factory=dict)
     pruned: tuple[str, ...] = ()
@@ -37,30 +40,29 @@ class BackupResult:
     commands: str = ""
 
     @property
-    def verdict(self) -> str:
-        return "blocked" if self.result == "blocked" else worst([c.status for c in self.checks])
+    def verdict(self) -> Status:
+        return Status.BLOCKED if self.result == Outcome.BLOCKED else worst([c.status for c in self.checks])
 
 
 @contextmanager
 def rewrites_held(target: Target, timeout_s: float = 300.0) -> Iterator[None]:
     """Hold automatic AOF rewrites off (auto-aof-rewrite-percentage 0) and wait for a running one;
     the setting is put back afterwards, whatever happens."""
-    client, cmd = target.client, target.config_command
-    before = config_get(client, ["auto-aof-rewrite-percentage"], cmd)["auto-aof-rewrite-percentage"]
-    config_set(client, "auto-aof-rewrite-percentage", "0", cmd)
+    before = target.config_get(["auto-aof-rewrite-percentage"])["auto-aof-rewrite-percentage"]
+    target.config_set("auto-aof-rewrite-percentage", "0")
     try:
-        deadline = time.monotonic() + timeout_s
-        while int(client.info("persistence").get("aof_rewrite_in_progress", 0)):
-            if time.monotonic() > deadline:
+        deadline = Deadline(timeout_s)
+        while int(target.client.info("persistence").get("aof_rewrite_in_progress", 0)):
+            if deadline.expired:
                 raise WaitTimeout(f"an AOF rewrite still runs after {timeout_s}s; backup not taken")
-            time.sleep(0.05)
+            deadline.sleep(0.05)
         yield
     finally:
-        config_set(client, "auto-aof-rewrite-percentage", before, cmd)
+        target.config_set("auto-aof-rewrite-percentage", before)
 
 
 def _filesystem(destination: str) -> tuple[Any, str]:
-    import fsspec  # noqa: PLC0415
+    import fsspec  # noqa: PLC0415  (only when a backup is taken)
 
     fs, _, paths = fsspec.get_fs_token_paths(destination)
     return fs, paths[0]
@@ -76,25 +78,25 @@ def take_backup(target: Target, destination: str, *, include_aof: bool | None = 
                 apply: bool = False, verify_restore: bool = False, timeout_s: float = 300.0) -> BackupResult:
     """BGSAVE, copy dump.rdb (and the whole AOF), write a manifest, validate, prune, restore drill."""
     client = target.client
-    ident = identify(client)
-    runtime = runtime_settings(client, target.config_command)
+    ident = target.identify()
+    runtime = target.runtime_settings()
     data_dir = Path(runtime.get("dir", ""))
     if not (target.local and os.access(data_dir, os.R_OK | os.X_OK)):
-        return BackupResult("blocked", commands=blocked_commands(str(data_dir), destination or "/backup/redis"))
+        return BackupResult(Outcome.BLOCKED, commands=blocked_commands(str(data_dir), destination or "/backup/redis"))
     aof_on = int(client.info("persistence").get("aof_enabled", 0)) == 1
     include_aof = aof_on if include_aof is None else include_aof and aof_on
     now = time.time()
     name = f"{slug(target.name)}-{time.strftime('%Y%m%dT%H%M%S', time.gmtime(now))}.{int(now * 1000) % 1000:03d}Z"
     location = f"{destination.rstrip('/')}/{name}"
     if not apply:
-        return BackupResult("planned", location)
+        return BackupResult(Outcome.PLANNED, location)
     fs, root = _filesystem(destination)
     checks: list[Check] = []
     with tempfile.TemporaryDirectory(prefix="runbook-backup-") as tmp:
         stage = Path(tmp) / name
         stage.mkdir()
         seconds, _ = bgsave_and_wait(client, timeout_s)
-        checks.append(Check("bgsave", PASS, f"fresh BGSAVE completed in {seconds:.2f}s"))
+        checks.append(Check("bgsave", Status.PASS, f"fresh BGSAVE completed in {seconds:.2f}s"))
         dbsize = int(client.dbsize())
         shutil.copy2(data_dir / runtime.get("dbfilename", "dump.rdb"), stage / runtime.get("dbfilename", "dump.rdb"))
         if include_aof:
@@ -123,19 +125,19 @@ def take_backup(target: Target, destination: str, *, include_aof: bool | None = 
         final = f"{root.rstrip('/')}/{name}"
         fs.put(str(stage), final + ".partial", recursive=True)
         fs.mv(final + ".partial", final, recursive=True)
-        from fsspec.implementations.local import LocalFileSystem  # noqa: PLC0415
+        from fsspec.implementations.local import LocalFileSystem  # noqa: PLC0415  (with fsspec)
 
         if isinstance(fs, LocalFileSystem):  # fsspec's put does not keep modes
             for p in [Path(final), *Path(final).rglob("*")]:
                 p.chmod(0o700 if p.is_dir() else 0o600)
-    if all(c.status == PASS for c in checks):
+    if all(c.status == Status.PASS for c in checks):
         pruned = prune(fs, root, slug(target.name), retention, keep=name)
-        checks.append(Check("retention", PASS, f"kept the newest {retention}; pruned {len(pruned)}"))
+        checks.append(Check("retention", Status.PASS, f"kept the newest {retention}; pruned {len(pruned)}"))
     else:
         pruned = []
-        checks.append(Check("retention", WARN, "nothing pruned: this backup did not pass every check",
+        checks.append(Check("retention", Status.WARN, "nothing pruned: this backup did not pass every check",
                             "keep the older backups until a backup passes"))
-    return BackupResult("done", location, manifest, tuple(pruned), tuple(checks))
+    return BackupResult(Outcome.DONE, location, manifest, tuple(pruned), tuple(checks))
 
 
 def prune(fs: Any, root: str, prefix: str, retention: int, keep: str) -> list[str]:
@@ -151,9 +153,7 @@ def prune(fs: Any, root: str, prefix: str, retention: int, keep: str) -> list[st
 
 def restore_drill(ident: Identity, stage: Path, runtime: dict[str, str], manifest: dict[str, Any]) -> Check:
     """Boot a throwaway server from a copy of the backup and compare DBSIZE with the manifest."""
-    from runbook.sandbox.throwaway import Sandbox, find_server_binary  # noqa: PLC0415
-
-    binary = Path(ident.executable) if ident.executable and Path(ident.executable).is_file() else find_server_binary()
+    binary = for_server(ident, local=True).binary.path  # the backup is of a server on this host
     config = (f"dbfilename {runtime.get('dbfilename', 'dump.rdb')}\nappendonly {'yes' if manifest['aof'] else 'no'}\n"
               f"appendfilename {runtime.get('appendfilename', 'appendonly.aof')}\n"
               + (f"appenddirname {runtime['appenddirname']}\n" if runtime.get("appenddirname") else ""))
@@ -163,24 +163,26 @@ def restore_drill(ident: Identity, stage: Path, runtime: dict[str, str], manifes
         sb.start(timeout_s=120)
         got = int(sb.client().dbsize())
     except Exception as err:  # noqa: BLE001  (any failure is the finding of the drill)
-        return Check("restore_drill", FAIL, f"a server could not start from the backup: {err}")
+        return Check("restore_drill", Status.FAIL, f"a server could not start from the backup: {err}")
     finally:
         sb.cleanup()
     # DBSIZE was read after the fork: a live server's writes and expiries in between move it a little.
     expected = manifest["dbsize"]
-    status = PASS if got == expected else FAIL if got == 0 < expected or abs(got - expected) > max(1, expected // 100) else WARN
+    status = Status.PASS if got == expected \
+        else Status.FAIL if got == 0 < expected or abs(got - expected) > max(1, expected // 100) else Status.WARN
     return Check("restore_drill", status, f"restored {got} keys from the copy ({'AOF' if manifest['aof'] else 'RDB'}); "
                  f"the manifest says {manifest['dbsize']}")
 
 
 def raise_if_blocked(target: Target, result: BackupResult) -> None:
-    if result.result == "blocked":
+    if result.result == Outcome.BLOCKED:
         raise Blocked(f"{target.name}: the data dir is not readable from here; nothing was copied. "
                       "Run the printed commands on the Redis host.")
 
 
-def backup_summary(ident: Identity, result: BackupResult) -> dict[str, Any]:
-    return {"verdict": result.verdict, "result": result.result, "server": ident.server, "version": ident.version,
-            "location": result.location, "dbsize": result.manifest.get("dbsize"),
-            "files": result.manifest.get("files", {}), "pruned": list(result.pruned), "commands": result.commands,
-            "checks": {c.name: {"status": c.status, "observed": c.observed, "fix": c.fix} for c in result.checks}}
+def backup_summary(ident: Identity, result: BackupResult) -> StepSummary:
+    """The record of this notebook: where the backup went, DBSIZE, and every file with its sha256."""
+    return StepSummary(STEP, result.verdict, result.result, ident.server, ident.version, result.checks, facts={
+        "location": result.location, "dbsize": result.manifest.get("dbsize"),
+        "files": result.manifest.get("files", {}), "pruned": list(result.pruned), "commands": result.commands,
+    })

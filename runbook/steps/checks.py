@@ -5,28 +5,10 @@ Pure functions over what inspection gathered, so they are tested without a serve
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Mapping, Sequence
 
+from runbook.model import Check, Status
 from runbook.server.settings import Drift, save_rules
-
-PASS, WARN, FAIL = "pass", "warn", "fail"
-_RANK = {PASS: 0, WARN: 1, FAIL: 2}
-
-
-@dataclass(frozen=True)
-class Check:
-    """One verdict: what was checked, what was seen, and what to do about it."""
-
-    name: str
-    status: str
-    observed: str
-    fix: str = ""
-
-
-def worst(statuses: Sequence[str]) -> str:
-    """The worst of pass/warn/fail (pass for an empty list)."""
-    return max(statuses, key=_RANK.__getitem__, default=PASS)
 
 
 def _ok(value: object) -> bool:
@@ -52,66 +34,43 @@ def persistence_checks(
 
     # Loading and role first: they change how to read everything below.
     if int(info.get("loading", 0)):  # type: ignore[call-overload]
-        add(Check("loading", WARN, "the server is loading its dataset", "wait until loading:0, then run again"))
+        add(Check("loading", Status.WARN, "the server is loading its dataset", "wait until loading:0, then run again"))
     else:
-        add(Check("loading", PASS, "loading:0"))
+        add(Check("loading", Status.PASS, "loading:0"))
     if role == "master":
-        add(Check("role", PASS, "master"))
+        add(Check("role", Status.PASS, "master"))
     else:
-        add(Check("role", WARN, f"role {role}: CONFIG changes do not replicate and a replica restarts its AOF "
+        add(Check("role", Status.WARN, f"role {role}: CONFIG changes do not replicate and a replica restarts its AOF "
                   "after every full sync", "inspect and change the master; apply the same settings to replicas"))
 
     bgsave = info.get("rdb_last_bgsave_status")
-    add(Check("rdb_last_bgsave", PASS if _ok(bgsave) else FAIL, f"rdb_last_bgsave_status:{bgsave}",
+    add(Check("rdb_last_bgsave", Status.PASS if _ok(bgsave) else Status.FAIL, f"rdb_last_bgsave_status:{bgsave}",
               "" if _ok(bgsave) else "read the server log; check free disk and vm.overcommit_memory in the data dir"))
 
     aof_on = int(info.get("aof_enabled", 0)) == 1  # type: ignore[call-overload]
     if aof_on:
-        add(Check("aof_enabled", PASS, "aof_enabled:1"))
+        add(Check("aof_enabled", Status.PASS, "aof_enabled:1"))
         w, r = info.get("aof_last_write_status"), info.get("aof_last_bgrewrite_status")
-        add(Check("aof_write_status", PASS if _ok(w) else FAIL, f"aof_last_write_status:{w}",
+        add(Check("aof_write_status", Status.PASS if _ok(w) else Status.FAIL, f"aof_last_write_status:{w}",
                   "" if _ok(w) else "the AOF cannot be written: check disk space and the server log"))
-        add(Check("aof_rewrite_status", PASS if _ok(r) else FAIL, f"aof_last_bgrewrite_status:{r}",
+        add(Check("aof_rewrite_status", Status.PASS if _ok(r) else Status.FAIL, f"aof_last_bgrewrite_status:{r}",
                   "" if _ok(r) else "the last AOF rewrite failed: check disk space and the server log"))
         delayed = int(info.get("aof_delayed_fsync", 0))  # type: ignore[call-overload]
         if delayed:
-            add(Check("aof_delayed_fsync", WARN, f"aof_delayed_fsync:{delayed}",
+            add(Check("aof_delayed_fsync", Status.WARN, f"aof_delayed_fsync:{delayed}",
                       "fsync stalled: the disk is too slow for appendfsync everysec"))
         fsync = runtime.get("appendfsync", "?")
         if fsync in ("everysec", "always"):
-            add(Check("appendfsync", PASS, f"appendfsync {fsync}"))
+            add(Check("appendfsync", Status.PASS, f"appendfsync {fsync}"))
         else:
-            add(Check("appendfsync", WARN, f"appendfsync {fsync}: an OS crash loses up to ~30 s of writes",
+            add(Check("appendfsync", Status.WARN, f"appendfsync {fsync}: an OS crash loses up to ~30 s of writes",
                       "run 02-enable-aof with appendfsync everysec"))
     else:
-        add(Check("aof_enabled", WARN, "aof_enabled:0: a crash loses every write since the last RDB save",
+        add(Check("aof_enabled", Status.WARN, "aof_enabled:0: a crash loses every write since the last RDB save",
                   "run 02-enable-aof (runtime, safe), then 03-persist-config"))
 
     # Drift: what the next restart would change.
-    if not config_file:
-        add(Check("config_drift", WARN, "the server runs without a config file: runtime changes are lost on "
-                  "restart and CONFIG REWRITE is impossible",
-                  "put the settings in the service's command line or start it from a config file"))
-    elif config_read_error:
-        add(Check("config_drift", WARN, f"config file not compared: {config_read_error}",
-                  "run where the file is readable, or pass config_file"))
-    else:
-        drifted = [d for d in drift if d.status == "drift"]
-        aof = next((d for d in drifted if d.setting == "appendonly"), None)
-        if aof and aof.runtime == "yes":
-            add(Check("config_drift", FAIL, "appendonly is yes at runtime but no in the config file: "
-                      "AOF will be off after the next restart",
-                      "run 03-persist-config (never sed + restart: see the restart trap)"))
-        elif aof:
-            add(Check("config_drift", FAIL, "appendonly is no at runtime but yes in the config file: "
-                      "a restart would start from an empty or stale AOF and ignore dump.rdb",
-                      "do not restart; run 02-enable-aof first, or set appendonly no in the file"))
-        elif drifted:
-            names = ", ".join(f"{d.setting} ({d.runtime} vs {d.file})" for d in drifted)
-            add(Check("config_drift", WARN, f"runtime differs from the file: {names}",
-                      "run 03-persist-config to write the runtime values to the file"))
-        else:
-            add(Check("config_drift", PASS, "the config file matches the runtime persistence settings"))
+    add(config_drift(drift, config_file, config_read_error))
 
     # Time since the last successful save, against the save policy.
     rules = save_rules(runtime.get("save", ""))
@@ -119,35 +78,63 @@ def persistence_checks(
     changes = int(info.get("rdb_changes_since_last_save", 0))  # type: ignore[call-overload]
     age = max(0, int(now) - last)
     if not rules and not aof_on:
-        add(Check("save_policy", FAIL, "no save rules and AOF off: nothing is persisted",
+        add(Check("save_policy", Status.FAIL, "no save rules and AOF off: nothing is persisted",
                   "set a save policy (the seed's: save 3600 1 300 100 60 10000) or enable AOF"))
     elif not rules:
-        add(Check("save_policy", WARN, "no save rules: RDB snapshots only on demand", "set a save policy"))
+        add(Check("save_policy", Status.WARN, "no save rules: RDB snapshots only on demand", "set a save policy"))
     else:
         overdue = [(s, c) for s, c in rules if changes >= c and age > s * 1.1 + 10]
         if overdue:
             s, c = overdue[0]
-            add(Check("save_policy", WARN, f"{changes} changes and {age}s since the last save: the rule "
+            add(Check("save_policy", Status.WARN, f"{changes} changes and {age}s since the last save: the rule "
                       f"'save {s} {c}' should have fired", "check rdb_last_bgsave_status and the server log"))
         else:
-            add(Check("save_policy", PASS, f"last save {age}s ago, {changes} changes since"))
+            add(Check("save_policy", Status.PASS, f"last save {age}s ago, {changes} changes since"))
 
     stop = runtime.get("stop-writes-on-bgsave-error", "yes")
-    add(Check("stop_writes_on_bgsave_error", PASS if stop == "yes" else WARN,
+    add(Check("stop_writes_on_bgsave_error", Status.PASS if stop == "yes" else Status.WARN,
               f"stop-writes-on-bgsave-error {stop}",
               "" if stop == "yes" else "with no, failed saves go unnoticed by clients: set it to yes"))
 
     if overcommit_memory is not None:
-        add(Check("vm_overcommit_memory", PASS if overcommit_memory == 1 else WARN,
+        add(Check("vm_overcommit_memory", Status.PASS if overcommit_memory == 1 else Status.WARN,
                   f"vm.overcommit_memory = {overcommit_memory}",
-                  "" if overcommit_memory == 1 else "set vm.overcommit_memory = 1 (sysctl), or BGSAVE/rewrites may fail to fork"))
+                  "" if overcommit_memory == 1
+                  else "set vm.overcommit_memory = 1 (sysctl), or BGSAVE/rewrites may fail to fork"))
     if free_disk_bytes is not None and used_memory_bytes is not None:
         need = used_memory_bytes
-        status = FAIL if free_disk_bytes < need else WARN if free_disk_bytes < 2 * need else PASS
+        status = Status.FAIL if free_disk_bytes < need else Status.WARN if free_disk_bytes < 2 * need else Status.PASS
         add(Check("free_disk", status, f"{_mb(free_disk_bytes)} free in dir, dataset {_mb(used_memory_bytes)}",
-                  "" if status == PASS else "free disk in the data dir: a save or rewrite needs room for a full copy"))
+                  "" if status == Status.PASS
+                  else "free disk in the data dir: a save or rewrite needs room for a full copy"))
     return checks
 
 
 def _mb(n: int) -> str:
     return f"{n / 1024**2:,.1f} MiB"
+
+
+def config_drift(drift: Sequence[Drift], config_file: str, config_read_error: str = "") -> Check:
+    """The verdict on what the next restart would change (runtime vs config file)."""
+    name = "config_drift"
+    if not config_file:
+        return Check(name, Status.WARN, "the server runs without a config file: runtime changes are lost on restart "
+                     "and CONFIG REWRITE is impossible",
+                     "put the settings in the service's command line or start it from a config file")
+    if config_read_error:
+        return Check(name, Status.WARN, f"config file not compared: {config_read_error}",
+                     "run where the file is readable, or pass config_file")
+    drifted = [d for d in drift if d.status == "drift"]
+    aof = next((d for d in drifted if d.setting == "appendonly"), None)
+    if aof and aof.runtime == "yes":
+        return Check(name, Status.FAIL, "appendonly is yes at runtime but no in the config file: AOF will be off "
+                     "after the next restart", "run 03-persist-config (never sed + restart: see the restart trap)")
+    if aof:
+        return Check(name, Status.FAIL, "appendonly is no at runtime but yes in the config file: a restart would "
+                     "start from an empty or stale AOF and ignore dump.rdb",
+                     "do not restart; run 02-enable-aof first, or set appendonly no in the file")
+    if drifted:
+        names = ", ".join(f"{d.setting} ({d.runtime} vs {d.file})" for d in drifted)
+        return Check(name, Status.WARN, f"runtime differs from the file: {names}",
+                     "run 03-persist-config to write the runtime values to the file")
+    return Check(name, Status.PASS, "the config file matches the runtime persistence settings")

@@ -1,7 +1,7 @@
 """Switch AOF on at runtime, the way the persistence docs prescribe, and prove it worked.
 
 CONFIG SET appendfsync, then CONFIG SET appendonly yes; then wait until INFO shows the
-initial rewrite complete (REDIS-FACTS.md, "Enable AOF at runtime"). On failure the
+initial rewrite complete (`runbook.server.aof.apply_runtime`). On failure the
 settings are put back, so the server is left as found.
 See https://redis.io/docs/latest/operate/oss_and_stack/management/persistence/#how-i-can-switch-to-aof-if-im-currently-using-dumprdb-snapshots
 """
@@ -14,25 +14,22 @@ import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Mapping
+from typing import Any, Mapping
 
-import redis
-
-from runbook.server.aof import READY_CONDITION, aof_on_disk, aof_ready
-from runbook.steps.checks import FAIL, PASS, WARN, Check, worst
-from runbook.server.configfile import mask_secrets
-from runbook.errors import ChangeFailed, ParameterError, PreconditionFailed, VerificationFailed, WaitTimeout
-from runbook.steps.inspect import read_overcommit
-from runbook.server.settings import config_get, config_set, normalize, runtime_settings
+from runbook.errors import ChangeFailed, ParameterError, PreconditionFailed, VerificationFailed
+from runbook.model import Check, Outcome, SettingChange, Status, StepSummary, worst
+from runbook.server.aof import Progress, aof_on_disk, aof_ready, apply_runtime
+from runbook.server.ops import read_overcommit, server_log_tail
+from runbook.server.poll import Deadline
 from runbook.server.probe import LatencyProbe, LatencyStats
-from runbook.server.target import Identity, Target, identify
+from runbook.server.settings import normalize
+from runbook.server.target import Identity, Target
 
 log = logging.getLogger(__name__)
 
+STEP = "enable-aof"
 FSYNC_POLICIES = ("always", "everysec", "no")
 AOF_SETTINGS = ("aof-use-rdb-preamble", "auto-aof-rewrite-percentage", "auto-aof-rewrite-min-size")
-
-Progress = Callable[[float, Mapping[str, Any]], None]
 
 
 @dataclass(frozen=True)
@@ -47,7 +44,7 @@ class Preflight:
 
     @property
     def ok(self) -> bool:
-        return all(c.status != FAIL for c in self.checks)
+        return all(c.status != Status.FAIL for c in self.checks)
 
 
 def _busy(info: Mapping[str, Any]) -> list[str]:
@@ -57,50 +54,51 @@ def _busy(info: Mapping[str, Any]) -> list[str]:
 def preflight(target: Target, *, allow_replica: bool = False, busy_wait_s: float = 30.0) -> Preflight:
     """Check every precondition of the change; waits up to `busy_wait_s` for a running save or rewrite."""
     client = target.client
-    ident = identify(client)
-    runtime = runtime_settings(client, target.config_command)
-    checks = [Check("reachable", PASS, f"{ident.label} answered PING and {target.config_command} GET")]
+    ident = target.identify()
+    runtime = target.runtime_settings()
+    checks = [Check("reachable", Status.PASS, f"{ident.label} answered PING and {target.config_command} GET")]
     if ident.role == "master":
-        checks.append(Check("role", PASS, "master"))
+        checks.append(Check("role", Status.PASS, "master"))
     elif allow_replica:
-        checks.append(Check("role", WARN, f"{ident.role}, allowed by allow_replica: CONFIG changes do not "
+        checks.append(Check("role", Status.WARN, f"{ident.role}, allowed by allow_replica: CONFIG changes do not "
                             "replicate and a replica restarts its AOF after every full sync"))
     else:
-        checks.append(Check("role", FAIL, f"the target is a {ident.role}",
+        checks.append(Check("role", Status.FAIL, f"the target is a {ident.role}",
                             "run against the master, or pass allow_replica true if you mean it"))
-    deadline = time.monotonic() + busy_wait_s
+    deadline = Deadline(busy_wait_s)
     info = client.info("persistence")
-    while _busy(info) and time.monotonic() < deadline:
-        time.sleep(0.1)
+    while _busy(info) and not deadline.expired:
+        deadline.sleep(0.1)
         info = client.info("persistence")
     loading = int(info.get("loading", 0))
-    checks.append(Check("loading", FAIL if loading else PASS, f"loading:{loading}",
+    checks.append(Check("loading", Status.FAIL if loading else Status.PASS, f"loading:{loading}",
                         "wait until the dataset is loaded" if loading else ""))
     busy = _busy(info)
-    checks.append(Check("no_save_or_rewrite_running", FAIL if busy else PASS,
+    checks.append(Check("no_save_or_rewrite_running", Status.FAIL if busy else Status.PASS,
                         ", ".join(f"{b}:1" for b in busy) + f" after {busy_wait_s:.0f}s" if busy else "none running",
                         "wait for the running save or rewrite to finish, then run again" if busy else ""))
     bg = info.get("rdb_last_bgsave_status")
-    checks.append(Check("rdb_last_bgsave", PASS if bg == "ok" else FAIL, f"rdb_last_bgsave_status:{bg}",
+    checks.append(Check("rdb_last_bgsave", Status.PASS if bg == "ok" else Status.FAIL, f"rdb_last_bgsave_status:{bg}",
                         "" if bg == "ok" else "a fork-and-write already fails: fix that first (server log, disk)"))
     used = int(client.info("memory").get("used_memory", 0))
     data_dir = runtime.get("dir", "")
     if target.local and data_dir and os.path.isdir(data_dir):
         free = shutil.disk_usage(data_dir).free
-        checks.append(Check("free_disk", PASS if free >= used else FAIL,
+        checks.append(Check("free_disk", Status.PASS if free >= used else Status.FAIL,
                             f"{free / 1024**2:,.0f} MiB free in {data_dir}, dataset {used / 1024**2:,.1f} MiB",
                             "" if free >= used else "free disk in the data dir: the rewrite writes a full copy"))
         overcommit = read_overcommit()
         if overcommit is not None:
-            checks.append(Check("vm_overcommit_memory", PASS if overcommit == 1 else WARN,
+            checks.append(Check("vm_overcommit_memory", Status.PASS if overcommit == 1 else Status.WARN,
                                 f"vm.overcommit_memory = {overcommit}",
-                                "" if overcommit == 1 else "set vm.overcommit_memory = 1, or the rewrite's fork may fail"))
+                                "" if overcommit == 1
+                                else "set vm.overcommit_memory = 1, or the rewrite's fork may fail"))
     return Preflight(ident, runtime, dict(info), int(client.dbsize()), tuple(checks))
 
 
 def require(pre: Preflight) -> None:
     """Raise PreconditionFailed naming every failed precondition and its fix."""
-    failed = [c for c in pre.checks if c.status == FAIL]
+    failed = [c for c in pre.checks if c.status == Status.FAIL]
     if failed:
         raise PreconditionFailed("refusing to change the server: " + "; ".join(
             f"{c.name}: {c.observed} ({c.fix})" if c.fix else f"{c.name}: {c.observed}" for c in failed))
@@ -162,7 +160,7 @@ def _config_value(value: object) -> str:
 class EnableResult:
     """How the change went: planned, unchanged or changed, with the figures to show."""
 
-    result: str
+    result: Outcome
     seconds: float = 0.0  # from the first CONFIG SET to noticing the rewrite complete
     rewrite_s: float | None = None  # the server's own aof_last_rewrite_time_sec
     latency: LatencyStats = field(default_factory=lambda: LatencyStats((), 0))
@@ -174,89 +172,25 @@ def apply_enable(target: Target, pre: Preflight, plan: EnablePlan, *, apply: boo
                  timeout_s: float = 300.0, progress: Progress | None = None) -> EnableResult:
     """Make the planned change when `apply` (else return `planned`); put settings back on failure."""
     if plan.unchanged:
-        return EnableResult("unchanged", info_after=pre.info)
+        return EnableResult(Outcome.UNCHANGED, info_after=pre.info)
     if not apply:
-        return EnableResult("planned", info_after=pre.info)
+        return EnableResult(Outcome.PLANNED, info_after=pre.info)
     require(pre)
-    client, cmd = target.client, target.config_command
-    before = client.info("persistence")
-    baseline = {k: before.get(k) for k in ("aof_rewrites", "aof_rewrites_consecutive_failures",
-                                           "aof_last_bgrewrite_status")}
-    turning_on = any(r.setting == "appendonly" and r.change for r in plan.rows)
-    done: list[PlanRow] = []
+    client = target.client
+    changes = [SettingChange(r.setting, r.current, r.desired) for r in plan.changes]
     start = time.monotonic()
     with LatencyProbe(client) as probe:
         try:
-            # appendonly last: the initial rewrite then runs with the final settings.
-            for row in sorted(plan.changes, key=lambda r: r.setting == "appendonly"):
-                config_set(client, row.setting, row.desired, cmd)
-                done.append(row)
-            info = _wait_complete(client, baseline, turning_on, timeout_s, progress)
-        except (ChangeFailed, WaitTimeout, redis.RedisError) as err:
-            seconds = time.monotonic() - start
-            restored = _restore(client, cmd, done)
-            raise ChangeFailed(f"{target.name}: enabling AOF failed after {seconds:.1f}s: {str(err).rstrip('.')}. "
-                               f"{restored}{server_log_tail(target)}") from err
+            info = apply_runtime(client, changes, target.config_command, timeout_s=timeout_s, progress=progress)
+        except ChangeFailed as err:
+            raise ChangeFailed(f"{target.name}: enabling AOF failed after {time.monotonic() - start:.1f}s: {err}"
+                               f"{server_log_tail(target)}") from err
         seconds = time.monotonic() - start
         latency = probe.stop()
     stats = client.info("stats")
-    rewrite_s = float(info["aof_last_rewrite_time_sec"]) if int(info.get("aof_last_rewrite_time_sec", -1)) >= 0 else None
-    return EnableResult("changed", seconds, rewrite_s, latency, dict(info), int(stats.get("latest_fork_usec", 0)))
-
-
-def _wait_complete(client: redis.Redis, baseline: Mapping[str, Any], turning_on: bool, timeout_s: float,
-                   progress: Progress | None) -> dict[str, Any]:
-    """Poll INFO persistence until the full READY_CONDITION holds (and, when we turned AOF on, a new rewrite)."""
-    deadline = time.monotonic() + timeout_s
-    t0 = time.monotonic()
-    rewrites_before = int(baseline["aof_rewrites"]) if turning_on and baseline.get("aof_rewrites") is not None else None
-    while True:
-        info = client.info("persistence")
-        if progress:
-            progress(time.monotonic() - t0, info)
-        if aof_ready(info, rewrites_before):
-            return dict(info)
-        failures_before = baseline.get("aof_rewrites_consecutive_failures")
-        if failures_before is not None and int(info.get("aof_rewrites_consecutive_failures", 0)) > int(failures_before):
-            raise ChangeFailed(f"the AOF rewrite failed (aof_rewrites_consecutive_failures "
-                               f"{info.get('aof_rewrites_consecutive_failures')}): check the server log, "
-                               "permissions and free disk in its dir")
-        if (failures_before is None and baseline.get("aof_last_bgrewrite_status") == "ok"
-                and info.get("aof_last_bgrewrite_status") == "err" and not int(info.get("aof_rewrite_in_progress", 0))):
-            raise ChangeFailed("the AOF rewrite failed (aof_last_bgrewrite_status:err): check the server log, "
-                               "permissions and free disk in its dir")
-        if time.monotonic() >= deadline:
-            seen = {k: info.get(k) for k in (*READY_CONDITION, "aof_rewrites", "aof_rewrites_consecutive_failures")}
-            raise WaitTimeout(f"the initial AOF rewrite did not complete within {timeout_s:.0f}s; last seen {seen}")
-        time.sleep(0.02 if time.monotonic() - t0 < 1 else 0.05)
-
-
-def server_log_tail(target: Target, lines: int = 4) -> str:
-    """The last lines of the server's log when it is a file on this host, for an error message."""
-    try:
-        logfile = config_get(target.client, ["logfile"], target.config_command).get("logfile", "")
-    except (PreconditionFailed, redis.RedisError):
-        return ""
-    path = Path(logfile)
-    if not (target.local and logfile and path.is_file() and os.access(path, os.R_OK)):
-        return ""
-    tail = path.read_text(errors="replace").splitlines()[-lines:]
-    return f" Server log ({logfile}):\n" + mask_secrets("\n".join(tail))
-
-
-def _restore(client: redis.Redis, cmd: str, done: list[PlanRow]) -> str:
-    """Put back every setting we changed (appendonly first); say what was restored."""
-    if not done:
-        return "Nothing had been changed."
-    problems = []
-    for row in sorted(done, key=lambda r: r.setting != "appendonly"):
-        try:
-            config_set(client, row.setting, row.current, cmd)
-        except (ChangeFailed, redis.RedisError) as err:
-            problems.append(f"{row.setting} not restored to {row.current!r}: {err}")
-    if problems:
-        return "Could NOT restore the server: " + "; ".join(problems) + ". Check it by hand now."
-    return "The server was left as found: " + ", ".join(f"{r.setting} {r.current}" for r in done) + "."
+    rewrite_s = float(info["aof_last_rewrite_time_sec"]) \
+        if int(info.get("aof_last_rewrite_time_sec", -1)) >= 0 else None
+    return EnableResult(Outcome.CHANGED, seconds, rewrite_s, latency, dict(info), int(stats.get("latest_fork_usec", 0)))
 
 
 @dataclass(frozen=True)
@@ -269,62 +203,61 @@ def verify_enable(target: Target, pre: Preflight, plan: EnablePlan, result: Enab
     """After the change: AOF on and healthy, no key lost, AOF files on disk. Planned: nothing changed."""
     client = target.client
     info = client.info("persistence")
-    runtime = runtime_settings(client, target.config_command)
+    runtime = target.runtime_settings()
     dbsize = int(client.dbsize())
     checks: list[Check] = []
-    if result.result == "planned":
+    if result.result == Outcome.PLANNED:
         same = all(runtime.get(r.setting) == r.current for r in plan.rows)
-        checks.append(Check("nothing_changed", PASS if same else FAIL,
-                            "plan only: every setting as before" if same else "settings changed during a plan-only run"))
+        checks.append(Check("nothing_changed", Status.PASS if same else Status.FAIL,
+                            "plan only: every setting as before" if same
+                            else "settings changed during a plan-only run"))
         return Verification(tuple(checks), dbsize)
     on = int(info.get("aof_enabled", 0)) == 1
-    checks.append(Check("aof_enabled", PASS if on else FAIL, f"aof_enabled:{info.get('aof_enabled')}"))
+    checks.append(Check("aof_enabled", Status.PASS if on else Status.FAIL, f"aof_enabled:{info.get('aof_enabled')}"))
     for key in ("aof_last_write_status", "aof_last_bgrewrite_status"):
-        checks.append(Check(key, PASS if info.get(key) == "ok" else FAIL, f"{key}:{info.get(key)}"))
+        checks.append(Check(key, Status.PASS if info.get(key) == "ok" else Status.FAIL, f"{key}:{info.get(key)}"))
     wanted = {r.setting: r.desired for r in plan.rows}
-    off = [f"{k} {runtime.get(k)} (wanted {v})" for k, v in wanted.items() if normalize(k, runtime.get(k)) != normalize(k, v)]
-    checks.append(Check("settings", FAIL if off else PASS, "; ".join(off) or "every planned setting is in effect"))
+    off = [f"{k} {runtime.get(k)} (wanted {v})" for k, v in wanted.items()
+           if normalize(k, runtime.get(k)) != normalize(k, v)]
+    checks.append(Check("settings", Status.FAIL if off else Status.PASS,
+                        "; ".join(off) or "every planned setting is in effect"))
     if dbsize == pre.dbsize:
-        checks.append(Check("dbsize", PASS, f"DBSIZE {dbsize} before and after"))
+        checks.append(Check("dbsize", Status.PASS, f"DBSIZE {dbsize} before and after"))
     else:
         lost = pre.dbsize - dbsize
-        status = FAIL if lost > max(1, pre.dbsize // 100) else WARN
+        status = Status.FAIL if lost > max(1, pre.dbsize // 100) else Status.WARN
         checks.append(Check("dbsize", status, f"DBSIZE {pre.dbsize} before, {dbsize} after: the server took "
-                            "writes or expired keys meanwhile" if status == WARN else
+                            "writes or expired keys meanwhile" if status == Status.WARN else
                             f"DBSIZE {pre.dbsize} before, {dbsize} after: {lost} keys gone"))
     data_dir = runtime.get("dir", "")
     if target.local and data_dir and os.access(data_dir, os.R_OK | os.X_OK):
         disk = aof_on_disk(Path(data_dir), runtime.get("appendfilename", "appendonly.aof"),
                            runtime.get("appenddirname", "appendonlydir"))
         names = ", ".join(f.path.name for f in disk.files) or "none"
-        checks.append(Check("aof_on_disk", PASS if disk.loadable else FAIL, f"{disk.layout}: {names}",
+        checks.append(Check("aof_on_disk", Status.PASS if disk.loadable else Status.FAIL, f"{disk.layout}: {names}",
                             "" if disk.loadable else disk.problem or "no loadable AOF in the data dir"))
     return Verification(tuple(checks), dbsize)
 
 
 def enable_summary(pre: Preflight, plan: EnablePlan, result: EnableResult, verified: Verification,
-                   drift_after: list[str]) -> dict[str, Any]:
-    """The machine-readable record of this notebook."""
-    all_checks = [*pre.checks, *verified.checks]
-    return {
-        "verdict": worst([c.status for c in all_checks]),
-        "result": result.result,
-        "server": pre.identity.server,
-        "version": pre.identity.version,
-        "dbsize_before": pre.dbsize,
-        "dbsize": verified.dbsize,
-        "changes": [{"setting": r.setting, "from": r.current, "to": r.desired} for r in plan.changes],
-        "seconds": round(result.seconds, 3),
-        "rewrite_s": result.rewrite_s,
-        "latency": result.latency.summary() if result.latency.count else {},
-        "latest_fork_usec": result.latest_fork_usec,
-        "drift_after": drift_after,
-        "checks": {c.name: {"status": c.status, "observed": c.observed, "fix": c.fix} for c in all_checks},
-    }
+                   drift_after: list[str]) -> StepSummary:
+    """The record of this notebook."""
+    all_checks = (*pre.checks, *verified.checks)
+    return StepSummary(STEP, worst([c.status for c in all_checks]), result.result, pre.identity.server,
+                       pre.identity.version, all_checks, facts={
+                           "dbsize_before": pre.dbsize,
+                           "dbsize": verified.dbsize,
+                           "changes": [SettingChange(r.setting, r.current, r.desired).to_json() for r in plan.changes],
+                           "seconds": round(result.seconds, 3),
+                           "rewrite_s": result.rewrite_s,
+                           "latency": result.latency.summary() if result.latency.count else {},
+                           "latest_fork_usec": result.latest_fork_usec,
+                           "drift_after": drift_after,
+                       })
 
 
 def raise_on_failure(verified: Verification) -> None:
     """Raise VerificationFailed when any verification check failed (after the summary is recorded)."""
-    failed = [c for c in verified.checks if c.status == FAIL]
+    failed = [c for c in verified.checks if c.status == Status.FAIL]
     if failed:
         raise VerificationFailed("; ".join(f"{c.name}: {c.observed}" for c in failed))

@@ -9,14 +9,17 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from runbook.server.aof import AofOnDisk, DiskFile, aof_on_disk
-from runbook.steps.checks import Check, persistence_checks, worst
-from runbook.server.configfile import read_config
 from runbook.errors import PreconditionFailed
-from runbook.server.settings import Drift, compare, runtime_settings
-from runbook.server.target import Identity, Target, identify
+from runbook.model import Check, Status, StepSummary, worst
+from runbook.server.aof import AofOnDisk, DiskFile, aof_on_disk
+from runbook.server.configfile import read_config
+from runbook.server.ops import read_overcommit
+from runbook.server.settings import Drift, compare
+from runbook.server.target import Identity, Target
+from runbook.steps.checks import persistence_checks
 
-OVERCOMMIT_PATH = Path("/proc/sys/vm/overcommit_memory")
+STEP = "inspect"
+
 #: INFO persistence fields recorded in the summary for monitoring (see runbook.evidence.metrics).
 METRIC_FIELDS = ("aof_enabled", "aof_rewrite_in_progress", "aof_last_bgrewrite_status", "aof_last_write_status",
                  "aof_delayed_fsync", "rdb_bgsave_in_progress", "rdb_last_bgsave_status", "rdb_last_save_time",
@@ -45,41 +48,35 @@ class Inspection:
     at: float = field(default_factory=time.time)
 
     @property
-    def verdict(self) -> str:
+    def verdict(self) -> Status:
         return worst([c.status for c in self.checks])
 
-    def summary(self) -> dict[str, Any]:
-        """The machine-readable record the runner reads back from the executed notebook."""
-        return {
-            "verdict": self.verdict,
-            "target": self.target,
-            "server": self.identity.server,
-            "version": self.identity.version,
-            "role": self.identity.role,
-            "config_file": self.config_file,
-            "dbsize": self.dbsize,
-            "aof_enabled": int(self.info.get("aof_enabled", 0)),
-            "drift": [d.setting for d in self.drift if d.status == "drift"],
-            "settings": [d.setting for d in self.drift if d.status != "unknown"],
-            "metrics": {**{k: self.info[k] for k in METRIC_FIELDS if k in self.info},
-                        "latest_fork_usec": self.latest_fork_usec},
-            "checks": {c.name: {"status": c.status, "observed": c.observed, "fix": c.fix} for c in self.checks},
-        }
+    @property
+    def drifted(self) -> list[str]:
+        """The settings a restart would change."""
+        return [d.setting for d in self.drift if d.status == "drift"]
 
-
-def read_overcommit(path: Path = OVERCOMMIT_PATH) -> int | None:
-    """vm.overcommit_memory of this host, or None when it cannot be read."""
-    try:
-        return int(path.read_text().strip())
-    except (OSError, ValueError):
-        return None
+    def summary(self) -> StepSummary:
+        """The record the runner reads back from the executed notebook."""
+        return StepSummary(STEP, self.verdict, server=self.identity.server, version=self.identity.version,
+                           checks=self.checks, facts={
+                               "target": self.target,
+                               "role": self.identity.role,
+                               "config_file": self.config_file,
+                               "dbsize": self.dbsize,
+                               "aof_enabled": int(self.info.get("aof_enabled", 0)),
+                               "drift": self.drifted,
+                               "settings": [d.setting for d in self.drift if d.status != "unknown"],
+                               "metrics": {**{k: self.info[k] for k in METRIC_FIELDS if k in self.info},
+                                           "latest_fork_usec": self.latest_fork_usec},
+                           })
 
 
 def inspect_target(target: Target, config_file: str = "") -> Inspection:
     """Inspect `target` without changing anything on it."""
     client = target.client
-    ident = identify(client)
-    runtime = runtime_settings(client, target.config_command)
+    ident = target.identify()
+    runtime = target.runtime_settings()
     info = client.info("persistence")
     memory = client.info("memory")
     stats = client.info("stats")
@@ -94,8 +91,7 @@ def inspect_target(target: Target, config_file: str = "") -> Inspection:
             config = read_config(path)
         except PreconditionFailed as err:
             config_error = str(err)
-    major = int(ident.version.split(".")[0]) if ident.server == "redis" and ident.version[:1].isdigit() else 7
-    drift = compare(runtime, config if path and not config_error else None, major)
+    drift = compare(runtime, config if path and not config_error else None, ident.major)
 
     data_dir = runtime.get("dir", "")
     readable = bool(target.local and data_dir and os.access(data_dir, os.R_OK | os.X_OK))

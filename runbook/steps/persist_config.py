@@ -20,15 +20,21 @@ from typing import Any, Mapping
 
 import redis
 
+from runbook.errors import Blocked, ChangeFailed, ParameterError, PreconditionFailed, VerificationFailed
+from runbook.model import Check, Outcome, SettingChange, Status, StepSummary, worst
+from runbook.sandbox.binaries import for_server
+from runbook.sandbox.isolation import private_file, sandbox_config
+from runbook.sandbox.throwaway import Sandbox
 from runbook.server.aof import AofOnDisk, aof_on_disk, aof_ready
-from runbook.steps.checks import FAIL, PASS, WARN, Check, worst
 from runbook.server.configedit import atomic_write, backup, edit_text, read_raw, unified_diff, utc_stamp
 from runbook.server.configfile import ConfigFile, read_config
-from runbook.errors import Blocked, ChangeFailed, ParameterError, PreconditionFailed, VerificationFailed
+from runbook.server.ops import may_write_dir, server_ids
 from runbook.server.settings import PERSISTENCE_SETTINGS, Drift, compare, normalize, runtime_settings
-from runbook.server.target import Identity, Target, identify
+from runbook.server.target import Identity, Target
 
 log = logging.getLogger(__name__)
+
+STEP = "persist-config"
 
 METHODS = ("auto", "rewrite", "edit")
 #: Settings persisted when they drift (appenddirname/appendfilename cannot change at runtime anyway).
@@ -58,19 +64,14 @@ class PersistPlan:
 
 @dataclass(frozen=True)
 class PersistResult:
-    result: str  # planned, unchanged, changed
+    result: Outcome
     method: str
     backup: str = ""
     diff: str = ""
 
 
-def _server_major(ident: Identity) -> int:
-    if ident.server == "redis" and ident.version[:1].isdigit():
-        return int(ident.version.split(".")[0])
-    return 7
-
-
-def desired_values(runtime: Mapping[str, str], drift: list[Drift], settings: Mapping[str, object] | None) -> dict[str, str]:
+def desired_values(runtime: Mapping[str, str], drift: list[Drift],
+                   settings: Mapping[str, object] | None) -> dict[str, str]:
     """The values to persist: explicit `settings`, else the runtime value of every drifted setting."""
     if settings:
         unknown = sorted(set(settings) - set(PERSISTED))
@@ -101,7 +102,8 @@ def trap_guard(desired: Mapping[str, str], runtime: Mapping[str, str], info: Map
     if not aof_ready(info):
         return ("refusing to write appendonly yes: the initial AOF rewrite has not completed "
                 f"(aof_rewrite_in_progress:{info.get('aof_rewrite_in_progress')}, aof_rewrite_scheduled:"
-                f"{info.get('aof_rewrite_scheduled')}, aof_last_bgrewrite_status:{info.get('aof_last_bgrewrite_status')}). "
+                f"{info.get('aof_rewrite_scheduled')}, aof_last_bgrewrite_status:"
+                f"{info.get('aof_last_bgrewrite_status')}). "
                 "Wait for it (02-enable-aof waits), then run again.")
     if aof is not None and not aof.loadable:
         return (f"refusing to write appendonly yes: no loadable AOF on disk ({aof.layout}"
@@ -109,30 +111,8 @@ def trap_guard(desired: Mapping[str, str], runtime: Mapping[str, str], info: Map
     return ""
 
 
-def _server_ids(pid: int) -> tuple[int, set[int]] | None:
-    """The effective uid and groups of a local process, from /proc."""
-    try:
-        status = Path(f"/proc/{pid}/status").read_text()
-    except OSError:
-        return None
-    fields = dict(line.split(":", 1) for line in status.splitlines() if ":" in line)
-    uid = int(fields["Uid"].split()[1])
-    gids = {int(fields["Gid"].split()[1]), *map(int, fields.get("Groups", "").split())}
-    return uid, gids
-
-
-def _may_write_dir(path: Path, uid: int, gids: set[int]) -> bool:
-    if uid == 0:
-        return True
-    st = path.stat()
-    if st.st_uid == uid:
-        return bool(st.st_mode & 0o300 == 0o300)
-    if st.st_gid in gids:
-        return bool(st.st_mode & 0o030 == 0o030)
-    return bool(st.st_mode & 0o003 == 0o003)
-
-
-def choose_method(method: str, target: Target, ident: Identity, config: ConfigFile | None, path: Path | None) -> tuple[str, str]:
+def choose_method(method: str, target: Target, ident: Identity, config: ConfigFile | None,
+                  path: Path | None) -> tuple[str, str]:
     """(method, reason) for `auto`, or the asked method with a reason it cannot work ('blocked')."""
     if method not in METHODS:
         raise ParameterError(f"method must be one of {', '.join(METHODS)}, got {method!r}")
@@ -141,8 +121,8 @@ def choose_method(method: str, target: Target, ident: Identity, config: ConfigFi
     real = path.resolve()
     we_can_edit = os.access(real, os.W_OK) and os.access(real.parent, os.W_OK)
     server_file = bool(ident.config_file) and Path(ident.config_file).resolve() == real
-    ids = _server_ids(ident.process_id) if target.local else None
-    server_can = (server_file and ids is not None and _may_write_dir(real.parent, *ids)) if target.local else server_file
+    ids = server_ids(ident.process_id) if target.local else None
+    server_can = (server_file and ids is not None and may_write_dir(real.parent, *ids)) if target.local else server_file
     has_includes = len(config.files) > 1
     if method == "rewrite":
         if not server_file:
@@ -161,7 +141,8 @@ def choose_method(method: str, target: Target, ident: Identity, config: ConfigFi
         return "rewrite", "the server can write its config directory"
     if target.local and we_can_edit:
         why = "the file has include directives (CONFIG REWRITE would copy their values into the main file)" \
-            if has_includes else f"the server cannot write {real.parent} (CONFIG REWRITE needs to create a temp file there)"
+            if has_includes \
+            else f"the server cannot write {real.parent} (CONFIG REWRITE needs to create a temp file there)"
         return "edit", why
     if server_file and not target.local:
         return "rewrite", "the target is remote: only the server can write its file"
@@ -184,8 +165,8 @@ def plan_persist(target: Target, *, config_file: str = "", method: str = "auto",
                  settings: Mapping[str, object] | None = None) -> PersistPlan:
     """Read runtime and file, decide what to write and how; sends nothing that changes state."""
     client = target.client
-    ident = identify(client)
-    runtime = runtime_settings(client, target.config_command)
+    ident = target.identify()
+    runtime = target.runtime_settings()
     info = dict(client.info("persistence"))
     path_str = config_file or ident.config_file
     path = Path(path_str) if path_str else None
@@ -193,7 +174,7 @@ def plan_persist(target: Target, *, config_file: str = "", method: str = "auto",
         raise Blocked(f"{target.name}: the config file {path} is on another host; run this notebook there "
                       "or pass config_file with a local copy to plan against")
     config = read_config(path) if path is not None else None
-    major = _server_major(ident)
+    major = ident.major
     drift = compare(runtime, config, major)
     desired = desired_values(runtime, drift, settings)
     data_dir = runtime.get("dir", "")
@@ -218,7 +199,8 @@ def plan_persist(target: Target, *, config_file: str = "", method: str = "auto",
     if any(c.setting == "appendonly" and c.runtime == "yes" for c in changes) and "appendfsync" not in desired \
             and config is not None and config.value("appendfsync") is None:
         fsync = runtime.get("appendfsync", "everysec")
-        changes.append(Drift("appendfsync", fsync, now["appendfsync"].file if "appendfsync" in now else None, False, "drift"))
+        changes.append(Drift("appendfsync", fsync, now["appendfsync"].file if "appendfsync" in now else None,
+                             False, "drift"))
     chosen, reason = choose_method(method, target, ident, config, path) if changes else ("none", "no drift")
     if chosen == "rewrite":
         # CONFIG REWRITE writes every runtime setting, not only the planned ones: guard what it will write.
@@ -254,11 +236,11 @@ def sha256_text(text: str) -> str:
 def apply_persist(target: Target, plan: PersistPlan, *, apply: bool = False, make_backup: bool = True) -> PersistResult:
     """Write the plan (only with `apply`); Blocked when nobody here may write the file."""
     if plan.unchanged:
-        return PersistResult("unchanged", "none")
+        return PersistResult(Outcome.UNCHANGED, "none")
     if plan.method == "blocked":
-        return PersistResult("blocked", "blocked")
+        return PersistResult(Outcome.BLOCKED, "blocked")
     if not apply:
-        return PersistResult("planned", plan.method, diff=plan.diff)
+        return PersistResult(Outcome.PLANNED, plan.method, diff=plan.diff)
     stamp = utc_stamp()
     if plan.method == "rewrite":
         path = Path(plan.config_file).resolve()
@@ -266,7 +248,7 @@ def apply_persist(target: Target, plan: PersistPlan, *, apply: bool = False, mak
         saved = str(backup(path, stamp)) if make_backup and os.access(path.parent, os.W_OK) else ""
         st = path.stat()
         try:
-            target.client.execute_command(target.config_command, "REWRITE")
+            target.config_rewrite()
         except redis.ResponseError as err:
             if saved:
                 Path(saved).unlink(missing_ok=True)
@@ -275,7 +257,7 @@ def apply_persist(target: Target, plan: PersistPlan, *, apply: bool = False, mak
                                f"the server write access to {path.parent}.") from err
         after = read_raw(path) if before else ""
         _keep_mode_and_owner(path, st)
-        return PersistResult("changed", "rewrite", saved, unified_diff(before, after, str(path)))
+        return PersistResult(Outcome.CHANGED, "rewrite", saved, unified_diff(before, after, str(path)))
     path = Path(plan.edit_file)
     current = read_raw(path)
     if sha256_text(current) != plan.before_sha:
@@ -286,7 +268,7 @@ def apply_persist(target: Target, plan: PersistPlan, *, apply: bool = False, mak
     except OSError as err:
         raise ChangeFailed(f"{target.name}: writing {path} failed: {err}. The file was not changed (it is replaced "
                            "only by a complete temp file); check the rights on it and its directory.") from err
-    return PersistResult("changed", "edit", saved, plan.diff)
+    return PersistResult(Outcome.CHANGED, "edit", saved, plan.diff)
 
 
 def _keep_mode_and_owner(path: Path, before: os.stat_result) -> None:
@@ -301,79 +283,74 @@ def _keep_mode_and_owner(path: Path, before: os.stat_result) -> None:
 
 def raise_if_blocked(target: Target, plan: PersistPlan, result: PersistResult) -> None:
     """Raise Blocked (exit 3) after the summary is recorded, when a person must act."""
-    if result.result == "blocked":
+    if result.result == Outcome.BLOCKED:
         raise Blocked(f"{target.name}: {plan.reason}. Nothing was changed; the patch and the commands to run "
                       "are in the notebook and in the archived summary.")
 
 
 def boot_check(target: Target, plan: PersistPlan, *, timeout_s: float = 30.0) -> Check:
-    """Start a throwaway server from a copy of the config file and compare its persistence settings.
+    """Start a throwaway server from an isolated copy of the config file and compare its persistence settings.
 
-    Port, bind, dir, pidfile, logfile, daemonize, supervised, unixsocket, tls-port, replicaof,
-    cluster-config-file and syslog are overridden, so the copy cannot touch the real server's
-    files, sockets, master or logs.
+    The copy is the one rehearse builds (`runbook.sandbox.isolation`): every line that could reach the
+    real server's sockets, files, master or logs is commented out and replaced by the sandbox's own.
+    The binary is the one search's best match for the target (`runbook.sandbox.binaries`).
     """
-    from runbook.sandbox.throwaway import Sandbox, find_server_binary  # noqa: PLC0415
-
     path = Path(plan.config_file)
     if not plan.config_file or not os.access(path, os.R_OK):
-        return Check("file_boots", WARN, f"{plan.config_file or 'no config file'} is not readable here: boot not tested")
-    binary = Path(plan.identity.executable) if target.local and plan.identity.executable and \
-        Path(plan.identity.executable).is_file() else find_server_binary()
-    text = read_raw(path)
+        return Check("file_boots", Status.WARN,
+                     f"{plan.config_file or 'no config file'} is not readable here: boot not tested")
+    choice = for_server(plan.identity, local=target.local)
+    binary = choice.binary.path
     root = Path(tempfile.mkdtemp(prefix="runbook-boot-"))
-    config = read_config(path)
-    extra = ["--supervised", "no"]
-    if config.last("unixsocket"):
-        extra += ["--unixsocket", str(root / "boot.sock")]  # never touch the real server's socket
-    if config.last("tls-port"):
-        extra += ["--tls-port", "0"]
-    if config.last("replicaof") or config.last("slaveof"):
-        extra += ["--replicaof", "no", "one"]  # a copy must never connect to, and sync from, a real master
-    if (config.value("cluster-enabled") or "no").lower() == "yes":
-        extra += ["--cluster-config-file", "boot-nodes.conf"]  # in the copy's dir, never the real node's file
-    if (config.value("syslog-enabled") or "no").lower() == "yes":
-        extra += ["--syslog-enabled", "no"]  # the copy must not log under the real server's name
-    sb = Sandbox(config=text, binary=binary, root=root, extra_args=tuple(extra))
+    sb: Sandbox | None = None
     try:
+        copy = sandbox_config(read_config(path), root)
+        private_file(root / "redis.conf")  # it keeps requirepass: readable by this user only
+        sb = Sandbox(config=copy.text, binary=binary, root=root)
         sb.start(timeout_s)
         creds = target.client.connection_pool.connection_kwargs  # the same user and password as the target
         client = sb.client(username=creds.get("username"), password=creds.get("password"))
         booted = runtime_settings(client, target.config_command)
-    except (PreconditionFailed, redis.RedisError) as err:
-        return Check("file_boots", FAIL, f"a server started from a copy of {path} failed: {err}",
+    except (PreconditionFailed, ParameterError, redis.RedisError) as err:
+        return Check("file_boots", Status.FAIL, f"a server started from a copy of {path} failed: {err}",
                      "fix the file before any restart; the backup is beside it")
     finally:
-        sb.cleanup()
+        if sb is not None:
+            sb.cleanup()
         shutil.rmtree(root, ignore_errors=True)
-    runtime = runtime_settings(target.client, target.config_command)
+    runtime = target.runtime_settings()
     off = [f"{k}: boots with {booted.get(k)!r}, runs with {runtime.get(k)!r}" for k in PERSISTED
            if k != "dir" and k in runtime and normalize(k, booted.get(k)) != normalize(k, runtime.get(k))]
     if off:
-        return Check("file_boots", FAIL, "a server started from the file differs: " + "; ".join(off),
+        return Check("file_boots", Status.FAIL, "a server started from the file differs: " + "; ".join(off),
                      "run this notebook again, or fix the file by hand")
-    return Check("file_boots", PASS, f"{binary.name} booted from a copy of {path} with the same persistence settings")
+    match = {"exact": "", "major.minor": " (same major.minor)"}.get(choice.match,
+                                                                    f" (the target runs {plan.identity.label})")
+    return Check("file_boots", Status.PASS,
+                 f"{binary.name} ({choice.binary.label}{match}) booted from a copy of {path} "
+                 "with the same persistence settings")
 
 
 def verify_persist(target: Target, plan: PersistPlan, result: PersistResult) -> tuple[Check, ...]:
     """Re-read the file: no drift left, and the file boots. Plan-only: the file is untouched."""
-    if result.result in ("planned", "blocked"):
+    if result.result in (Outcome.PLANNED, Outcome.BLOCKED):
         path = Path(plan.edit_file or plan.config_file) if (plan.edit_file or plan.config_file) else None
         same = path is None or not plan.before_sha or sha256_text(
             read_raw(path)) == plan.before_sha
-        return (Check("file_untouched", PASS if same else FAIL,
-                      "the config file is byte for byte as before" if same else "the config file changed during the run"),)
-    runtime = runtime_settings(target.client, target.config_command)
+        return (Check("file_untouched", Status.PASS if same else Status.FAIL,
+                      "the config file is byte for byte as before" if same
+                      else "the config file changed during the run"),)
+    runtime = target.runtime_settings()
     checks: list[Check] = []
     try:
         config = read_config(plan.config_file)
-        drift = [d for d in compare(runtime, config, _server_major(plan.identity))
+        drift = [d for d in compare(runtime, config, plan.identity.major)
                  if d.status == "drift" and d.setting in PERSISTED]
-        checks.append(Check("no_drift", FAIL if drift else PASS,
+        checks.append(Check("no_drift", Status.FAIL if drift else Status.PASS,
                             "; ".join(f"{d.setting}: runtime {d.runtime}, file {d.file}" for d in drift)
                             or "every persistence setting in the file matches the runtime"))
     except PreconditionFailed as err:
-        checks.append(Check("no_drift", WARN, f"file not re-read: {err}"))
+        checks.append(Check("no_drift", Status.WARN, f"file not re-read: {err}"))
     checks.append(boot_check(target, plan))
     return tuple(checks)
 
@@ -383,28 +360,24 @@ def _written_file(plan: PersistPlan, result: PersistResult) -> str:
     return plan.config_file if result.method == "rewrite" else (plan.edit_file or plan.config_file)
 
 
-def persist_summary(plan: PersistPlan, result: PersistResult, checks: tuple[Check, ...]) -> dict[str, Any]:
-    status = worst([c.status for c in checks])
-    return {
-        "verdict": "blocked" if result.result == "blocked" else status,
-        "result": result.result,
-        "server": plan.identity.server,
-        "version": plan.identity.version,
+def persist_summary(plan: PersistPlan, result: PersistResult, checks: tuple[Check, ...]) -> StepSummary:
+    """The record of this notebook; rollback reads the file it wrote and its backup (`file_change`)."""
+    changed = result.result == Outcome.CHANGED
+    verdict = Status.BLOCKED if result.result == Outcome.BLOCKED else worst([c.status for c in checks])
+    return StepSummary(STEP, verdict, result.result, plan.identity.server, plan.identity.version, checks, facts={
         "config_file": plan.config_file,
-        "method": result.method if result.result == "changed" else plan.method,
+        "method": result.method if changed else plan.method,
         "reason": plan.reason,
-        "changes": [{"setting": c.setting, "to": c.runtime, "from": c.file} for c in plan.changes],
+        "changes": [SettingChange(c.setting, c.file, c.runtime).to_json() for c in plan.changes],
         "backup": result.backup,
-        "config_sha256_after": sha256_text(read_raw(Path(_written_file(plan, result))))
-        if result.result == "changed" else "",
+        "config_sha256_after": sha256_text(read_raw(Path(_written_file(plan, result)))) if changed else "",
         "edited_file": _written_file(plan, result),
         "diff": result.diff or plan.diff,
         "commands": plan.commands,
-        "checks": {c.name: {"status": c.status, "observed": c.observed, "fix": c.fix} for c in checks},
-    }
+    })
 
 
 def raise_on_failure(checks: tuple[Check, ...]) -> None:
-    failed = [c for c in checks if c.status == FAIL]
+    failed = [c for c in checks if c.status == Status.FAIL]
     if failed:
         raise VerificationFailed("; ".join(f"{c.name}: {c.observed}" for c in failed))

@@ -12,14 +12,19 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from runbook.errors import Blocked, PreconditionFailed
 from runbook.evidence.archive import archive_root, read_index
-from runbook.steps.checks import FAIL, PASS, Check, worst
+from runbook.model import Check, Outcome, Status, StepSummary, worst
 from runbook.server.configedit import atomic_write, read_raw, unified_diff
 from runbook.server.configfile import read_config
-from runbook.steps.test_persistence import restart_trap
-from runbook.errors import Blocked, PreconditionFailed
-from runbook.server.settings import config_set, normalize, runtime_settings
-from runbook.server.target import Target, identify
+from runbook.server.ops import restart_trap
+from runbook.server.settings import compare, normalize
+from runbook.server.target import Target
+from runbook.steps.checks import config_drift
+
+STEP = "rollback"
+#: The steps whose changes a rollback undoes.
+UNDOES = ("enable-aof", "persist-config")
 
 
 @dataclass(frozen=True)
@@ -41,48 +46,61 @@ def _sha(text: str) -> str:
     return hashlib.sha256(text.encode("utf-8", errors="surrogateescape")).hexdigest()
 
 
-def find_change(records: list[dict[str, Any]], target: str, change_id: str = "") -> tuple[str, list[dict[str, Any]]]:
-    """The records of `change_id` (default: the latest change that changed something on `target`)."""
-    changed = [r for r in records if r.get("target") == target and r.get("notebook") in ("enable-aof", "persist-config")
-               and r.get("summary", {}).get("result") == "changed"]
+@dataclass(frozen=True)
+class Recorded:
+    """One step of a change, as its index record tells it."""
+
+    step: str
+    change_id: str
+    summary: StepSummary
+
+
+def find_change(records: list[dict[str, Any]], target: str, change_id: str = "") -> tuple[str, list[Recorded]]:
+    """The steps of `change_id` (default: the latest change that changed something on `target`)."""
+    changed = [Recorded(r["notebook"], r.get("change_id", ""),
+                        StepSummary.from_json(r.get("summary", {}), r["notebook"]))
+               for r in records if r.get("target") == target and r.get("notebook") in UNDOES]
+    changed = [r for r in changed if r.summary.result == Outcome.CHANGED]
     if change_id:
-        chosen = [r for r in changed if r.get("change_id") == change_id]
+        chosen = [r for r in changed if r.change_id == change_id]
         if not chosen:
             raise PreconditionFailed(f"no change {change_id} that changed {target} in the archive")
         return change_id, chosen
     if not changed:
         return "", []  # nothing was ever changed on this target: nothing to roll back
-    latest = changed[-1]["change_id"]
-    return latest, [r for r in changed if r["change_id"] == latest]
+    latest = changed[-1].change_id
+    return latest, [r for r in changed if r.change_id == latest]
 
 
 def plan_rollback(target: Target, *, change_id: str = "", archive: str = "") -> RollbackPlan:
     """Read the change from the archive and plan the way back (nothing is sent or written)."""
     records = read_index(archive_root(archive or None))
     cid, recs = find_change(records, target.name, change_id)
-    runtime = runtime_settings(target.client, target.config_command)
+    runtime = target.runtime_settings()
     steps: list[tuple[str, str, str]] = []
     notes: list[str] = [] if recs else [f"the archive holds no change that changed {target.name}: nothing to roll back"]
     backup, config_file, diff, blocked = "", "", "", ""
     for rec in recs:
-        summary = rec["summary"]
-        if rec["notebook"] == "enable-aof":
-            for ch in summary.get("changes", []):
-                now = runtime.get(ch["setting"], "")
-                if normalize(ch["setting"], now) != normalize(ch["setting"], ch["to"]):
-                    notes.append(f"{ch['setting']} is {now} now, not {ch['to']} as the change left it: left alone")
+        if rec.step == "enable-aof":
+            for ch in rec.summary.setting_changes:
+                now = runtime.get(ch.setting, "")
+                if normalize(ch.setting, now) != normalize(ch.setting, ch.after):
+                    notes.append(f"{ch.setting} is {now} now, not {ch.after} as the change left it: left alone")
                     continue
-                steps.append((ch["setting"], now, ch["from"]))
-        else:
-            backup, config_file = summary.get("backup", ""), summary.get("edited_file") or summary.get("config_file", "")
-            if not backup or not Path(backup).is_file():
-                blocked = f"the backup {backup or '(none was kept)'} that persist-config made is not here"
-                continue
-            current = read_raw(Path(config_file))
-            diff = unified_diff(current, read_raw(Path(backup)), config_file)
-            if summary.get("config_sha256_after") and _sha(current) != summary["config_sha256_after"]:
-                blocked = (f"{config_file} changed after the change {cid} (someone edited it): restoring the backup "
-                           "would undo that edit too. Compare the diff below, then restore by hand")
+                steps.append((ch.setting, now, str(ch.before)))
+            continue
+        written = rec.summary.file_change
+        if written is None:
+            continue
+        backup, config_file = written.backup, written.written_file
+        if not backup or not Path(backup).is_file():
+            blocked = f"the backup {backup or '(none was kept)'} that persist-config made is not here"
+            continue
+        current = read_raw(Path(config_file))
+        diff = unified_diff(current, read_raw(Path(backup)), config_file)
+        if written.sha256_after and _sha(current) != written.sha256_after:
+            blocked = (f"{config_file} changed after the change {cid} (someone edited it): restoring the backup "
+                       "would undo that edit too. Compare the diff below, then restore by hand")
     steps.sort(key=lambda s: s[0] != "appendonly")  # appendonly first: AOF off before its settings go back
     if not blocked and steps:
         blocked = _trap_after(target, runtime, steps, config_file, backup)
@@ -93,7 +111,7 @@ def _trap_after(target: Target, runtime: dict[str, str], steps: list[tuple[str, 
                 backup: str) -> str:
     """Why the state after the rollback would be the restart trap (file yes, AOF off), or ""."""
     aof_after = next((back for setting, _, back in steps if setting == "appendonly"), runtime.get("appendonly", "no"))
-    source = backup or config_file or identify(target.client).config_file
+    source = backup or config_file or target.identify().config_file
     if not source or not os.access(source, os.R_OK):
         return ""
     file_after = (read_config(source).value("appendonly") or "no").lower()
@@ -104,51 +122,68 @@ def _trap_after(target: Target, runtime: dict[str, str], steps: list[tuple[str, 
     return ""
 
 
-def apply_rollback(target: Target, plan: RollbackPlan, *, apply: bool = False) -> str:
-    """Put the runtime settings back, then the file; returns planned, done or blocked."""
+def apply_rollback(target: Target, plan: RollbackPlan, *, apply: bool = False) -> Outcome:
+    """Put the runtime settings back, then the file; returns planned, done, nothing or blocked."""
     if plan.blocked:
-        return "blocked"
-    if not apply or plan.empty:
-        return "planned" if not plan.empty else "nothing"
+        return Outcome.BLOCKED
+    if plan.empty:
+        return Outcome.NOTHING
+    if not apply:
+        return Outcome.PLANNED
     if plan.backup:
         path = Path(plan.config_file)
         atomic_write(path, read_raw(Path(plan.backup)))
     for setting, _, back in plan.runtime:
-        config_set(target.client, setting, back, target.config_command)
-    return "done"
+        target.config_set(setting, back)
+    return Outcome.DONE
 
 
-def verify_rollback(target: Target, plan: RollbackPlan, result: str) -> tuple[Check, ...]:
+def verify_rollback(target: Target, plan: RollbackPlan, result: Outcome) -> tuple[Check, ...]:
     """Runtime as before the change, file identical to its backup, and no restart trap left."""
-    if result != "done":
-        return (Check("nothing_changed", PASS, f"{result}: nothing was sent or written"),)
-    runtime = runtime_settings(target.client, target.config_command)
+    if result != Outcome.DONE:
+        return (Check("nothing_changed", Status.PASS, f"{result}: nothing was sent or written"),)
+    runtime = target.runtime_settings()
     checks = []
-    off = [f"{s} is {runtime.get(s)} (wanted {b})" for s, _, b in plan.runtime if normalize(s, runtime.get(s)) != normalize(s, b)]
-    checks.append(Check("runtime_restored", FAIL if off else PASS, "; ".join(off) or "runtime settings as before the change"))
+    off = [f"{s} is {runtime.get(s)} (wanted {b})" for s, _, b in plan.runtime
+           if normalize(s, runtime.get(s)) != normalize(s, b)]
+    checks.append(Check("runtime_restored", Status.FAIL if off else Status.PASS,
+                        "; ".join(off) or "runtime settings as before the change"))
     if plan.backup:
         same = read_raw(Path(plan.config_file)) == read_raw(Path(plan.backup))
-        checks.append(Check("file_restored", PASS if same else FAIL,
+        checks.append(Check("file_restored", Status.PASS if same else Status.FAIL,
                             f"{plan.config_file} is byte for byte the backup {Path(plan.backup).name}" if same
                             else f"{plan.config_file} differs from its backup"))
     trap = restart_trap(target)
-    checks.append(Check("no_restart_trap", FAIL if trap else PASS, trap or "a restart now would load the data"))
-    # The same drift check as the inspection: the state the change started from, seen again.
-    from runbook.steps.inspect import inspect_target  # noqa: PLC0415  (avoid an import cycle)
-
-    checks.append(next(c for c in inspect_target(target).checks if c.name == "config_drift"))
+    checks.append(Check("no_restart_trap", Status.FAIL if trap else Status.PASS,
+                        trap or "a restart now would load the data"))
+    checks.append(_drift_check(target))  # the inspection's drift verdict: the state the change started from, again
     return tuple(checks)
 
 
-def raise_if_blocked(target: Target, plan: RollbackPlan, result: str) -> None:
-    if result == "blocked":
+def _drift_check(target: Target) -> Check:
+    """The inspection's config_drift check for `target` and the config file it was started with."""
+    ident = target.identify()
+    path, config, error = ident.config_file, None, ""
+    if path and not target.local:
+        error = f"the target is not on this host, so {path} cannot be read here"
+    elif path:
+        try:
+            config = read_config(path)
+        except PreconditionFailed as err:
+            error = str(err)
+    return config_drift(compare(target.runtime_settings(), config, ident.major), path, error)
+
+
+def raise_if_blocked(target: Target, plan: RollbackPlan, result: Outcome) -> None:
+    if result == Outcome.BLOCKED:
         raise Blocked(f"{target.name}: {plan.blocked}. Nothing was changed.")
 
 
-def rollback_summary(plan: RollbackPlan, result: str, checks: tuple[Check, ...]) -> dict[str, Any]:
-    return {"verdict": "blocked" if result == "blocked" else worst([c.status for c in checks]),
-            "result": result, "change_id": plan.change_id,
-            "runtime": [{"setting": s, "from": n, "to": b} for s, n, b in plan.runtime],
-            "config_file": plan.config_file, "backup": plan.backup, "diff": plan.diff, "blocked": plan.blocked,
-            "notes": list(plan.notes),
-            "checks": {c.name: {"status": c.status, "observed": c.observed, "fix": c.fix} for c in checks}}
+def rollback_summary(plan: RollbackPlan, result: Outcome, checks: tuple[Check, ...]) -> StepSummary:
+    verdict = Status.BLOCKED if result == Outcome.BLOCKED else worst([c.status for c in checks])
+    return StepSummary(STEP, verdict, result, checks=checks, facts={
+        "change_id": plan.change_id,
+        "runtime": [{"setting": s, "from": n, "to": b} for s, n, b in plan.runtime],
+        "config_file": plan.config_file, "backup": plan.backup, "diff": plan.diff, "blocked": plan.blocked,
+        "notes": list(plan.notes),
+    })

@@ -1,0 +1,75 @@
+"""One kernel for every notebook of a run."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import threading
+from contextlib import contextmanager
+from typing import Any, Iterator
+
+
+class SharedKernel:
+    """One kernel for every notebook of a run: started once, its namespace reset between notebooks.
+
+    A kernel start and the imports (pandas, matplotlib, redis) cost more than most notebooks;
+    paying them once keeps `run all` quick. Every notebook still starts from an empty namespace
+    (`%reset -f`), and a kernel that died is replaced before the next notebook.
+    """
+
+    def __init__(self) -> None:
+        from jupyter_client.manager import KernelManager  # noqa: PLC0415  (heavy: only when running)
+
+        self.km = KernelManager(kernel_name="python3")
+        self._used = False
+        self._warm: threading.Thread | None = None
+
+    def start(self) -> None:
+        """Start the kernel and, in the background, import the runbook and its report module in it."""
+        # The kernel's stderr is noise for cron (a TCP-without-encryption warning); outputs are in the notebooks.
+        self.km.start_kernel(env=dict(os.environ), stderr=subprocess.DEVNULL)
+        self._warm = threading.Thread(target=self._warm_up, name="kernel-warm-up", daemon=True)
+        self._warm.start()
+
+    def _execute(self, code: str) -> None:
+        """Run `code` in the kernel on a client of our own, discarding its output."""
+        kc = self.km.blocking_client()
+        kc.start_channels()
+        try:
+            kc.wait_for_ready(timeout=60)
+            kc.execute_interactive(code, store_history=False, timeout=60, output_hook=lambda msg: None)
+        finally:
+            kc.stop_channels()
+
+    def _warm_up(self) -> None:
+        try:
+            self._execute("import runbook.evidence.report")
+        except (RuntimeError, TimeoutError):
+            pass  # a cold first notebook is slower, nothing worse
+
+    def ready(self) -> Any:
+        """The kernel manager, alive and with an empty namespace."""
+        if not self.km.has_kernel or not self.km.is_alive():
+            self.start()
+            self._used = False
+        if self._warm is not None:
+            self._warm.join()
+            self._warm = None
+        if self._used:
+            # An empty namespace, and cell numbers from 1 again, as in a fresh kernel.
+            self._execute("%reset -f\nimport gc; gc.collect()\nget_ipython().execution_count = 1")
+        self._used = True
+        return self.km
+
+    def shutdown(self) -> None:
+        if self.km.has_kernel:
+            self.km.shutdown_kernel(now=True)
+
+
+@contextmanager
+def shared_kernel() -> Iterator[SharedKernel]:
+    kernel = SharedKernel()
+    try:
+        yield kernel
+    finally:
+        kernel.shutdown()

@@ -1,0 +1,134 @@
+"""What a run will do: notebook names and sequences resolved to steps, each with its checked parameters.
+
+Everything here runs before any server is touched; every error is a ParameterError (exit 2).
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Sequence
+
+from runbook.errors import ParameterError
+from runbook.orchestration.fleet import CHECKS as FLEET_CHECKS
+from runbook.orchestration.fleet import normalize_targets
+from runbook.orchestration.params import Param, coerce_pair, load_files, notebook_parameters, validate
+
+#: Short names of the notebooks, in runbook order.
+NOTEBOOKS: dict[str, str] = {
+    "inspect": "01-inspect.ipynb",
+    "enable-aof": "02-enable-aof.ipynb",
+    "persist-config": "03-persist-config.ipynb",
+    "test-persistence": "04-test-persistence.ipynb",
+    "backup": "05-backup.ipynb",
+    "rollback": "06-rollback.ipynb",
+}
+
+
+#: Names that expand to several notebooks.
+#: `all` is the whole seed change: the picture before, the change, its proof, the picture after.
+SEQUENCES: dict[str, list[str]] = {"all": ["inspect", "enable-aof", "persist-config", "test-persistence", "inspect"]}
+
+
+#: The notebook that inspects or online-tests every target of a fleet at once.
+FLEET_NOTEBOOK = "07-fleet.ipynb"
+
+
+@dataclass(frozen=True)
+class Step:
+    """One notebook to run, with the parameters it declares and receives."""
+
+    name: str
+    path: Path
+    parameters: dict[str, Any]
+    stage: int = 0  # steps of one stage are the same runbook step for different targets
+    fleet: tuple[str, ...] = ()  # a fleet step: the targets its one notebook covers
+
+    @property
+    def targets(self) -> tuple[str, ...]:
+        return self.fleet or (str(effective(self, "target")),)
+
+
+def notebooks_dir() -> Path:
+    """$RUNBOOK_NOTEBOOKS, else the repository's notebooks/ next to this package."""
+    return Path(os.environ.get("RUNBOOK_NOTEBOOKS") or Path(__file__).resolve().parents[2] / "notebooks")
+
+
+def default_params_file() -> Path | None:
+    """params/sandbox.yaml beside the notebooks: what a run uses when no -f is given."""
+    path = notebooks_dir().parent / "params" / "sandbox.yaml"
+    return path if path.is_file() else None
+
+
+def expand(names: Sequence[str]) -> list[str]:
+    out: list[str] = []
+    for name in names:
+        for n in SEQUENCES.get(name, [name]):
+            if n not in NOTEBOOKS:
+                valid = ", ".join([*NOTEBOOKS, *SEQUENCES])
+                raise ParameterError(f"unknown notebook {n!r}; choose from: {valid}")
+            out.append(n)
+    return out
+
+
+def plan(names: Sequence[str], files: Sequence[str | Path] = (), pairs: Sequence[tuple[str, str]] = ()) -> list[Step]:
+    """Resolve names and check every parameter before anything runs (ParameterError otherwise).
+
+    With a `targets` list (a fleet), inspection and the online test become one fleet step each,
+    and every other step one step per target, in the targets' order.
+    """
+    steps_spec = [(n, notebooks_dir() / NOTEBOOKS[n]) for n in expand(names)]
+    declared: dict[str, Param] = {}
+    per_step: list[dict[str, Param]] = []
+    for _, path in steps_spec:
+        spec = notebook_parameters(path)
+        per_step.append(spec)
+        declared.update(spec)
+    if not files:
+        default = default_params_file()
+        files = [default] if default else []
+    values = load_files(files)
+    for key, raw in pairs:
+        values[key] = coerce_pair(key, raw, declared.get(key))
+    raw_targets = values.pop("targets", None)
+    if raw_targets is None:
+        values = validate(values, declared)
+        return [
+            Step(name, path, {k: v for k, v in values.items() if k in spec}, stage=i)
+            for i, ((name, path), spec) in enumerate(zip(steps_spec, per_step))
+        ]
+    return _plan_fleet(steps_spec, per_step, declared, values, normalize_targets(raw_targets))
+
+
+def _plan_fleet(steps_spec: list[tuple[str, Path]], per_step: list[dict[str, Param]], declared: dict[str, Param],
+                values: dict[str, Any], entries: list[dict[str, str]]) -> list[Step]:
+    fleet_path = notebooks_dir() / FLEET_NOTEBOOK
+    fleet_spec = {k: v for k, v in notebook_parameters(fleet_path).items() if k not in ("targets", "check")}
+    if "target" in values:
+        raise ParameterError("give either target (one server) or targets (a fleet), not both")
+    values = validate(values, {**declared, **fleet_spec})
+    for entry in entries:
+        validate({k: v for k, v in entry.items() if k in declared}, declared)
+    steps: list[Step] = []
+    for stage, ((name, path), spec) in enumerate(zip(steps_spec, per_step)):
+        if name in FLEET_CHECKS:
+            if name == "test-persistence" and values.get("mode", "online") != "online":
+                raise ParameterError(f"a fleet runs test-persistence online only (mode {values['mode']!r} given); "
+                                     "run the restart or crash test with a params file for one target")
+            shared = {k: v for k, v in values.items() if k in fleet_spec}
+            steps.append(Step(name, fleet_path, {**shared, "targets": entries, "check": FLEET_CHECKS[name]},
+                              stage=stage, fleet=tuple(e["target"] for e in entries)))
+            continue
+        shared = {k: v for k, v in values.items() if k in spec}
+        steps += [Step(name, path, {**shared, **{k: v for k, v in e.items() if k in spec}}, stage=stage)
+                  for e in entries]
+    return steps
+
+
+def effective(step: Step, key: str) -> Any:
+    """A parameter's value for `step`: given, else the notebook's default."""
+    if key in step.parameters:
+        return step.parameters[key]
+    declared = notebook_parameters(step.path)
+    return declared[key].default if key in declared else None
