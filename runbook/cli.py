@@ -11,7 +11,7 @@ from typing import Sequence
 
 from runbook.errors import ExitCode, ParameterError, RunbookError
 from runbook.evidence.archive import archive_root, read_index, verify
-from runbook.evidence.metrics import render, write_atomically
+from runbook.evidence.metrics import render, require_writable, write_atomically
 from runbook.model import StepSummary
 from runbook.orchestration.plan import NOTEBOOKS, SEQUENCES
 from runbook.orchestration.rehearse import rehearse
@@ -103,6 +103,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "rehearse":
             return _rehearse(args)
         if args.command == "run":
+            if args.metrics_file:
+                require_writable(Path(args.metrics_file))
             result = run(args.names, args.files, [tuple(p) for p in args.pairs], archive_root(args.archive),
                          args.fail_on, keep_going=args.keep_going)
             if args.metrics_file:

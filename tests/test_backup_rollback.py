@@ -11,8 +11,9 @@ import pytest
 from helpers import index, run_json, switch_aof_on
 
 import runbook
+from runbook.model import Outcome
 from runbook.sandbox.seed import populate
-from runbook.steps import backup
+from runbook.steps import backup, rollback
 
 
 def sha(path: Path) -> str:
@@ -108,7 +109,7 @@ def test_rollback_after_run_all(default_binary: Path, make_sandbox, clean_env, t
     summary = out["steps"][0]["summary"]
     assert summary["result"] == "done" and summary["change_id"] == index(archive)[0]["change_id"]
     assert {k: v["status"] for k, v in summary["checks"].items()} == {
-        "runtime_restored": "pass", "file_restored": "pass", "no_restart_trap": "pass", "config_drift": "pass"}
+        "runtime_restored": "pass", "file_restored": "pass", "no_restart_trap": "pass", "state_restored": "pass"}
     assert sb.config_path.read_bytes() == original  # the seed's file, byte for byte
     assert sb.client().config_get("appendonly")["appendonly"] == "no"
     sb.restart()
@@ -155,3 +156,51 @@ def test_rollback_refuses_to_leave_the_trap(default_binary: Path, make_sandbox, 
     assert rc == 3
     assert "would say appendonly yes while AOF is off" in out["steps"][0]["summary"]["blocked"]
     assert sb.client().info("persistence")["aof_enabled"] == 1
+
+
+@pytest.mark.notebook
+def test_rollback_puts_back_a_state_that_had_drift(default_binary: Path, make_sandbox, clean_env,
+                                                    tmp_path: Path) -> None:
+    """The seed: AOF on at runtime, appendonly no in the file. The change writes yes to the file; the rollback
+    puts the file back, and with it the drift the change found: done, not failed."""
+    sb = make_sandbox(default_binary)
+    populate(sb.client(), 500)
+    switch_aof_on(sb.client())
+    original = sb.config_path.read_bytes()
+    archive = tmp_path / "archive"
+    rc, _, err = run_json(archive, "all", "-p", "target", sb.url, "-p", "apply", "true")
+    assert rc == 0, err
+    assert sb.config_path.read_bytes() != original
+
+    rc, out, err = run_json(archive, "rollback", "-p", "target", sb.url, "-p", "apply", "true")
+    assert rc == 0, (err, out.get("steps"))
+    summary = out["steps"][0]["summary"]
+    assert summary["result"] == "done" and summary["verdict"] == "warn"
+    checks = summary["checks"]
+    assert {k: v["status"] for k, v in checks.items()} == {
+        "runtime_restored": "pass", "file_restored": "pass", "no_restart_trap": "pass", "state_restored": "warn"}
+    assert checks["state_restored"]["observed"] == ("the state before the change is back: appendonly yes at "
+                                                    "runtime, no in the file, as the change found it")
+    assert summary["restored_drift"] == ["appendonly yes at runtime, no in the file"]
+    assert sb.config_path.read_bytes() == original
+    assert sb.client().config_get("appendonly")["appendonly"] == "yes"  # the change did not switch it on
+
+
+def test_state_restored_fails_on_a_state_the_change_did_not_find(default_binary: Path, make_sandbox,
+                                                                 clean_env) -> None:
+    """Drift the change did not find, or runtime not put back, is a failed rollback, drift or not."""
+    sb = make_sandbox(default_binary)
+    switch_aof_on(sb.client())  # runtime yes, file no
+    target = runbook.connect(sb.url)
+    found_clean = rollback.RollbackPlan("c1", (), "", "", "", "", ())
+    check = rollback.state_restored(target, found_clean)
+    assert check.status == "fail" and "now appendonly yes at runtime, no in the file, before no drift" in check.observed
+    found_drift = dataclasses.replace(found_clean, state_before=("appendonly yes at runtime, no in the file",))
+    assert rollback.state_restored(target, found_drift).status == "warn"
+    not_back = dataclasses.replace(found_drift, runtime=(("appendonly", "yes", "no"),))
+    checks = {c.name: c for c in rollback.verify_rollback(target, not_back, Outcome.DONE)}
+    assert checks["runtime_restored"].status == "fail" and checks["state_restored"].status == "warn"
+    summary = rollback.rollback_summary(not_back, Outcome.DONE, tuple(checks.values()))
+    assert summary.verdict == "fail"
+    sb.client().config_set("appendonly", "no")
+    assert rollback.state_restored(target, found_drift).status == "fail"

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from helpers import switch_aof_on
+from helpers import runbook_cli, switch_aof_on
 
 import runbook
 from runbook.sandbox.seed import populate
@@ -56,6 +56,26 @@ def test_identity_tells_valkey_from_redis(server_binary: Path, make_sandbox, cle
     assert ident.server == ("valkey" if "valkey" in server_binary.name else "redis")
     assert ident.role == "master" and ident.mode == "standalone"
     assert ident.version.split(".")[0] in {"6", "7", "8", "9"}
+
+
+def test_cluster_node_is_identified_as_cluster(server_binary: Path, make_sandbox, clean_env) -> None:
+    sb = make_sandbox(server_binary, config=SEED_CONFIG + "cluster-enabled yes\n")
+    ident = runbook.identify(sb.client())
+    assert ident.mode == "cluster"  # Valkey 8+ reports server_mode, Redis redis_mode
+    assert runbook.inspect_target(runbook.connect(sb.url)).identity.mode == "cluster"
+
+
+def test_a_sentinel_is_refused_with_the_master_to_point_at(server_binary: Path, make_sandbox, clean_env,
+                                                           tmp_path: Path) -> None:
+    master = make_sandbox(server_binary)
+    sentinel = make_sandbox(server_binary, config=f"sentinel monitor prod 127.0.0.1 {master.port} 1\n",
+                            extra_args=("--sentinel",))
+    proc = runbook_cli("run", "inspect", "-p", "target", sentinel.url, "--archive", str(tmp_path / "archive"))
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    assert "Sentinel, not a data server" in proc.stdout, proc.stdout
+    assert f"prod at redis://127.0.0.1:{master.port}/0" in proc.stdout  # what to point target at instead
+    assert "CONFIG was renamed" not in proc.stdout
+    assert "Traceback" not in proc.stdout + proc.stderr
 
 
 def test_server_without_config_file(server_binary: Path, make_sandbox, clean_env) -> None:

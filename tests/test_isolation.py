@@ -9,6 +9,7 @@ import pytest
 from helpers import run_json
 
 from runbook.sandbox.throwaway import SEED_CONFIG, free_port
+from runbook.server.target import identify
 
 
 def test_free_ports_leave_room_for_a_cluster_bus_port() -> None:
@@ -41,4 +42,4 @@ def test_boot_check_of_a_cluster_node_does_not_fight_over_its_nodes_conf(default
     boots = out["steps"][1]["summary"]["checks"]["file_boots"]
     assert boots["status"] == "pass", boots
     assert nodes.read_text() == before  # the copy wrote its own nodes file, not the node's
-    assert sb.client().info("server")["redis_mode"] == "cluster"
+    assert identify(sb.client()).mode == "cluster"  # Valkey 8+ says server_mode, Redis redis_mode

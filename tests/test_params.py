@@ -5,7 +5,17 @@ from __future__ import annotations
 import pytest
 
 from runbook.errors import ParameterError
-from runbook.orchestration.params import Param, coerce_pair, load_files, parse_parameters_cell, validate
+from runbook.orchestration.params import (
+    BOUNDS,
+    CHOICES,
+    Param,
+    coerce_pair,
+    load_files,
+    notebook_parameters,
+    parse_parameters_cell,
+    validate,
+)
+from runbook.orchestration.plan import FLEET_NOTEBOOK, NOTEBOOKS, notebooks_dir
 
 CELL = '''\
 # Parameters
@@ -218,3 +228,132 @@ def test_validate_refuses_non_redis_url_with_password_without_echoing_it(url):
     with pytest.raises(ParameterError) as exc:
         validate({"target": url}, ALLOWED)
     assert "hunter2" not in str(exc.value)
+
+
+# --- unreadable files, duplicate keys (issue 15, items 7 and 8) ------------------------------------------
+
+def test_load_files_refuses_a_key_given_twice_naming_it_and_its_lines(tmp_path):
+    f = tmp_path / "two.yaml"
+    f.write_text("target: redis://a:6379/0\nconfig_file: ''\ntarget: redis://b:6379/0\n")
+    with pytest.raises(ParameterError, match=r"two.yaml sets target twice \(lines 1 and 3\)"):
+        load_files([f])
+
+
+def test_load_files_refuses_a_key_given_twice_in_a_fleet_entry(tmp_path):
+    f = tmp_path / "fleet.yaml"
+    f.write_text("targets:\n  - target: redis://a:6379/0\n    username: x\n    username: y\n")
+    with pytest.raises(ParameterError, match=r"sets username twice \(lines 3 and 4\)"):
+        load_files([f])
+
+
+def test_load_files_same_key_in_two_files_is_no_duplicate(tmp_path):
+    a, b = tmp_path / "a.yaml", tmp_path / "b.yaml"
+    a.write_text("target: redis://a:6379/0\n")
+    b.write_text("target: redis://b:6379/0\n")
+    assert load_files([a, b]) == {"target": "redis://b:6379/0"}
+
+
+def test_load_files_a_directory(tmp_path):
+    with pytest.raises(ParameterError, match=f"parameter file {tmp_path} is a directory"):
+        load_files([tmp_path])
+
+
+def test_load_files_not_utf8_names_the_line(tmp_path):
+    f = tmp_path / "latin1.yaml"
+    f.write_bytes("target: sandbox\n\n# caf\xe9\n".encode("latin-1"))
+    with pytest.raises(ParameterError, match=r"latin1.yaml is not UTF-8 text \(byte 0xe9 on line 3\)"):
+        load_files([f])
+
+
+def test_load_files_a_name_that_is_not_text(tmp_path):
+    f = tmp_path / "n.yaml"
+    f.write_text("target: sandbox\n6379: port\n")
+    with pytest.raises(ParameterError, match="6379 is not a parameter name"):
+        load_files([f])
+
+
+# --- allowed values and bounds (issue 15, items 8, 9 and 10) -----------------------------------------------
+
+DECLARED = {name: spec for nb in [*NOTEBOOKS.values(), FLEET_NOTEBOOK]
+            for name, spec in notebook_parameters(notebooks_dir() / nb).items()}
+
+
+@pytest.mark.parametrize("name", sorted(CHOICES))
+def test_every_choice_is_declared_and_named_in_its_help(name):
+    assert name in DECLARED
+    for word in CHOICES[name]:
+        assert word in DECLARED[name].help, (name, word)
+    assert DECLARED[name].default in CHOICES[name]
+
+
+def test_every_numeric_parameter_has_bounds_and_its_default_is_within():
+    numeric = {n: s for n, s in DECLARED.items() if s.type in ("int", "float")}
+    assert sorted(numeric) == sorted(BOUNDS)
+    for name, spec in numeric.items():
+        assert validate({name: spec.default}, DECLARED) == {name: spec.default}
+
+
+@pytest.mark.parametrize(("name", "value", "message"), [
+    ("appendfsync", "sometimes", "appendfsync must be one of always, everysec, no, got 'sometimes'"),
+    ("appendfsync", "EVERYSEC", "appendfsync must be one of"),
+    ("mode", "nuke", "mode must be one of online, restart, crash"),
+    ("method", "foo", "method must be one of auto, rewrite, edit"),
+    ("check", "everything", "check must be one of inspect, online-test"),
+    ("sandbox_scenario", "prod", "sandbox_scenario must be one of rdb-only, runtime-aof"),
+    ("connect_timeout_s", 0, "connect_timeout_s must be greater than 0"),
+    ("command_timeout_s", -1.5, "command_timeout_s must be greater than 0"),
+    ("timeout_s", 0.0, "timeout_s must be greater than 0"),
+    ("timeout_s", float("inf"), "timeout_s must be a finite number"),
+    ("crash_seconds", 0, "crash_seconds must be greater than 0"),
+    ("keys", 0, "keys must be at least 1"),
+    ("keys", -3, "keys must be at least 1"),
+    ("keys", 3_000_000, "keys must be at most 100000"),
+    ("ttl_s", 0, "ttl_s must be at least 1"),
+    ("retention", 0, "retention must be at least 1"),
+    ("parallel", 0, "parallel must be at least 1"),
+])
+def test_validate_refuses_values_outside_the_allowed(name, value, message):
+    with pytest.raises(ParameterError, match=message.replace("(", r"\(")):
+        validate({name: value}, DECLARED)
+
+
+@pytest.mark.parametrize(("name", "value"), [
+    ("appendfsync", "always"), ("mode", "crash"), ("method", "edit"), ("check", "online-test"),
+    ("sandbox_scenario", "runtime-aof"), ("connect_timeout_s", 0.001), ("keys", 1), ("keys", 100_000),
+    ("ttl_s", 1), ("retention", 1), ("crash_seconds", 0.5),
+])
+def test_validate_accepts_values_at_the_bounds(name, value):
+    assert validate({name: value}, DECLARED) == {name: value}
+
+
+@pytest.mark.parametrize(("target", "message"), [
+    ("redis://127.0.0.1:notaport/0", "port must be a number from 1 to 65535"),
+    ("redis://127.0.0.1:99999/0", "port must be a number from 1 to 65535"),
+    ("redis://127.0.0.1:0/0", "port must be a number from 1 to 65535"),
+    ("redis://127.0.0.1:6379/abc", "database must be a number"),
+    ("redis://127.0.0.1:6379/0;touch x", "database must be a number"),
+    ("redis://127.0.0.1:6379/0/1", "database must be a number"),
+    ("unix:///run/redis.sock?db=one", "database must be a number"),
+    ("redis://127.0.0.1:6379/0\nforged line", "control character '\\n'"),
+    ("redis://127.0.0.1:6379/0\r", "control character '\\r'"),
+    ("redis://127.0.0.1:6379/0\u200b", "control character '\\u200b'"),  # zero-width space: invisible
+    ("redis://[::1:6379/0", "not a valid URL"),
+    ("unix://", "names no socket path"),
+])
+def test_validate_refuses_malformed_targets(target, message):
+    with pytest.raises(ParameterError) as exc:
+        validate({"target": target}, ALLOWED)
+    assert message in str(exc.value)
+    assert "\n" not in str(exc.value) and "\r" not in str(exc.value)
+
+
+def test_a_control_character_message_masks_a_password():
+    with pytest.raises(ParameterError) as exc:
+        validate({"target": "redis://:hunter2@127.0.0.1:6379/0\n"}, ALLOWED)
+    assert "hunter2" not in str(exc.value)
+
+
+@pytest.mark.parametrize("target", ["redis://h:6379", "redis://h:6379/", "redis://h:1/15", "redis://h:65535/0",
+                                    "unix:///run/redis.sock?db=2", "rediss://[::1]:6380/0"])
+def test_validate_accepts_ports_and_databases(target):
+    assert validate({"target": target}, ALLOWED) == {"target": target}

@@ -47,7 +47,9 @@ pytestmark = pytest.mark.notebook
 DEBIAN_CONF = Path(__file__).parent / "data" / "debian-redis.conf"
 DEBIAN_CONF_SHA256 = "f558f95397acc98423d3521b4c59af5ab8c36264e43c58c7e97419e0d4fcbbdf"
 #: Redis's own commands that only read; anything else reaching the production server is a bug.
-READ_ONLY = {"ping", "info", "config|get", "dbsize", "hello", "auth", "client|setinfo", "select"}
+#: What a rehearsal may send to production. ACL DRYRUN runs nothing: it asks whether this user may run
+#: CONFIG REWRITE (the persist-config method the target would get).
+READ_ONLY = {"ping", "info", "config|get", "dbsize", "hello", "auth", "client|setinfo", "select", "acl|dryrun"}
 
 
 @dataclass

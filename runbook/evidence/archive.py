@@ -124,6 +124,19 @@ class Archive:
         self._uploaded: dict[str, tuple[str, str]] = {}  # staged rel -> (rel at the archive, sha256)
         self._kept = False
 
+    def require_writable(self) -> None:
+        """ParameterError unless a local archive directory takes a file (a remote one was checked on opening).
+
+        Leaves it as found: directories made for the check are removed again.
+        """
+        if self.url is not None:
+            return
+        try:
+            probe_writable(self.local)
+        except OSError as err:
+            raise ParameterError(f"evidence archive {self.local} does not take files ({err.strerror or err}): pass "
+                                 "--archive with a writable directory. Nothing was run.") from err
+
     def run_path(self, notebook: str, target: str, started: datetime) -> Path:
         """A reserved local path for a run's executed notebook (its HTML goes beside it)."""
         return run_path(self.local, notebook, target, started)
@@ -184,6 +197,30 @@ class Archive:
         log.warning("the run stopped before all its evidence was archived: evidence kept in %s; upload it to "
                     "%s by hand (not uploaded, and named in no record: %s)",
                     self.local, self._remote.url, ", ".join(pending))
+
+
+def probe_writable(directory: Path) -> None:
+    """OSError unless a file can be created in `directory` (made for the check, with missing parents, which are
+    removed again: it is left as found)."""
+    missing: list[Path] = []
+    probe = directory.absolute()
+    while not probe.exists() and probe != probe.parent:
+        missing.append(probe)
+        probe = probe.parent
+    made: list[Path] = []
+    try:
+        for d in reversed(missing):
+            d.mkdir()
+            made.append(d)
+        fd, name = tempfile.mkstemp(dir=directory, prefix=f"{WRITE_CHECK}-")
+        os.close(fd)
+        os.unlink(name)
+    finally:
+        for d in reversed(made):
+            try:
+                d.rmdir()
+            except OSError:
+                pass
 
 
 def sha256_file(path: Path) -> str:

@@ -13,6 +13,8 @@ import time
 from pathlib import Path
 from typing import Any, Iterable
 
+from runbook.errors import ParameterError
+from runbook.evidence.archive import probe_writable
 from runbook.model import Status, StepSummary
 
 #: INFO persistence/stats fields -> (redis_exporter metric name, help), as the inspection records them.
@@ -75,6 +77,19 @@ def render(targets: Iterable[tuple[str, StepSummary]], exit_code: int, now: floa
     for name, (kind, help_text, samples) in series.items():
         lines += [f"# HELP {name} {help_text}", f"# TYPE {name} {kind}", *samples]
     return "\n".join(lines) + "\n"
+
+
+def require_writable(path: Path) -> None:
+    """ParameterError unless `write_atomically` can write `path`: checked before a run, which would otherwise
+    end with its step table lost to the failed write."""
+    try:
+        if path.is_dir():
+            raise IsADirectoryError(21, "it is a directory")
+        probe_writable(path.parent)
+    except OSError as err:
+        raise ParameterError(f"--metrics-file {path} cannot be written ({err.strerror or err}): name a file in a "
+                             "directory this user may write (node_exporter's textfile directory). Nothing was run."
+                             ) from err
 
 
 def write_atomically(path: Path, text: str) -> None:

@@ -14,6 +14,7 @@ from runbook.errors import ParameterError
 from runbook.orchestration.fleet import CHECKS as FLEET_CHECKS
 from runbook.orchestration.fleet import normalize_targets
 from runbook.orchestration.params import Param, coerce_pair, load_files, notebook_parameters, validate
+from runbook.server.tls import check_tls_parameters
 
 #: Short names of the notebooks, in runbook order.
 NOTEBOOKS: dict[str, str] = {
@@ -85,12 +86,20 @@ def plan(names: Sequence[str], files: Sequence[str | Path] = (), pairs: Sequence
         spec = notebook_parameters(path)
         per_step.append(spec)
         declared.update(spec)
+    given = list(files)
     if not files:
         default = default_params_file()
         files = [default] if default else []
     values = load_files(files)
     for key, raw in pairs:
         values[key] = coerce_pair(key, raw, declared.get(key))
+    if given and "target" not in values and "targets" not in values:
+        # Never the notebooks' default (a throwaway sandbox) for a run that brought its own file: under cron a
+        # file whose target line is still commented out would read as a healthy server forever.
+        names = ", ".join(map(str, given))
+        raise ParameterError(f"{names} {'names' if len(given) == 1 else 'name'} no target: add `target: "
+                             "redis://host:port/db` (or `targets:` for a fleet, `target: sandbox` for a throwaway "
+                             "server), or pass -p target URL")
     raw_targets = values.pop("targets", None)
     if raw_targets is None:
         values = validate(values, declared)
@@ -110,6 +119,7 @@ def _plan_fleet(steps_spec: list[tuple[str, Path]], per_step: list[dict[str, Par
     values = validate(values, {**declared, **fleet_spec})
     for entry in entries:
         validate({k: v for k, v in entry.items() if k in declared}, declared)
+        check_tls_parameters(entry["target"], {**values, **entry})  # the fleet's TLS files with each entry's own
     steps: list[Step] = []
     for stage, ((name, path), spec) in enumerate(zip(steps_spec, per_step)):
         if name in FLEET_CHECKS:

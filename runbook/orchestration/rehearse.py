@@ -22,7 +22,7 @@ from typing import Any, Iterator, Sequence
 
 import redis
 
-from runbook.errors import ExitCode, ParameterError, PreconditionFailed, WaitTimeout
+from runbook.errors import ExitCode, NoReply, ParameterError, PreconditionFailed, WaitTimeout
 from runbook.evidence.archive import Archive
 from runbook.model import ConnectionSpec, Outcome, SettingChange, Status
 from runbook.orchestration.params import load_files
@@ -34,6 +34,7 @@ from runbook.sandbox.isolation import ISOLATED_FILES, Override, private_file, sa
 from runbook.sandbox.throwaway import Sandbox
 from runbook.server.aof import aof_on_disk, apply_runtime
 from runbook.server.configfile import ConfigFile, mask_secrets, read_config
+from runbook.server.poll import Deadline
 from runbook.server.settings import PERSISTENCE_SETTINGS, config_get, normalize
 from runbook.server.target import Identity, Target, connect, identify, redact_url, wait_loaded
 from runbook.steps.enable_aof import Preflight
@@ -175,8 +176,7 @@ def observe(conn: Connection) -> Production:
     target = connect(conn.spec)
     ident = target.identify()
     runtime = target.runtime_settings()
-    keyspace = target.client.info("keyspace")
-    keys = sum(int(db.get("keys", 0)) for db in keyspace.values() if isinstance(db, dict))
+    keys = keys_of(target.client)
     used_memory = int(target.client.info("memory").get("used_memory", 0))
     path_str = conn.config_file or ident.config_file
     if not path_str:
@@ -199,9 +199,6 @@ def observe(conn: Connection) -> Production:
     # a replica): the sandbox cannot show it, since it measures itself. Read-only.
     pre = enable_preflight(target, allow_replica=conn.allow_replica)
     return Production(conn, target, ident, runtime, keys, used_memory, Path(path_str), config, pre)
-
-
-# -- the server binary ------------------------------------------------------------------------------
 
 
 # -- the data ---------------------------------------------------------------------------------------
@@ -323,11 +320,18 @@ def serve_all_slots(client: redis.Redis, timeout_s: float = 10.0) -> None:
     free = [s for s in range(16384) if s not in owned]
     if free:
         client.execute_command("CLUSTER", "ADDSLOTS", *free)
-    deadline = time.monotonic() + timeout_s
-    while "cluster_state:ok" not in str(client.execute_command("CLUSTER", "INFO")):
-        if time.monotonic() > deadline:
-            raise PreconditionFailed("the rehearsal's cluster node did not reach cluster_state:ok")
-        time.sleep(0.05)
+    deadline = Deadline(timeout_s)
+    while True:
+        try:
+            state = str(deadline.call(client, lambda c: c.execute_command("CLUSTER", "INFO"), "CLUSTER INFO"))
+        except NoReply as err:
+            raise deadline.missed("the rehearsal's cluster node did not reach cluster_state:ok") from err
+        if "cluster_state:ok" in state:
+            return
+        deadline.saw(next((ln for ln in state.splitlines() if ln.startswith("cluster_state:")), state[:80]))
+        if deadline.expired:
+            raise deadline.missed("the rehearsal's cluster node did not reach cluster_state:ok")
+        deadline.sleep(0.05)
 
 
 def mirror_runtime(client: redis.Redis, production: dict[str, str], config_command: str = "CONFIG",
@@ -513,44 +517,13 @@ def verdict(result: RunResult, predicted: Sequence[tuple[str, ExitCode, str]] = 
     return "production would pass", ExitCode.OK
 
 
-def require_writable(store: Archive) -> None:
-    """ParameterError unless a local archive directory takes a file (Archive checks remote ones itself).
-
-    Leaves it as found: directories made for the check are removed again.
-    """
-    if store.url is not None:
-        return
-    missing: list[Path] = []
-    probe = store.local.absolute()
-    while not probe.exists() and probe != probe.parent:
-        missing.append(probe)
-        probe = probe.parent
-    made: list[Path] = []
-    try:
-        for d in reversed(missing):
-            d.mkdir()
-            made.append(d)
-        fd, name = tempfile.mkstemp(dir=store.local, prefix=".runbook-write-check-")
-        os.close(fd)
-        os.unlink(name)
-    except OSError as err:
-        raise ParameterError(f"evidence archive {store.local} does not take files ({err.strerror or err}): pass "
-                             "--archive with a writable directory. Nothing was read from the target.") from err
-    finally:
-        for d in reversed(made):
-            try:
-                d.rmdir()
-            except OSError:
-                pass
-
-
 def rehearse(files: Sequence[str | Path], pairs: Sequence[tuple[str, str]] = (),
              archive: str | Path | Archive = Path("archive"), *, with_data: bool = False,
              keep: bool = False) -> RehearsalResult:
     """Rehearse `runbook run all -p apply true` for the one target of `files` on a copy of it."""
     # The evidence must have somewhere to go before the target is read or anything is copied or started.
     store = archive if isinstance(archive, Archive) else Archive(archive)
-    require_writable(store)
+    store.require_writable()
     production = observe(connection_from(files, pairs))
     try:
         with rehearsal_sandbox(production, with_data=with_data, keep=keep) as staged, _pointed_at(staged.sandbox):

@@ -123,6 +123,7 @@ def run(
     skip_slow_optional_imports()
     steps = plan(names, files, pairs)
     store = archive if isinstance(archive, Archive) else Archive(archive)
+    store.require_writable()  # before a kernel starts or a server is touched
     result = RunResult(change_id=uuid.uuid4().hex[:12], archive=store)
     commit = git_commit()
     extra = dict(record_extra or {})

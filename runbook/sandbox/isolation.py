@@ -1,5 +1,8 @@
-"""The sandbox's config file for a rehearsal: the target's own file, minus everything that could reach
-the target (listeners, files, replication, cluster state), plus the sandbox's own values at the end."""
+"""The safe copy of a real server's config file: the target's own file, minus everything that could reach
+the target (listeners, files, replication, cluster state), plus the sandbox's own values at the end.
+
+The one way the runbook starts a throwaway copy of a production config: rehearse's sandbox and
+persist-config's boot check both use it."""
 
 from __future__ import annotations
 
@@ -64,9 +67,9 @@ def read_private(path: Path, what: str) -> bytes:
         raise ParameterError(f"{what} {path} does not exist. Fix the target's config file, or pass config_file "
                              "with the file it runs with.") from err
     except PermissionError as err:
-        raise ParameterError(f"{what} {path} is not readable by this user (uid {os.geteuid()}); rehearse copies "
-                             "it into the sandbox. Run as a user that can read it (for example one in the redis "
-                             "group).") from err
+        raise ParameterError(f"{what} {path} is not readable by this user (uid {os.geteuid()}); a throwaway "
+                             "copy of the server (rehearse, the boot check) needs it. Run as a user that can read "
+                             "it (for example one in the redis group).") from err
 
 
 def _neutralized(text: str, path: Path, root: Path, overrides: list[Override], includes: list[str],
@@ -115,7 +118,8 @@ def sandbox_config(config: ConfigFile, root: Path) -> SandboxConfig:
     """The sandbox's config: the target's file as it is, minus what would reach the target, plus the
     sandbox's own values at the end (port, bind, dir, pidfile and logfile are appended by Sandbox).
 
-    Persistence and auth lines stay: persistence is what is rehearsed, and the same password works.
+    Persistence and auth lines stay: persistence is what is rehearsed or boot-checked, and the same
+    password works.
     """
     config_path = config.path
     (root / "include").mkdir(mode=0o700, exist_ok=True)
@@ -147,8 +151,8 @@ def sandbox_config(config: ConfigFile, root: Path) -> SandboxConfig:
         overrides.append(Override(d.name, d.args[0], "0"))
         caveats.append(f"the file sets {d.name} {d.args[0]}: the lone sandbox master has no replicas and would "
                        "refuse writes, so it ran with 0; the target needs its replicas connected for the change")
-    text = text.rstrip("\n") + ("\n\n# Rehearsal overrides (runbook.orchestration.rehearse): "
-                                "the sandbox's own sockets and files\n")
+    text = text.rstrip("\n") + ("\n\n# Sandbox overrides (runbook.sandbox.isolation): "
+                                "the copy's own sockets and files\n")
     text += "".join(f"{k} {' '.join(map(quote, args))}\n" for k, args in extra)
     # What the record shows: each overridden directive once (its last value), with what replaced it.
     sandbox_values = {k: " ".join(args) for k, args in extra}

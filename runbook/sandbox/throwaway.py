@@ -22,9 +22,10 @@ from types import TracebackType
 
 import redis
 
-from runbook.errors import PreconditionFailed, WaitTimeout
+from runbook.errors import NoReply, PreconditionFailed, WaitTimeout
 from runbook.sandbox.binaries import find_server_binary
 from runbook.server.configfile import mask_secrets
+from runbook.server.poll import Deadline
 from runbook.server.target import Target
 
 log = logging.getLogger(__name__)
@@ -82,6 +83,28 @@ def _bindable(port: int) -> bool:
         return True
 
 
+@dataclass(frozen=True)
+class SandboxTls:
+    """A sandbox that speaks TLS only (`port 0`, its port as `tls-port`): the server's certificate and key, the
+    CA that signs its clients (`tls-ca-cert-file`), and the client certificate the sandbox's own client shows."""
+
+    ca_file: Path
+    cert_file: Path
+    key_file: Path
+    client_cert_file: Path | None = None
+    client_key_file: Path | None = None
+
+    def overrides(self, port: int) -> list[tuple[str, str]]:
+        return [("port", "0"), ("tls-port", str(port)), ("tls-cert-file", str(self.cert_file)),
+                ("tls-key-file", str(self.key_file)), ("tls-ca-cert-file", str(self.ca_file))]
+
+    def client_options(self) -> dict[str, object]:
+        opts: dict[str, object] = {"ssl": True, "ssl_ca_certs": str(self.ca_file)}
+        if self.client_cert_file:
+            opts.update(ssl_certfile=str(self.client_cert_file), ssl_keyfile=str(self.client_key_file or ""))
+        return opts
+
+
 @dataclass
 class Sandbox:
     """A real server in a temp dir: start, stop, restart, kill -9 and clean up.
@@ -97,6 +120,7 @@ class Sandbox:
     password: str | None = None
     extra_args: tuple[str, ...] = ()
     run_as: str | None = None  # a system user to run the server as (needs root and setpriv)
+    tls: SandboxTls | None = None  # TLS only, on its port (the server must be built with TLS)
 
     def __post_init__(self) -> None:
         self.binary = Path(self.binary) if self.binary else find_server_binary()
@@ -194,7 +218,7 @@ class Sandbox:
 
     @property
     def url(self) -> str:
-        return f"redis://127.0.0.1:{self.port}/0"
+        return f"{'rediss' if self.tls else 'redis'}://127.0.0.1:{self.port}/0"
 
     @property
     def pid(self) -> int | None:
@@ -203,6 +227,7 @@ class Sandbox:
     def client(self, **kwargs: object) -> redis.Redis:
         """A client for this sandbox (decode_responses on)."""
         opts: dict[str, object] = {"decode_responses": True, "socket_timeout": 30, "password": self.password}
+        opts.update(self.tls.client_options() if self.tls else {})
         opts.update(kwargs)
         return redis.Redis(host="127.0.0.1", port=self.port, **opts)  # type: ignore[arg-type]
 
@@ -214,7 +239,7 @@ class Sandbox:
     # -- internals -------------------------------------------------------------------
     def _overrides(self) -> list[tuple[str, str]]:
         pairs = [
-            ("port", str(self.port)),
+            *(self.tls.overrides(self.port) if self.tls else [("port", str(self.port))]),
             ("bind", "127.0.0.1"),
             ("daemonize", "no"),
             ("dir", str(self.data_dir)),
@@ -252,10 +277,10 @@ class Sandbox:
         return cmd + list(self.extra_args)
 
     def _wait_ready(self, timeout_s: float) -> None:
-        deadline = time.monotonic() + timeout_s
-        last = "no answer yet"
+        """Until the server answers PING; each PING waits no longer than the time left."""
+        deadline = Deadline(timeout_s)
         client = self.client(socket_timeout=2, socket_connect_timeout=1)
-        while time.monotonic() < deadline:
+        while True:
             assert self._proc is not None
             if self._proc.poll() is not None:
                 text = self.log_text()
@@ -266,16 +291,19 @@ class Sandbox:
                     f"last log lines:\n{mask_secrets(_tail(text))}"
                 )
             try:
-                client.ping()
+                deadline.call(client, lambda c: c.ping(), "PING")
                 return
+            except NoReply:
+                pass  # its socket timeout was the time left: the deadline has come
             except redis.BusyLoadingError:
-                last = "LOADING"
+                deadline.saw("LOADING")
             except redis.AuthenticationError:
                 return  # it answered: up, and its config file wants a password we were not given
             except redis.ConnectionError as err:
-                last = str(err)
-            time.sleep(0.02)
-        raise WaitTimeout(f"sandbox on port {self.port} did not answer PING within {timeout_s}s (last: {last})")
+                deadline.saw(str(err))
+            if deadline.expired:
+                raise deadline.missed(f"sandbox on port {self.port} did not answer PING")
+            deadline.sleep(0.02)
 
 
 def _die_with_parent() -> None:

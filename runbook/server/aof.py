@@ -13,9 +13,9 @@ from typing import Any, Callable, Mapping, Sequence
 
 import redis
 
-from runbook.errors import ChangeFailed, WaitTimeout
+from runbook.errors import ChangeFailed, NoReply, WaitTimeout
 from runbook.model import SettingChange
-from runbook.server.poll import Deadline
+from runbook.server.poll import Deadline, WayBack
 from runbook.server.settings import config_set, normalize
 
 log = logging.getLogger(__name__)
@@ -132,17 +132,24 @@ Progress = Callable[[float, Mapping[str, Any]], None]
 
 
 def wait_aof_complete(client: redis.Redis, before: Mapping[str, Any], *, turning_on: bool, timeout_s: float = 300.0,
-                      progress: Progress | None = None) -> dict[str, Any]:
+                      progress: Progress | None = None, deadline: Deadline | None = None) -> dict[str, Any]:
     """Poll INFO persistence until the full READY_CONDITION holds and, when AOF was just turned on, a
     rewrite newer than `before` (INFO persistence read before the change) has completed.
 
-    ChangeFailed as soon as a rewrite fails; WaitTimeout naming what was last seen at the deadline.
+    `deadline`: one already running (apply_runtime's starts before its first CONFIG SET); else `timeout_s`
+    from now. Each poll waits no longer than the time left, so a server that stops answering cannot hold the
+    wait past it. ChangeFailed as soon as a rewrite fails; WaitTimeout naming the deadline and what was last
+    seen, and when, once it has passed.
     """
-    deadline = Deadline(timeout_s)
+    deadline = deadline or Deadline(timeout_s)
     rewrites_before = int(before["aof_rewrites"]) if turning_on and before.get("aof_rewrites") is not None else None
     failures_before = before.get("aof_rewrites_consecutive_failures")
     while True:
-        info = client.info("persistence")
+        try:
+            info = deadline.call(client, lambda c: c.info("persistence"), "INFO persistence")
+        except NoReply as err:
+            raise deadline.missed("the initial AOF rewrite did not complete") from err
+        deadline.saw({k: info.get(k) for k in (*READY_CONDITION, "aof_rewrites", "aof_rewrites_consecutive_failures")})
         if progress:
             progress(deadline.elapsed, info)
         if aof_ready(info, rewrites_before):
@@ -156,8 +163,7 @@ def wait_aof_complete(client: redis.Redis, before: Mapping[str, Any], *, turning
             raise ChangeFailed("the AOF rewrite failed (aof_last_bgrewrite_status:err): check the server log, "
                                "permissions and free disk in its dir")
         if deadline.expired:
-            seen = {k: info.get(k) for k in (*READY_CONDITION, "aof_rewrites", "aof_rewrites_consecutive_failures")}
-            raise WaitTimeout(f"the initial AOF rewrite did not complete within {timeout_s:.0f}s; last seen {seen}")
+            raise deadline.missed("the initial AOF rewrite did not complete")
         deadline.sleep(0.02 if deadline.elapsed < 1 else 0.05)
 
 
@@ -166,33 +172,59 @@ def apply_runtime(client: redis.Redis, changes: Sequence[SettingChange], config_
     """CONFIG SET each change (appendonly last, so the initial rewrite runs with the final settings);
     when the AOF is on afterwards, wait until it is complete on disk (`wait_aof_complete`).
 
-    The one way the runbook switches AOF on at runtime. On any failure every setting already set
-    is put back (appendonly first) and ChangeFailed says what was put back. Returns INFO persistence.
+    The one way the runbook switches AOF on at runtime. One deadline, `timeout_s` from the first call, bounds
+    every call and the wait. On any failure every setting sent is put back (appendonly first), over a connection
+    opened before the change (`WayBack`: bounded too), and ChangeFailed says what was put back. Returns INFO
+    persistence.
     """
-    before = client.info("persistence")
+    deadline = Deadline(timeout_s)
     turning_on = any(c.setting == "appendonly" and normalize("appendonly", c.after) == "yes" for c in changes)
-    done: list[SettingChange] = []
+    sent: list[SettingChange] = []
+    way_back: WayBack | None = None
     try:
+        before = deadline.call(client, lambda c: c.info("persistence"), "INFO persistence")
+        way_back = WayBack(client)
         for change in sorted(changes, key=lambda c: c.setting == "appendonly"):
-            config_set(client, change.setting, str(change.after), config_command)
-            done.append(change)
-        if not (turning_on or int(client.info("persistence").get("aof_enabled", 0))):
-            return dict(client.info("persistence"))
-        return wait_aof_complete(client, before, turning_on=turning_on, timeout_s=timeout_s, progress=progress)
+            sent.append(change)  # before the call: a change without a reply may still be applied
+            try:
+                deadline.call(client, lambda c, ch=change: config_set(c, ch.setting, str(ch.after), config_command),
+                              f"{config_command} SET {change.setting} {change.after}")
+            except ChangeFailed:
+                sent.pop()  # refused: not applied
+                raise
+            deadline.saw(f"{config_command} SET {change.setting} {change.after}: OK")
+        if not turning_on:
+            info = deadline.call(client, lambda c: c.info("persistence"), "INFO persistence")
+            if not int(info.get("aof_enabled", 0)):
+                return dict(info)
+        return wait_aof_complete(client, before, turning_on=turning_on, progress=progress, deadline=deadline)
     except (ChangeFailed, WaitTimeout, redis.RedisError) as err:
-        raise ChangeFailed(f"{str(err).rstrip('.')}. {_put_back(client, config_command, done)}") from err
+        raise ChangeFailed(f"{str(err).rstrip('.')}. {_put_back(way_back, config_command, sent)}") from err
+    finally:
+        if way_back is not None:
+            way_back.close()
 
 
-def _put_back(client: redis.Redis, config_command: str, done: Sequence[SettingChange]) -> str:
-    """Put back every setting that was set (appendonly first); say what was restored."""
-    if not done:
+def _put_back(way_back: WayBack | None, config_command: str, sent: Sequence[SettingChange]) -> str:
+    """Put back every setting that was sent (appendonly first) in one write; say what was restored, or what was
+    sent and not confirmed."""
+    if not sent:
         return "Nothing had been changed."
-    problems = []
-    for change in sorted(done, key=lambda c: c.setting != "appendonly"):
-        try:
-            config_set(client, change.setting, str(change.before), config_command)
-        except (ChangeFailed, redis.RedisError) as err:
-            problems.append(f"{change.setting} not restored to {change.before!r}: {err}")
+    order = sorted(sent, key=lambda c: c.setting != "appendonly")
+    commands = [(config_command, "SET", c.setting, str(c.before)) for c in order]
+    by_hand = "; ".join(" ".join(command) for command in commands)
+    if way_back is None:
+        return f"Could NOT restore the server: no connection for the put-back. Run {by_hand} by hand now."
+    try:
+        replies = way_back.send(commands, f"{config_command} SET (putting the server back)")
+    except NoReply:
+        return (f"Sent {by_hand} to put the server back, but it did not answer within {way_back.timeout_s:g} s either "
+                f"(it runs what it was sent when it answers again): check with {config_command} GET "
+                f"{' '.join(c.setting for c in order)}, and set by hand any value that differs.")
+    except redis.RedisError as err:
+        return f"Could NOT restore the server ({err}). Run {by_hand} by hand now."
+    problems = [f"{c.setting} not restored to {c.before!r}: {reply}"
+                for c, reply in zip(order, replies) if isinstance(reply, Exception)]
     if problems:
         return "Could NOT restore the server: " + "; ".join(problems) + ". Check it by hand now."
-    return "The server was left as found: " + ", ".join(f"{c.setting} {c.before}" for c in done) + "."
+    return "The server was left as found: " + ", ".join(f"{c.setting} {c.before}" for c in order) + "."

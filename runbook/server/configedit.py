@@ -8,6 +8,7 @@ the file keeps its owner, mode and line endings.
 from __future__ import annotations
 
 import difflib
+import hashlib
 import os
 import re
 import shutil
@@ -132,6 +133,11 @@ def read_raw(path: Path) -> str:
     return path.read_bytes().decode("utf-8", errors="surrogateescape")
 
 
+def sha256_text(text: str) -> str:
+    """The sha256 of a config file's text as `read_raw` returns it (its bytes on disk)."""
+    return hashlib.sha256(text.encode("utf-8", errors="surrogateescape")).hexdigest()
+
+
 def unified_diff(before: str, after: str, path: str, context: int = 2) -> str:
     """A unified diff of two versions of a config file, with every secret masked."""
     diff = difflib.unified_diff(before.splitlines(keepends=True), after.splitlines(keepends=True),
@@ -146,7 +152,11 @@ def utc_stamp() -> str:
 
 
 def backup(path: Path, stamp: str) -> Path:
-    """Copy `path` to `<path>.runbook-<stamp>.bak` beside it, with the same owner and mode."""
+    """Copy `path` to `<path>.runbook-<stamp>.bak` beside it, with the same owner and mode.
+
+    A symlink is followed: the copy is of the real file, beside the real file.
+    """
+    path = path.resolve()
     dest = path.with_name(f"{path.name}.runbook-{stamp}.bak")
     shutil.copy2(path, dest)
     st = path.stat()
@@ -158,7 +168,11 @@ def backup(path: Path, stamp: str) -> Path:
 
 
 def atomic_write(path: Path, text: str) -> None:
-    """Replace `path` by `text` atomically (temp file in the same dir, fsync, rename), keeping owner and mode."""
+    """Replace `path` by `text` atomically (temp file in the same dir, fsync, rename), keeping owner and mode.
+
+    A symlink is written through: the real file is replaced and the link stays a link.
+    """
+    path = path.resolve()
     st = path.stat()
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:

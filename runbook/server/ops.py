@@ -17,10 +17,12 @@ from typing import Any
 
 import redis
 
-from runbook.errors import PreconditionFailed, WaitTimeout
+from runbook.errors import NoReply, PreconditionFailed, WaitTimeout
 from runbook.model import Check, Status
 from runbook.server.aof import aof_on_disk, aof_ready
 from runbook.server.configfile import mask_secrets, read_config
+from runbook.server.poll import Deadline
+from runbook.server.settings import config_get
 from runbook.server.target import Identity, Target
 
 
@@ -36,41 +38,60 @@ def bgsave_and_wait(client: redis.Redis, timeout_s: float = 120.0) -> tuple[floa
     """BGSAVE SCHEDULE, then wait until a save that started after now has completed and succeeded.
 
     Uses `rdb_saves` where the server has it (7.0+); otherwise waits for LASTSAVE to move,
-    first letting the clock reach a new second (LASTSAVE is in whole seconds).
+    first letting the clock reach a new second (LASTSAVE is in whole seconds). One deadline, `timeout_s`
+    from the first call, bounds every call: WaitTimeout naming it and what was last seen.
     See https://redis.io/docs/latest/commands/bgsave/
     """
-    before = client.info("persistence")
-    saves_before = before.get("rdb_saves")
-    last_before = int(client.lastsave().timestamp())
+    deadline = Deadline(timeout_s)
+    try:
+        return _bgsave_and_wait(client, deadline)
+    except NoReply as err:
+        raise deadline.missed("no completed BGSAVE") from err
+
+
+#: What a BGSAVE wait that times out says it last saw.
+BGSAVE_FIELDS = ("rdb_bgsave_in_progress", "rdb_last_bgsave_status", "rdb_saves")
+
+
+def _bgsave_and_wait(client: redis.Redis, deadline: Deadline) -> tuple[float, dict[str, Any]]:
+    def persistence() -> dict[str, Any]:
+        info = deadline.call(client, lambda c: c.info("persistence"), "INFO persistence")
+        deadline.saw({k: info[k] for k in BGSAVE_FIELDS if k in info})
+        return dict(info)
+
+    def lastsave() -> int:
+        return int(deadline.call(client, lambda c: c.lastsave(), "LASTSAVE").timestamp())
+
+    def bgsave() -> None:
+        deadline.call(client, lambda c: c.bgsave(schedule=True), "BGSAVE SCHEDULE")
+        deadline.saw("BGSAVE SCHEDULE accepted")
+
+    saves_before = persistence().get("rdb_saves")
+    last_before = lastsave()
     if saves_before is None:
         while int(time.time()) <= last_before:
-            time.sleep(0.05)
+            deadline.sleep(0.05)
     start = time.monotonic()
     try:
-        client.bgsave(schedule=True)
+        bgsave()
     except redis.ResponseError as err:
         if "already in progress" not in str(err):
             raise PreconditionFailed(f"BGSAVE was refused: {err}") from err
         # Some versions refuse SCHEDULE while a save runs: wait for that one, then start ours.
-        deadline = start + timeout_s
-        while int(client.info("persistence").get("rdb_bgsave_in_progress", 0)) and time.monotonic() < deadline:
-            time.sleep(0.05)
-        client.bgsave(schedule=True)
-    deadline = start + timeout_s
+        while int(persistence().get("rdb_bgsave_in_progress", 0)) and not deadline.expired:
+            deadline.sleep(0.05)
+        bgsave()
     while True:
-        info = client.info("persistence")
-        done = (int(info["rdb_saves"]) > int(saves_before)) if saves_before is not None else \
-            int(client.lastsave().timestamp()) > last_before
+        info = persistence()
+        done = int(info["rdb_saves"]) > int(saves_before) if saves_before is not None else lastsave() > last_before
         if done and not int(info.get("rdb_bgsave_in_progress", 0)):
             if info.get("rdb_last_bgsave_status") != "ok":
                 raise PreconditionFailed(f"BGSAVE failed: rdb_last_bgsave_status:{info.get('rdb_last_bgsave_status')}; "
                                          "see the server log")
-            return time.monotonic() - start, dict(info)
-        if time.monotonic() > deadline:
-            raise WaitTimeout(f"no completed BGSAVE within {timeout_s}s (rdb_bgsave_in_progress:"
-                              f"{info.get('rdb_bgsave_in_progress')}, rdb_last_bgsave_status:"
-                              f"{info.get('rdb_last_bgsave_status')})")
-        time.sleep(0.02)
+            return time.monotonic() - start, info
+        if deadline.expired:
+            raise deadline.missed("no completed BGSAVE")
+        deadline.sleep(0.02)
 
 
 def check_tool(ident: Identity, kind: str, workdir: Path) -> Path | None:
@@ -158,11 +179,20 @@ def restart_trap(target: Target, config_file: str = "") -> str:
             "would start empty and the next save would overwrite dump.rdb. Run 02-enable-aof first.")
 
 
+#: Seconds an error message waits for the server to name its log file.
+LOG_NAME_S = 1.0
+
+
 def server_log_tail(target: Target, lines: int = 4) -> str:
-    """The last lines of the server's log when it is a file on this host, for an error message."""
+    """The last lines of the server's log when it is a file on this host, for an error message (asks for its
+    name for a second at most: the error may be that the server stopped answering)."""
+    if not target.local:
+        return ""
     try:
-        logfile = target.config_get(["logfile"]).get("logfile", "")
-    except (PreconditionFailed, redis.RedisError):
+        logfile = Deadline(LOG_NAME_S).call(
+            target.client, lambda c: config_get(c, ["logfile"], target.config_command), "CONFIG GET logfile"
+        ).get("logfile", "")
+    except (PreconditionFailed, WaitTimeout, redis.RedisError):
         return ""
     path = Path(logfile)
     if not (target.local and logfile and path.is_file() and os.access(path, os.R_OK)):
@@ -194,8 +224,24 @@ def server_ids(pid: int) -> tuple[int, set[int]] | None:
     return uid, gids
 
 
+def read_only_mount(path: Path) -> Path | None:
+    """The mount point when `path` is on a read-only mount (nobody may create files there, not even root)."""
+    try:
+        if not os.statvfs(path).f_flag & os.ST_RDONLY:
+            return None
+    except OSError:
+        return None
+    mount = Path(os.path.realpath(path))
+    while not os.path.ismount(mount) and mount != mount.parent:
+        mount = mount.parent
+    return mount
+
+
 def may_write_dir(path: Path, uid: int, gids: set[int]) -> bool:
-    """Whether a process with `uid` and `gids` may create files in `path` (its write and search bits)."""
+    """Whether a process with `uid` and `gids` may create files in `path` (its write and search bits, and
+    a mount that is not read-only)."""
+    if read_only_mount(path) is not None:
+        return False
     if uid == 0:
         return True
     st = path.stat()
@@ -204,3 +250,20 @@ def may_write_dir(path: Path, uid: int, gids: set[int]) -> bool:
     if st.st_gid in gids:
         return bool(st.st_mode & 0o030 == 0o030)
     return bool(st.st_mode & 0o003 == 0o003)
+
+
+def acl_user(target: Target) -> str:
+    """The ACL user this connection authenticated as (`default` when none was named)."""
+    return str(target.client.connection_pool.connection_kwargs.get("username") or "default")
+
+
+def may_run(target: Target, *command: str) -> bool | None:
+    """Whether this connection's ACL user may run `command`, asked with ACL DRYRUN (Redis 7.0+, Valkey),
+    which runs nothing; None when the server cannot say (6.2 has no DRYRUN, or the user may not run it).
+    See https://redis.io/docs/latest/commands/acl-dryrun/
+    """
+    try:
+        reply = target.client.execute_command("ACL", "DRYRUN", acl_user(target), *command)
+    except redis.ResponseError:
+        return None
+    return reply is True or str(reply) == "OK"

@@ -10,16 +10,19 @@ from __future__ import annotations
 import ipaddress
 import logging
 import os
-import time
+import re
+import unicodedata
 from dataclasses import dataclass, field
 from pathlib import Path
-from urllib.parse import parse_qs, parse_qsl, urlparse
+from urllib.parse import ParseResult, parse_qs, parse_qsl, urlparse
 
 import redis
 
-from runbook.errors import ParameterError, PreconditionFailed, TargetUnreachable, WaitTimeout
+from runbook.errors import NoReply, ParameterError, PreconditionFailed, TargetUnreachable
 from runbook.model import ConnectionSpec
+from runbook.server.poll import Deadline
 from runbook.server.settings import config_get, config_set, runtime_settings
+from runbook.server.tls import TLS_FILES, check_tls_parameters, tls_failure, tls_options
 
 log = logging.getLogger(__name__)
 
@@ -90,7 +93,14 @@ def check_target_parameter(target: str) -> None:
     """Refuse a target that is malformed or carries a password (ParameterError)."""
     if target == "sandbox":
         return
-    parsed = urlparse(target)
+    bad = next((ch for ch in target if unicodedata.category(ch).startswith("C")), None)
+    if bad is not None:  # a newline would forge a line of `archive list`, an escape rewrite the terminal
+        raise ParameterError(f"target {_masked(target)!r} contains the control character {bad!r}: give the URL "
+                             "on one line, without control characters")
+    try:
+        parsed = urlparse(target)
+    except ValueError as err:  # an unclosed [IPv6] host
+        raise ParameterError(f"target {_masked(target)!r} is not a valid URL ({err})") from err
     query = {k.lower() for k in parse_qs(parsed.query)}
     if parsed.password or "password" in query or ("@" in target and parsed.scheme not in ("redis", "rediss", "unix")):
         raise ParameterError(
@@ -104,6 +114,34 @@ def check_target_parameter(target: str) -> None:
         )
     if parsed.scheme != "unix" and not parsed.hostname:
         raise ParameterError(f"target {target!r} names no host")
+    _check_port_and_db(parsed, redact_url(target))
+
+
+def _check_port_and_db(parsed: ParseResult, shown: str) -> None:
+    """ParameterError for a port that is not 1-65535 or a database that is not a number (redis-py would
+    silently use database 0 for `/abc`)."""
+    if parsed.scheme == "unix":
+        if not parsed.path:
+            raise ParameterError(f"target {shown!r} names no socket path (unix:///path/to/redis.sock)")
+    else:
+        try:
+            port = parsed.port
+        except ValueError:  # not a number, or out of range
+            port = -1
+        if port is not None and not 1 <= port <= 65535:
+            raise ParameterError(f"target {shown!r}: the port must be a number from 1 to 65535 "
+                                 "(redis://host:6379/0)")
+        db = parsed.path + (f";{parsed.params}" if parsed.params else "")
+        if not re.fullmatch(r"(/\d*)?", db):
+            raise ParameterError(f"target {shown!r}: the database must be a number (redis://host:port/0), got {db!r}")
+    for db in parse_qs(parsed.query).get("db", []):
+        if not db.isdigit():
+            raise ParameterError(f"target {shown!r}: the database must be a number (?db=0), got {db!r}")
+
+
+def _masked(target: str) -> str:
+    """`target` for a message when it cannot be parsed: everything before an `@` masked."""
+    return "********@" + target.rsplit("@", 1)[1] if "@" in target else target
 
 
 def redact_url(url: str) -> str:
@@ -147,6 +185,8 @@ def connect(spec: ConnectionSpec, *, url: str = "", sandbox_dir: Path | None = N
     if url == "sandbox":
         raise ParameterError("target sandbox names a throwaway server: connect through runbook.connect, which starts "
                              "or finds it")
+    tls = {name: getattr(spec, name) for name in TLS_FILES}
+    check_tls_parameters("sandbox" if spec.target == "sandbox" else url, tls)
     password = os.environ.get(spec.password_env) if spec.password_env else None
     opts: dict[str, object] = {
         "decode_responses": True,
@@ -155,8 +195,7 @@ def connect(spec: ConnectionSpec, *, url: str = "", sandbox_dir: Path | None = N
         "username": spec.username or None,
         "password": password or None,
     }
-    if url.startswith("rediss://") and spec.tls_ca_file:
-        opts["ssl_ca_certs"] = spec.tls_ca_file
+    opts.update(tls_options(url, tls))
     client = redis.Redis.from_url(url, **opts)  # type: ignore[arg-type]
     name = spec.target
     target = Target(name, client, is_local(url), spec.config_command, sandbox_dir, owner)
@@ -180,7 +219,9 @@ def connect(spec: ConnectionSpec, *, url: str = "", sandbox_dir: Path | None = N
             ) from err
         raise
     except redis.ConnectionError as err:
+        why = tls_failure(err, tls) if url.startswith("rediss://") else ""
         raise TargetUnreachable(
+            f"{name}: {why} ({err})" if why else
             f"{name}: cannot connect ({err}). Check that the server runs and that the target URL is right."
         ) from err
     return target
@@ -190,7 +231,7 @@ def identify(client: redis.Redis) -> Identity:
     """INFO server and replication, as an Identity; refuses a sentinel."""
     info = client.info("server")
     role = client.info("replication").get("role", "unknown")
-    mode = str(info.get("redis_mode", "standalone"))
+    mode = server_mode(info)
     ident = Identity(
         server="valkey" if info.get("server_name") == "valkey" or "valkey_version" in info else "redis",
         version=str(info.get("valkey_version") or info.get("redis_version", "?")),
@@ -204,27 +245,49 @@ def identify(client: redis.Redis) -> Identity:
     )
     if mode == "sentinel":
         raise PreconditionFailed(
-            "the target is a Sentinel, not a data server: point target at the master it monitors "
-            "(SENTINEL get-master-addr-by-name NAME)."
+            f"the target is a {ident.label} Sentinel, not a data server: it holds no data and no persistence "
+            f"settings. Point target at the master it monitors: {_monitored_masters(client)}."
         )
     return ident
 
 
+def server_mode(info: dict[str, object]) -> str:
+    """standalone, cluster or sentinel, from INFO server: Valkey 8+ says `server_mode`, Redis `redis_mode`."""
+    return str(info.get("server_mode") or info.get("redis_mode") or "standalone")
+
+
+def _monitored_masters(client: redis.Redis) -> str:
+    """The masters a Sentinel monitors, as target URLs to use instead (SENTINEL MASTERS)."""
+    try:
+        masters = client.sentinel_masters()
+    except redis.RedisError:
+        masters = {}
+    if not masters:
+        return "this Sentinel monitors none; ask one that does (SENTINEL get-master-addr-by-name NAME)"
+    return ", ".join(f"{name} at redis://{m.get('ip')}:{m.get('port')}/0" for name, m in sorted(masters.items()))
+
+
 def wait_loaded(client: redis.Redis, timeout_s: float, what: str, *, while_down: bool = False) -> float:
-    """Seconds until `client`'s server answers without LOADING; WaitTimeout naming `what` after `timeout_s`.
+    """Seconds until `client`'s server answers without LOADING; WaitTimeout naming `what`, the deadline and what
+    was last seen after `timeout_s` (each poll waits no longer than the time left).
 
     `while_down`: a refused connection counts as not yet up (the server is restarting).
     """
-    start = time.monotonic()
+    deadline = Deadline(timeout_s)
     while True:
         try:
-            if not int(client.info("persistence").get("loading", 0)):
-                return time.monotonic() - start
+            info = deadline.call(client, lambda c: c.info("persistence"), "INFO persistence")
+            if not int(info.get("loading", 0)):
+                return deadline.elapsed
+            deadline.saw(f"loading:1, loading_loaded_perc:{info.get('loading_loaded_perc')}")
+        except NoReply:
+            pass  # its socket timeout was the time left: the deadline has come
         except redis.BusyLoadingError:
-            pass
-        except redis.ConnectionError:
+            deadline.saw("LOADING")
+        except redis.ConnectionError as err:
             if not while_down:
                 raise
-        if time.monotonic() - start > timeout_s:
-            raise WaitTimeout(f"{what} was still loading (or down) {timeout_s}s later")
-        time.sleep(0.05)
+            deadline.saw(f"down ({err})")
+        if deadline.expired:
+            raise deadline.missed(f"{what} did not finish loading")
+        deadline.sleep(0.05)

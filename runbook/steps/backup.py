@@ -17,14 +17,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator
 
-from runbook.errors import Blocked, WaitTimeout
+import redis
+
+from runbook.errors import Blocked, ChangeFailed, NoReply, WaitTimeout
 from runbook.evidence.archive import sha256_file, slug
 from runbook.model import Check, Outcome, Status, StepSummary, worst
 from runbook.sandbox.binaries import for_server
 from runbook.sandbox.throwaway import Sandbox
 from runbook.server.aof import aof_on_disk
 from runbook.server.ops import bgsave_and_wait, validate_files
-from runbook.server.poll import Deadline
+from runbook.server.poll import Deadline, WayBack
 from runbook.server.target import Identity, Target
 
 STEP = "backup"
@@ -46,19 +48,52 @@ class BackupResult:
 
 @contextmanager
 def rewrites_held(target: Target, timeout_s: float = 300.0) -> Iterator[None]:
-    """Hold automatic AOF rewrites off (auto-aof-rewrite-percentage 0) and wait for a running one;
-    the setting is put back afterwards, whatever happens."""
+    """Hold automatic AOF rewrites off (auto-aof-rewrite-percentage 0) and wait for a running one (each poll
+    no longer than the time left); the setting is put back afterwards, whatever happens, over a connection
+    opened before (`WayBack`): a server that stopped answering still gets it."""
     before = target.config_get(["auto-aof-rewrite-percentage"])["auto-aof-rewrite-percentage"]
-    target.config_set("auto-aof-rewrite-percentage", "0")
+    put_back = (target.config_command, "SET", "auto-aof-rewrite-percentage", before)
+    with WayBack(target.client) as way_back:
+        target.config_set("auto-aof-rewrite-percentage", "0")
+        try:
+            _wait_for_rewrite(target, Deadline(timeout_s))
+            yield
+        except WaitTimeout as err:
+            raise WaitTimeout(f"{str(err).rstrip('.')}. {_send_back(way_back, put_back)[1]}") from err
+        except BaseException:
+            _send_back(way_back, put_back)
+            raise
+        else:
+            confirmed, text = _send_back(way_back, put_back)
+            if not confirmed:
+                raise ChangeFailed(f"{target.name}: {text}")
+
+
+def _wait_for_rewrite(target: Target, deadline: Deadline) -> None:
+    while True:
+        try:
+            info = deadline.call(target.client, lambda c: c.info("persistence"), "INFO persistence")
+        except NoReply as err:
+            raise deadline.missed("the running AOF rewrite did not finish (backup not taken)") from err
+        if not int(info.get("aof_rewrite_in_progress", 0)):
+            return
+        deadline.saw({"aof_rewrite_in_progress": info.get("aof_rewrite_in_progress")})
+        if deadline.expired:
+            raise deadline.missed("the running AOF rewrite did not finish (backup not taken)")
+        deadline.sleep(0.05)
+
+
+def _send_back(way_back: WayBack, command: tuple[str, ...]) -> tuple[bool, str]:
+    """Send `command` (a put-back) over `way_back`: whether the server confirmed it, and what to say."""
+    text = " ".join(command)
     try:
-        deadline = Deadline(timeout_s)
-        while int(target.client.info("persistence").get("aof_rewrite_in_progress", 0)):
-            if deadline.expired:
-                raise WaitTimeout(f"an AOF rewrite still runs after {timeout_s}s; backup not taken")
-            deadline.sleep(0.05)
-        yield
-    finally:
-        target.config_set("auto-aof-rewrite-percentage", before)
+        (reply,) = way_back.send([command], text)
+    except (NoReply, redis.RedisError) as err:
+        return False, (f"Sent {text} to put the server back, not confirmed ({err}): check it and run it by hand "
+                       "if the value differs.")
+    if isinstance(reply, Exception):
+        return False, f"Could NOT put the server back: {text} was refused ({reply}); run it by hand."
+    return True, f"Put back: {text}."
 
 
 def _filesystem(destination: str) -> tuple[Any, str]:

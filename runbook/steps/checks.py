@@ -8,6 +8,7 @@ from __future__ import annotations
 from typing import Mapping, Sequence
 
 from runbook.model import Check, Status
+from runbook.server.replicas import ReplicaQuorum
 from runbook.server.settings import Drift, save_rules
 
 
@@ -27,6 +28,7 @@ def persistence_checks(
     overcommit_memory: int | None = None,
     free_disk_bytes: int | None = None,
     used_memory_bytes: int | None = None,
+    replicas: ReplicaQuorum | None = None,
 ) -> list[Check]:
     """Every check of the inspection, in the order an SRE reads them."""
     checks: list[Check] = []
@@ -42,6 +44,8 @@ def persistence_checks(
     else:
         add(Check("role", Status.WARN, f"role {role}: CONFIG changes do not replicate and a replica restarts its AOF "
                   "after every full sync", "inspect and change the master; apply the same settings to replicas"))
+    if replicas is not None and replicas.enforced:
+        add(min_replicas(replicas))
 
     bgsave = info.get("rdb_last_bgsave_status")
     add(Check("rdb_last_bgsave", Status.PASS if _ok(bgsave) else Status.FAIL, f"rdb_last_bgsave_status:{bgsave}",
@@ -108,6 +112,13 @@ def persistence_checks(
                   "" if status == Status.PASS
                   else "free disk in the data dir: a save or rewrite needs room for a full copy"))
     return checks
+
+
+def min_replicas(quorum: ReplicaQuorum) -> Check:
+    """Whether the master takes writes under min-replicas-to-write (NOREPLICAS refuses them all otherwise)."""
+    if quorum.refuses_writes:
+        return Check("min_replicas", Status.FAIL, quorum.refusal, quorum.fix)
+    return Check("min_replicas", Status.PASS, quorum.observed)
 
 
 def _mb(n: int) -> str:

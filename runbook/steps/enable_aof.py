@@ -16,11 +16,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
 
-from runbook.errors import ChangeFailed, ParameterError, PreconditionFailed, VerificationFailed
+from redis.exceptions import NoPermissionError
+
+from runbook.errors import Blocked, ChangeFailed, NoReply, ParameterError, PreconditionFailed, VerificationFailed
 from runbook.model import Check, Outcome, SettingChange, Status, StepSummary, worst
 from runbook.server.aof import Progress, aof_on_disk, aof_ready, apply_runtime
-from runbook.server.ops import read_overcommit, server_log_tail
-from runbook.server.poll import Deadline
+from runbook.server.ops import acl_user, may_run, read_overcommit, server_log_tail
+from runbook.server.poll import Deadline, stopped_answering
 from runbook.server.probe import LatencyProbe, LatencyStats
 from runbook.server.settings import normalize
 from runbook.server.target import Identity, Target
@@ -65,11 +67,15 @@ def preflight(target: Target, *, allow_replica: bool = False, busy_wait_s: float
     else:
         checks.append(Check("role", Status.FAIL, f"the target is a {ident.role}",
                             "run against the master, or pass allow_replica true if you mean it"))
-    deadline = Deadline(busy_wait_s)
     info = client.info("persistence")
+    deadline = Deadline(busy_wait_s)
     while _busy(info) and not deadline.expired:
+        deadline.saw({k: info.get(k) for k in ("rdb_bgsave_in_progress", "aof_rewrite_in_progress")})
         deadline.sleep(0.1)
-        info = client.info("persistence")
+        try:
+            info = deadline.call(client, lambda c: c.info("persistence"), "INFO persistence")
+        except NoReply as err:
+            raise deadline.missed("the running save or rewrite did not finish") from err
     loading = int(info.get("loading", 0))
     checks.append(Check("loading", Status.FAIL if loading else Status.PASS, f"loading:{loading}",
                         "wait until the dataset is loaded" if loading else ""))
@@ -93,6 +99,11 @@ def preflight(target: Target, *, allow_replica: bool = False, busy_wait_s: float
                                 f"vm.overcommit_memory = {overcommit}",
                                 "" if overcommit == 1
                                 else "set vm.overcommit_memory = 1, or the rewrite's fork may fail"))
+    if may_run(target, target.config_command, "SET", "appendonly", "yes") is False:
+        checks.append(Check("acl_config_set", Status.WARN, f"the ACL user {acl_user(target)!r} may not run "
+                            f"{target.config_command} SET (ACL DRYRUN): applying will be blocked",
+                            f"ACL SETUSER {acl_user(target)} '+{target.config_command.lower()}|set' (as an admin), "
+                            "or run as an ACL user that may"))
     return Preflight(ident, runtime, dict(info), int(client.dbsize()), tuple(checks))
 
 
@@ -178,19 +189,43 @@ def apply_enable(target: Target, pre: Preflight, plan: EnablePlan, *, apply: boo
     require(pre)
     client = target.client
     changes = [SettingChange(r.setting, r.current, r.desired) for r in plan.changes]
+    if any(c.name == "acl_config_set" for c in pre.checks):
+        raise Blocked(_no_config_set(target, "ACL DRYRUN says so; nothing was sent"))
     start = time.monotonic()
     with LatencyProbe(client) as probe:
         try:
             info = apply_runtime(client, changes, target.config_command, timeout_s=timeout_s, progress=progress)
         except ChangeFailed as err:
+            if _refused_by_acl(err):  # 6.2 has no ACL DRYRUN: the server's NOPERM tells
+                raise Blocked(_no_config_set(target, str(err))) from err
             raise ChangeFailed(f"{target.name}: enabling AOF failed after {time.monotonic() - start:.1f}s: {err}"
-                               f"{server_log_tail(target)}") from err
+                               f"{'' if stopped_answering(err) else server_log_tail(target)}") from err
         seconds = time.monotonic() - start
         latency = probe.stop()
     stats = client.info("stats")
     rewrite_s = float(info["aof_last_rewrite_time_sec"]) \
         if int(info.get("aof_last_rewrite_time_sec", -1)) >= 0 else None
     return EnableResult(Outcome.CHANGED, seconds, rewrite_s, latency, dict(info), int(stats.get("latest_fork_usec", 0)))
+
+
+def _refused_by_acl(err: BaseException) -> bool:
+    """Whether the server's NOPERM is behind `err` (wrapped by the CONFIG SET helpers)."""
+    seen: BaseException | None = err
+    while seen is not None:
+        if isinstance(seen, NoPermissionError):
+            return True
+        seen = seen.__cause__ or seen.__context__
+    return False
+
+
+def _no_config_set(target: Target, detail: str) -> str:
+    """Blocked: this ACL user may not run CONFIG SET; what a person with the rights runs."""
+    user, cmd = acl_user(target), target.config_command
+    return (f"{target.name}: the ACL user {user!r} may not run {cmd} SET ({detail.rstrip('.')}). "
+            "A person with the rights either grants it, then runs enable-aof again:\n"
+            f"  redis-cli -u {target.name} --user ADMIN --askpass ACL SETUSER {user} '+{cmd.lower()}|set'\n"
+            "or runs the change as an ACL user that may:\n"
+            f"  runbook run enable-aof -p target {target.name} -p username ADMIN -p apply true")
 
 
 @dataclass(frozen=True)

@@ -14,6 +14,7 @@ from runbook.model import Check, Status, StepSummary, worst
 from runbook.server.aof import AofOnDisk, DiskFile, aof_on_disk
 from runbook.server.configfile import read_config
 from runbook.server.ops import read_overcommit
+from runbook.server.replicas import replica_quorum
 from runbook.server.settings import Drift, compare
 from runbook.server.target import Identity, Target
 from runbook.steps.checks import persistence_checks
@@ -115,6 +116,7 @@ def inspect_target(target: Target, config_file: str = "") -> Inspection:
         overcommit_memory=read_overcommit() if target.local else None,
         free_disk_bytes=shutil.disk_usage(data_dir).free if readable else None,
         used_memory_bytes=int(memory.get("used_memory", 0)) if readable else None,
+        replicas=replica_quorum(target),
     )
     return Inspection(
         target=target.name, identity=ident, runtime=runtime, info=dict(info), dbsize=dbsize,

@@ -8,27 +8,36 @@ See https://redis.io/docs/latest/commands/config-rewrite/
 
 from __future__ import annotations
 
-import hashlib
+import errno
 import logging
 import os
 import shutil
 import stat
 import tempfile
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Mapping
 
 import redis
+from redis.exceptions import NoPermissionError
 
 from runbook.errors import Blocked, ChangeFailed, ParameterError, PreconditionFailed, VerificationFailed
 from runbook.model import Check, Outcome, SettingChange, Status, StepSummary, worst
-from runbook.sandbox.binaries import for_server
+from runbook.sandbox.binaries import BinaryChoice, for_server
 from runbook.sandbox.isolation import private_file, sandbox_config
 from runbook.sandbox.throwaway import Sandbox
 from runbook.server.aof import AofOnDisk, aof_on_disk, aof_ready
-from runbook.server.configedit import atomic_write, backup, edit_text, read_raw, unified_diff, utc_stamp
+from runbook.server.configedit import (
+    atomic_write,
+    backup,
+    edit_text,
+    read_raw,
+    sha256_text,
+    unified_diff,
+    utc_stamp,
+)
 from runbook.server.configfile import ConfigFile, read_config
-from runbook.server.ops import may_write_dir, server_ids
+from runbook.server.ops import acl_user, may_run, may_write_dir, read_only_mount, server_ids
 from runbook.server.settings import PERSISTENCE_SETTINGS, Drift, compare, normalize, runtime_settings
 from runbook.server.target import Identity, Target
 
@@ -56,10 +65,17 @@ class PersistPlan:
     new_text: str = field(repr=False, default="")
     edit_file: str = ""
     before_sha: str = ""  # of the file the plan was made from, so a concurrent edit is caught
+    boot: BinaryChoice | None = None  # the binary the boot check runs: the one search's choice, made at plan time
+    fallback: str = ""  # "edit" when auto chose rewrite and the server may refuse it for rights (no ACL DRYRUN)
 
     @property
     def unchanged(self) -> bool:
         return not self.changes
+
+    @property
+    def boot_match(self) -> str:
+        """exact, major.minor, or none (then the file is not boot-checked: allow_unchecked_boot)."""
+        return self.boot.match if self.boot else ""
 
 
 @dataclass(frozen=True)
@@ -68,6 +84,8 @@ class PersistResult:
     method: str
     backup: str = ""
     diff: str = ""
+    reason: str = ""  # why, when it differs from the plan's (blocked or edited instead at apply time)
+    commands: str = ""  # for a person with the rights, when blocked
 
 
 def desired_values(runtime: Mapping[str, str], drift: list[Drift],
@@ -111,59 +129,122 @@ def trap_guard(desired: Mapping[str, str], runtime: Mapping[str, str], info: Map
     return ""
 
 
+def _we_can_edit(real: Path) -> bool:
+    """This user may replace `real` (write it and its directory) and keep its owner (root, or owning it)."""
+    return (os.access(real, os.W_OK) and os.access(real.parent, os.W_OK)
+            and (os.geteuid() == 0 or real.stat().st_uid == os.geteuid()))
+
+
 def choose_method(method: str, target: Target, ident: Identity, config: ConfigFile | None,
                   path: Path | None) -> tuple[str, str]:
-    """(method, reason) for `auto`, or the asked method with a reason it cannot work ('blocked')."""
+    """(method, reason) for `auto`, or the asked method with a reason it cannot work ('blocked').
+
+    CONFIG REWRITE is never used on a symlinked file (it would replace the link with a regular file), nor
+    when the server may not write the file's directory, nor when ACL DRYRUN says this user may not run it.
+    """
     if method not in METHODS:
         raise ParameterError(f"method must be one of {', '.join(METHODS)}, got {method!r}")
     if path is None or config is None:
         return "blocked", "the server runs without a config file: there is no file to make the change permanent in"
     real = path.resolve()
-    we_can_edit = os.access(real, os.W_OK) and os.access(real.parent, os.W_OK)
+    we_can_edit = target.local and _we_can_edit(real)
     server_file = bool(ident.config_file) and Path(ident.config_file).resolve() == real
     ids = server_ids(ident.process_id) if target.local else None
     server_can = (server_file and ids is not None and may_write_dir(real.parent, *ids)) if target.local else server_file
     has_includes = len(config.files) > 1
+    read_only = read_only_mount(real.parent) if target.local else None
+    # Why CONFIG REWRITE cannot work here, when that is known before trying it.
+    no_rewrite = ""
+    if server_file and target.local and Path(ident.config_file).is_symlink():
+        no_rewrite = (f"{ident.config_file} is a symlink to {real}: CONFIG REWRITE would replace the link with a "
+                      "regular file")
+    elif read_only is not None:
+        no_rewrite = f"{real.parent} is on a read-only mount ({read_only})"
+    elif server_file and target.local and ids is not None and not server_can:
+        no_rewrite = (f"the server (uid {ids[0]}) cannot write {real.parent} (CONFIG REWRITE needs to create a "
+                      "temp file there)")
+    elif server_file and may_run(target, target.config_command, "REWRITE") is False:
+        no_rewrite = f"the ACL user {acl_user(target)!r} may not run CONFIG REWRITE (ACL DRYRUN says so)"
     if method == "rewrite":
         if not server_file:
             return "blocked", f"CONFIG REWRITE writes the server's own file ({ident.config_file or 'none'}), not {path}"
+        if no_rewrite:
+            return "blocked", no_rewrite + ("; method edit can write it" if we_can_edit else "")
         return "rewrite", "asked for"
-    # Keeping the file's owner needs root, or owning the file ourselves.
-    we_can_edit = we_can_edit and (os.geteuid() == 0 or real.stat().st_uid == os.geteuid())
     if method == "edit":
         if not target.local:
             return "blocked", "the target is not on this host: its file cannot be edited from here"
         if not we_can_edit:
-            return "blocked", (f"this user (uid {os.geteuid()}) cannot write {real} and its directory "
-                               "while keeping the file's owner")
+            why = f"{real.parent} is on a read-only mount ({read_only})" if read_only is not None else \
+                f"this user (uid {os.geteuid()}) cannot write {real} and its directory while keeping the file's owner"
+            return "blocked", why
         return "edit", "asked for"
-    if server_can and not has_includes:
+    if server_can and not has_includes and not no_rewrite:
         return "rewrite", "the server can write its config directory"
-    if target.local and we_can_edit:
-        why = "the file has include directives (CONFIG REWRITE would copy their values into the main file)" \
-            if has_includes \
-            else f"the server cannot write {real.parent} (CONFIG REWRITE needs to create a temp file there)"
+    if we_can_edit:
+        why = no_rewrite or ("the file has include directives (CONFIG REWRITE would copy their values into the "
+                             "main file)" if has_includes
+                             else f"the server cannot write {real.parent} (CONFIG REWRITE needs to create a temp "
+                                  "file there)")
         return "edit", why
-    if server_file and not target.local:
+    if server_file and not target.local and not no_rewrite:
         return "rewrite", "the target is remote: only the server can write its file"
+    if read_only is not None:
+        return "blocked", (f"{real.parent} is on a read-only mount ({read_only}): neither the server nor this "
+                           f"user may write {real}")
     return "blocked", (f"neither the server nor this user (uid {os.geteuid()}) may write {real} "
-                       "and its directory")
+                       "and its directory" + (f" ({no_rewrite})" if no_rewrite else ""))
 
 
-def blocked_commands(path: str, diff: str, desired: Mapping[str, str]) -> str:
-    """What a person with the rights runs, ready to paste."""
+def blocked_commands(path: str, diff: str, desired: Mapping[str, str], note: str = "") -> str:
+    """What a person with the rights runs, ready to paste (`note`: what else they may run instead, as comments)."""
+    head = note.rstrip("\n") + "\n" if note else ""
     if not path:
         lines = "\n".join(f"    {k} {v}" for k, v in desired.items())
-        return ("# The server has no config file. Put these settings where it gets its configuration\n"
+        return (head + "# The server has no config file. Put these settings where it gets its configuration\n"
                 "# (the service's command line, or a new config file it is started with):\n" + lines)
-    return (f"sudo cp -p {path} {path}.runbook-$(date -u +%Y%m%dT%H%M%SZ).bak\n"
+    return (head + f"sudo cp -p {path} {path}.runbook-$(date -u +%Y%m%dT%H%M%SZ).bak\n"
             f"sudo patch --forward {path} <<'PATCH'\n{diff}PATCH\n"
             "# then check: runbook run persist-config  (plan only: it must report no drift)")
 
 
+def _acl_note(target: Target, what: str) -> str:
+    user, cmd = acl_user(target), target.config_command
+    return (f"# The ACL user {user!r} may not run {cmd} {what}. A person with the rights either grants it and runs\n"
+            f"# this notebook again:\n#   redis-cli -u {target.name} --user ADMIN --askpass ACL SETUSER {user} "
+            f"'+{cmd.lower()}|{what.lower()}'\n# or edits the file (method edit does it where this user may):")
+
+
+def _read_only_note(real: Path) -> str:
+    mount = read_only_mount(real.parent)
+    if mount is None:
+        return ""
+    return (f"# {real.parent} is on a read-only mount ({mount}): apply the patch where the file comes from\n"
+            f"# (the image, the ConfigMap), or remount it first: sudo mount -o remount,rw {mount}")
+
+
+def _no_boot_binary(ident: Identity, choice: BinaryChoice) -> tuple[str, str]:
+    """(reason, note) when no binary of the target's product and major.minor is here for the boot check."""
+    minor = ".".join(ident.version.split(".")[:2])
+    found = ", ".join(f"{b.label} ({b.path})" for b in choice.considered) or "none"
+    name = f"{ident.server}-server"
+    reason = (f"no {ident.server.capitalize()} {minor} server binary here to boot-check the file with (found: "
+              f"{found}); set RUNBOOK_REDIS_SERVER to a {ident.label} {name} and run again, or pass "
+              "allow_unchecked_boot true to write the file without the boot check")
+    note = (f"# No {ident.server.capitalize()} {minor} {name} here to prove the edited file boots (found: {found}).\n"
+            f"# Point the runbook at one and run again:\n#   RUNBOOK_REDIS_SERVER=/path/to/{name} "
+            "runbook run persist-config -p apply true\n# or write it without the boot check:\n"
+            "#   runbook run persist-config -p apply true -p allow_unchecked_boot true\n# or apply the patch by hand:")
+    return reason, note
+
+
 def plan_persist(target: Target, *, config_file: str = "", method: str = "auto",
-                 settings: Mapping[str, object] | None = None) -> PersistPlan:
-    """Read runtime and file, decide what to write and how; sends nothing that changes state."""
+                 settings: Mapping[str, object] | None = None, allow_unchecked_boot: bool = False) -> PersistPlan:
+    """Read runtime and file, decide what to write and how; sends nothing that changes state.
+
+    Blocked when no server binary of the target's product and major.minor is here to boot-check the file
+    with, unless `allow_unchecked_boot`.
+    """
     client = target.client
     ident = target.identify()
     runtime = target.runtime_settings()
@@ -224,51 +305,101 @@ def plan_persist(target: Target, *, config_file: str = "", method: str = "auto",
                              single_save_rule=major < 7, stamp=utc_stamp())
         diff = unified_diff(before, new_text, str(edit_path))
         edit_file = str(edit_path)
-    commands = blocked_commands(edit_file or path_str, diff, desired) if chosen == "blocked" else ""
+    boot: BinaryChoice | None = None
+    note = ""
+    if chosen in ("rewrite", "edit") and path is not None and os.access(path, os.R_OK):
+        boot = for_server(ident, local=target.local)
+        if boot.match == "none" and not allow_unchecked_boot:
+            chosen = "blocked"
+            reason, note = _no_boot_binary(ident, boot)
+    fallback = "edit" if (chosen == "rewrite" and method == "auto" and path is not None and target.local
+                          and edit_file and _we_can_edit(Path(edit_file))) else ""
+    if chosen == "blocked" and not note and path is not None:
+        note = _acl_note(target, "REWRITE") if "may not run CONFIG REWRITE" in reason \
+            else _read_only_note(path.resolve()) if target.local else ""
+    commands = blocked_commands(edit_file or path_str, diff, desired, note) if chosen == "blocked" else ""
     return PersistPlan(ident, path_str, tuple(changes), desired, chosen, reason, diff, commands, new_text,
-                       edit_file, before_sha)
+                       edit_file, before_sha, boot, fallback)
 
 
-def sha256_text(text: str) -> str:
-    return hashlib.sha256(text.encode("utf-8", errors="surrogateescape")).hexdigest()
+#: How a server or the OS says that rights are missing (CONFIG REWRITE's reply, or an OSError's text).
+_NO_RIGHTS = ("permission denied", "read-only file system", "operation not permitted")
+_NO_RIGHTS_ERRNO = (errno.EACCES, errno.EPERM, errno.EROFS)
 
 
 def apply_persist(target: Target, plan: PersistPlan, *, apply: bool = False, make_backup: bool = True) -> PersistResult:
-    """Write the plan (only with `apply`); Blocked when nobody here may write the file."""
+    """Write the plan (only with `apply`). Missing rights, found at plan time or only now, give a blocked
+    result with the commands for a person with the rights (exit 3 after the summary is recorded)."""
     if plan.unchanged:
         return PersistResult(Outcome.UNCHANGED, "none")
     if plan.method == "blocked":
-        return PersistResult(Outcome.BLOCKED, "blocked")
+        return PersistResult(Outcome.BLOCKED, "blocked", reason=plan.reason, commands=plan.commands)
     if not apply:
         return PersistResult(Outcome.PLANNED, plan.method, diff=plan.diff)
     stamp = utc_stamp()
     if plan.method == "rewrite":
-        path = Path(plan.config_file).resolve()
-        before = read_raw(path) if os.access(path, os.R_OK) else ""
-        saved = str(backup(path, stamp)) if make_backup and os.access(path.parent, os.W_OK) else ""
-        st = path.stat()
-        try:
-            target.config_rewrite()
-        except redis.ResponseError as err:
-            if saved:
-                Path(saved).unlink(missing_ok=True)
+        return _rewrite(target, plan, make_backup, stamp)
+    return _edit(target, plan, make_backup, stamp)
+
+
+def _blocked(plan: PersistPlan, reason: str, note: str = "") -> PersistResult:
+    return PersistResult(Outcome.BLOCKED, "blocked", reason=reason,
+                         commands=blocked_commands(plan.edit_file or plan.config_file, plan.diff, plan.desired, note))
+
+
+def _rewrite(target: Target, plan: PersistPlan, make_backup: bool, stamp: str) -> PersistResult:
+    link = Path(plan.config_file)
+    if link.is_symlink():
+        return _blocked(plan, f"{link} is a symlink to {link.resolve()}: CONFIG REWRITE would replace the link "
+                              "with a regular file; nothing was written (method edit writes through the link)")
+    path = link.resolve()
+    before = read_raw(path) if os.access(path, os.R_OK) else ""
+    saved = str(backup(path, stamp)) if make_backup and os.access(path.parent, os.W_OK) else ""
+    st = path.stat()
+    try:
+        target.config_rewrite()
+    except redis.ResponseError as err:
+        if saved:
+            Path(saved).unlink(missing_ok=True)
+        acl = isinstance(err, NoPermissionError)
+        if not (acl or any(w in str(err).lower() for w in _NO_RIGHTS)):
             raise ChangeFailed(f"{target.name}: {target.config_command} REWRITE failed: {err}. The file was not "
-                               "changed (the server writes a temp file and renames it). Use method edit, or give "
-                               f"the server write access to {path.parent}.") from err
-        after = read_raw(path) if before else ""
-        _keep_mode_and_owner(path, st)
-        return PersistResult(Outcome.CHANGED, "rewrite", saved, unified_diff(before, after, str(path)))
-    path = Path(plan.edit_file)
+                               "changed (the server writes a temp file and renames it); see the server log, or "
+                               "use method edit.") from err
+        who = f"the ACL user {acl_user(target)!r}" if acl else "the server"
+        if plan.fallback == "edit":
+            log.info("%s: CONFIG REWRITE refused (%s): editing the file instead", target.name, err)
+            edited = _edit(target, plan, make_backup, stamp)
+            return replace(edited, reason=f"{who} may not run CONFIG REWRITE here ({err}): the file was edited "
+                                          "instead") if edited.result == Outcome.CHANGED else edited
+        note = _acl_note(target, "REWRITE") if acl else _read_only_note(path) if target.local else ""
+        return _blocked(plan, f"{target.config_command} REWRITE was refused: {err} ({who} lacks the rights); "
+                              "nothing was written", note)
+    after = read_raw(path) if before else ""
+    _keep_mode_and_owner(path, st)
+    return PersistResult(Outcome.CHANGED, "rewrite", saved, unified_diff(before, after, str(path)))
+
+
+def _edit(target: Target, plan: PersistPlan, make_backup: bool, stamp: str) -> PersistResult:
+    """The planned edit of the real file (a symlink is written through), after a backup beside it."""
+    path = Path(plan.edit_file).resolve()
     current = read_raw(path)
     if sha256_text(current) != plan.before_sha:
         raise ChangeFailed(f"{path} changed since the plan was made; nothing was written. Run again to re-plan.")
+    saved = ""
     try:
         saved = str(backup(path, stamp)) if make_backup else ""
         atomic_write(path, plan.new_text)
     except OSError as err:
+        if saved:
+            Path(saved).unlink(missing_ok=True)
+        if err.errno in _NO_RIGHTS_ERRNO:
+            return _blocked(plan, f"this user (uid {os.geteuid()}) may not write {path}: {err}; nothing was "
+                                  "written", _read_only_note(path))
         raise ChangeFailed(f"{target.name}: writing {path} failed: {err}. The file was not changed (it is replaced "
-                           "only by a complete temp file); check the rights on it and its directory.") from err
-    return PersistResult(Outcome.CHANGED, "edit", saved, plan.diff)
+                           "only by a complete temp file).") from err
+    # The evidence is what really changed on disk, read back.
+    return PersistResult(Outcome.CHANGED, "edit", saved, unified_diff(current, read_raw(path), str(path)))
 
 
 def _keep_mode_and_owner(path: Path, before: os.stat_result) -> None:
@@ -284,8 +415,8 @@ def _keep_mode_and_owner(path: Path, before: os.stat_result) -> None:
 def raise_if_blocked(target: Target, plan: PersistPlan, result: PersistResult) -> None:
     """Raise Blocked (exit 3) after the summary is recorded, when a person must act."""
     if result.result == Outcome.BLOCKED:
-        raise Blocked(f"{target.name}: {plan.reason}. Nothing was changed; the patch and the commands to run "
-                      "are in the notebook and in the archived summary.")
+        raise Blocked(f"{target.name}: {result.reason or plan.reason}. Nothing was changed; the patch and the "
+                      "commands to run are in the notebook and in the archived summary.")
 
 
 def boot_check(target: Target, plan: PersistPlan, *, timeout_s: float = 30.0) -> Check:
@@ -293,13 +424,19 @@ def boot_check(target: Target, plan: PersistPlan, *, timeout_s: float = 30.0) ->
 
     The copy is the one rehearse builds (`runbook.sandbox.isolation`): every line that could reach the
     real server's sockets, files, master or logs is commented out and replaced by the sandbox's own.
-    The binary is the one search's best match for the target (`runbook.sandbox.binaries`).
+    The binary is the one the plan chose (the one search, `runbook.sandbox.binaries`): the target's product
+    and version, else its major.minor; with none of those here (allow_unchecked_boot) nothing is booted.
     """
     path = Path(plan.config_file)
     if not plan.config_file or not os.access(path, os.R_OK):
         return Check("file_boots", Status.WARN,
                      f"{plan.config_file or 'no config file'} is not readable here: boot not tested")
-    choice = for_server(plan.identity, local=target.local)
+    choice = plan.boot or for_server(plan.identity, local=target.local)
+    if choice.match == "none":
+        return Check("file_boots", Status.WARN,
+                     f"not boot-checked: no {plan.identity.label} binary (nor its major.minor) here, and a server of "
+                     "another version may refuse a good file (allow_unchecked_boot)",
+                     "set RUNBOOK_REDIS_SERVER to a matching server binary and run persist-config again")
     binary = choice.binary.path
     root = Path(tempfile.mkdtemp(prefix="runbook-boot-"))
     sb: Sandbox | None = None
@@ -311,6 +448,10 @@ def boot_check(target: Target, plan: PersistPlan, *, timeout_s: float = 30.0) ->
         creds = target.client.connection_pool.connection_kwargs  # the same user and password as the target
         client = sb.client(username=creds.get("username"), password=creds.get("password"))
         booted = runtime_settings(client, target.config_command)
+    except redis.AuthenticationError as err:
+        return Check("file_boots", Status.WARN, f"a server booted from a copy of {path} but refused this "
+                     f"connection's credentials ({err}): its settings were not compared",
+                     "define the ACL user in the file (a user made with ACL SETUSER is lost at restart)")
     except (PreconditionFailed, ParameterError, redis.RedisError) as err:
         return Check("file_boots", Status.FAIL, f"a server started from a copy of {path} failed: {err}",
                      "fix the file before any restart; the backup is beside it")
@@ -351,8 +492,31 @@ def verify_persist(target: Target, plan: PersistPlan, result: PersistResult) -> 
                             or "every persistence setting in the file matches the runtime"))
     except PreconditionFailed as err:
         checks.append(Check("no_drift", Status.WARN, f"file not re-read: {err}"))
-    checks.append(boot_check(target, plan))
+    booted = boot_check(target, plan)
+    if booted.status == Status.FAIL and result.result == Outcome.CHANGED:
+        restored = restore_backup(plan, result)
+        if restored.status == Status.PASS:
+            booted = replace(booted, observed=f"{booted.observed}; the file was put back from the backup "
+                                              f"{result.backup}", fix="fix the change by hand, then run again")
+        checks += [booted, restored]
+    else:
+        checks.append(booted)
     return tuple(checks)
+
+
+def restore_backup(plan: PersistPlan, result: PersistResult) -> Check:
+    """Put the file that failed its boot check back from the backup taken before the write."""
+    written = Path(_written_file(plan, result))
+    if not result.backup or not Path(result.backup).is_file():
+        return Check("file_restored", Status.FAIL, f"no backup was kept (backup false): {written} stays as "
+                     "written", "undo the diff in the summary by hand before any restart")
+    try:
+        atomic_write(written, read_raw(Path(result.backup)))
+    except OSError as err:
+        return Check("file_restored", Status.FAIL, f"{written} could not be put back from {result.backup}: {err}",
+                     f"copy {result.backup} over {written} by hand before any restart")
+    return Check("file_restored", Status.PASS, f"{written} was put back from the backup {result.backup}, byte for "
+                 "byte: the file that failed its boot check is not left in place (the running server is unchanged)")
 
 
 def _written_file(plan: PersistPlan, result: PersistResult) -> str:
@@ -363,17 +527,22 @@ def _written_file(plan: PersistPlan, result: PersistResult) -> str:
 def persist_summary(plan: PersistPlan, result: PersistResult, checks: tuple[Check, ...]) -> StepSummary:
     """The record of this notebook; rollback reads the file it wrote and its backup (`file_change`)."""
     changed = result.result == Outcome.CHANGED
-    verdict = Status.BLOCKED if result.result == Outcome.BLOCKED else worst([c.status for c in checks])
+    blocked = result.result == Outcome.BLOCKED
+    verdict = Status.BLOCKED if blocked else worst([c.status for c in checks])
+    restored = next((c for c in checks if c.name == "file_restored" and c.status == Status.PASS), None)
     return StepSummary(STEP, verdict, result.result, plan.identity.server, plan.identity.version, checks, facts={
         "config_file": plan.config_file,
-        "method": result.method if changed else plan.method,
-        "reason": plan.reason,
+        "method": result.method if changed or blocked else plan.method,
+        "reason": result.reason or plan.reason,
         "changes": [SettingChange(c.setting, c.file, c.runtime).to_json() for c in plan.changes],
         "backup": result.backup,
         "config_sha256_after": sha256_text(read_raw(Path(_written_file(plan, result)))) if changed else "",
         "edited_file": _written_file(plan, result),
         "diff": result.diff or plan.diff,
-        "commands": plan.commands,
+        "commands": result.commands or plan.commands,
+        "restored_from_backup": result.backup if restored else "",
+        "boot_binary": f"{plan.boot.binary.label} ({plan.boot.binary.path}, {plan.boot.match} match)"
+                       if plan.boot else "",
     })
 
 

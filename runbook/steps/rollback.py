@@ -6,7 +6,6 @@ summaries in index.jsonl); nothing is guessed.
 
 from __future__ import annotations
 
-import hashlib
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,12 +14,11 @@ from typing import Any
 from runbook.errors import Blocked, PreconditionFailed
 from runbook.evidence.archive import archive_root, read_index
 from runbook.model import Check, Outcome, Status, StepSummary, worst
-from runbook.server.configedit import atomic_write, read_raw, unified_diff
+from runbook.server.configedit import atomic_write, read_raw, sha256_text, unified_diff
 from runbook.server.configfile import read_config
 from runbook.server.ops import restart_trap
 from runbook.server.settings import compare, normalize
 from runbook.server.target import Target
-from runbook.steps.checks import config_drift
 
 STEP = "rollback"
 #: The steps whose changes a rollback undoes.
@@ -36,14 +34,12 @@ class RollbackPlan:
     diff: str  # masked: the file now -> the backup
     blocked: str  # why a person must act, or ""
     notes: tuple[str, ...]
+    #: The drift the rollback puts back: runtime as the change found it against the backup (or the file it left).
+    state_before: tuple[str, ...] = ()
 
     @property
     def empty(self) -> bool:
         return not self.runtime and not self.backup
-
-
-def _sha(text: str) -> str:
-    return hashlib.sha256(text.encode("utf-8", errors="surrogateescape")).hexdigest()
 
 
 @dataclass(frozen=True)
@@ -87,10 +83,14 @@ def plan_rollback(target: Target, *, change_id: str = "", archive: str = "") -> 
                 if normalize(ch.setting, now) != normalize(ch.setting, ch.after):
                     notes.append(f"{ch.setting} is {now} now, not {ch.after} as the change left it: left alone")
                     continue
-                steps.append((ch.setting, now, str(ch.before)))
+                if ch.before is None:
+                    notes.append(f"{ch.setting}: the record does not say what it was before the change: left alone")
+                    continue
+                steps.append((ch.setting, now, ch.before))
             continue
         written = rec.summary.file_change
-        if written is None:
+        if written is None:  # a record that says it changed the file but not which file, nor its backup
+            blocked = f"the persist-config record of change {cid} names no file and no backup"
             continue
         backup, config_file = written.backup, written.written_file
         if not backup or not Path(backup).is_file():
@@ -98,13 +98,14 @@ def plan_rollback(target: Target, *, change_id: str = "", archive: str = "") -> 
             continue
         current = read_raw(Path(config_file))
         diff = unified_diff(current, read_raw(Path(backup)), config_file)
-        if written.sha256_after and _sha(current) != written.sha256_after:
+        if written.sha256_after and sha256_text(current) != written.sha256_after:
             blocked = (f"{config_file} changed after the change {cid} (someone edited it): restoring the backup "
                        "would undo that edit too. Compare the diff below, then restore by hand")
     steps.sort(key=lambda s: s[0] != "appendonly")  # appendonly first: AOF off before its settings go back
     if not blocked and steps:
         blocked = _trap_after(target, runtime, steps, config_file, backup)
-    return RollbackPlan(cid, tuple(steps), config_file, backup, diff, blocked, tuple(notes))
+    before, _ = drift_of(target, {**runtime, **{s: back for s, _, back in steps}}, backup or config_file)
+    return RollbackPlan(cid, tuple(steps), config_file, backup, diff, blocked, tuple(notes), before)
 
 
 def _trap_after(target: Target, runtime: dict[str, str], steps: list[tuple[str, str, str]], config_file: str,
@@ -156,22 +157,45 @@ def verify_rollback(target: Target, plan: RollbackPlan, result: Outcome) -> tupl
     trap = restart_trap(target)
     checks.append(Check("no_restart_trap", Status.FAIL if trap else Status.PASS,
                         trap or "a restart now would load the data"))
-    checks.append(_drift_check(target))  # the inspection's drift verdict: the state the change started from, again
+    checks.append(state_restored(target, plan))
     return tuple(checks)
 
 
-def _drift_check(target: Target) -> Check:
-    """The inspection's config_drift check for `target` and the config file it was started with."""
+def drift_of(target: Target, runtime: dict[str, str], config_file: str = "") -> tuple[tuple[str, ...], str]:
+    """Each setting where `runtime` and the file (default: the one the server was started with) differ, as
+    'appendonly yes at runtime, no in the file'; or why the file could not be compared."""
     ident = target.identify()
-    path, config, error = ident.config_file, None, ""
-    if path and not target.local:
-        error = f"the target is not on this host, so {path} cannot be read here"
-    elif path:
-        try:
-            config = read_config(path)
-        except PreconditionFailed as err:
-            error = str(err)
-    return config_drift(compare(target.runtime_settings(), config, ident.major), path, error)
+    path = config_file or ident.config_file
+    if not path:
+        return (), "the server runs without a config file"
+    if not target.local:
+        return (), f"the target is not on this host, so {path} cannot be read here"
+    try:
+        config = read_config(path)
+    except PreconditionFailed as err:
+        return (), str(err)
+    return tuple(f"{d.setting} {d.runtime} at runtime, {d.file} in the file"
+                 for d in compare(runtime, config, ident.major) if d.status == "drift"), ""
+
+
+def state_restored(target: Target, plan: RollbackPlan) -> Check:
+    """The drift now against the drift before the change: the same is a rollback done (warn when that state had
+    drift: the rollback put it back), anything else fails."""
+    name = "state_restored"
+    now, error = drift_of(target, target.runtime_settings(), plan.config_file)
+    if error:
+        return Check(name, Status.WARN, f"runtime not compared with the config file: {error}",
+                     "compare CONFIG GET with the config file by hand")
+    if now != plan.state_before:
+        return Check(name, Status.FAIL, f"not the state before the change: now {'; '.join(now) or 'no drift'}, "
+                     f"before {'; '.join(plan.state_before) or 'no drift'}",
+                     "compare CONFIG GET and the config file with the change's records and fix by hand")
+    if now:
+        return Check(name, Status.WARN, f"the state before the change is back: {'; '.join(now)}, as the change "
+                     "found it", "that drift predates the change: run 02-enable-aof and 03-persist-config again "
+                     "to fix it")
+    return Check(name, Status.PASS, "the state before the change is back: the config file matches the runtime "
+                 "persistence settings")
 
 
 def raise_if_blocked(target: Target, plan: RollbackPlan, result: Outcome) -> None:
@@ -185,5 +209,5 @@ def rollback_summary(plan: RollbackPlan, result: Outcome, checks: tuple[Check, .
         "change_id": plan.change_id,
         "runtime": [{"setting": s, "from": n, "to": b} for s, n, b in plan.runtime],
         "config_file": plan.config_file, "backup": plan.backup, "diff": plan.diff, "blocked": plan.blocked,
-        "notes": list(plan.notes),
+        "notes": list(plan.notes), "restored_drift": list(plan.state_before) if result == Outcome.DONE else [],
     })
