@@ -23,9 +23,12 @@ from pathlib import Path
 
 import nbformat
 import papermill as pm
+from archive_costs import archive_costs
+from archive_costs import rows as archive_rows
 from nbformat.v4 import new_code_cell, new_notebook
 
 import runbook
+from runbook.evidence.archive import read_index
 from runbook.orchestration.plan import notebooks_dir
 from runbook.sandbox.seed import populate
 from runbook.sandbox.throwaway import Sandbox
@@ -64,7 +67,7 @@ def run_all(repeat: int, work: Path) -> tuple[float, dict[str, float]]:
     for i in range(repeat):
         archive = work / f"all{i}"
         totals.append(timed([*RUNBOOK, "run", "all", "-p", "apply", "true", "--archive", str(archive)]))
-        recs = [json.loads(x) for x in (archive / "index.jsonl").read_text().splitlines()]
+        recs = read_index(archive)
         for k in shares:
             shares[k].append(sum(r.get("timings", {}).get(k, 0) for r in recs))
         waits = [r["summary"].get("seconds", 0) + r["summary"].get("bgsave_s", 0) for r in recs]
@@ -211,18 +214,67 @@ def fleet_inspection(counts: list[int], repeat: int, work: Path) -> dict[int, fl
             sb.cleanup()
 
 
+def lock_overhead(repeat: int) -> dict[str, float]:
+    """Median milliseconds the server lock adds to a run (`runbook.orchestration.locking`): taking it before a
+    target's first changing step (connect, key, one script), one renewal, and the release. A step after the first
+    of the same target only looks it up."""
+    from runbook.orchestration.locking import RunLocks  # noqa: PLC0415  (this row only)
+    from runbook.orchestration.plan import NOTEBOOKS, Step  # noqa: PLC0415
+
+    times: dict[str, list[float]] = {"take_ms": [], "renew_ms": [], "release_ms": [], "again_ms": []}
+    with Sandbox() as sb:
+        step = Step("enable-aof", notebooks_dir() / NOTEBOOKS["enable-aof"], {"target": sb.url, "apply": True})
+        for i in range(max(repeat, 20)):
+            locks = RunLocks(f"bench{i}")
+            t0 = time.perf_counter()
+            locks.take(step)
+            t1 = time.perf_counter()
+            locks.take(step)  # the next changing step of the same target
+            t2 = time.perf_counter()
+            held = locks.held[sb.url]
+            assert held is not None
+            held.renew()
+            t3 = time.perf_counter()
+            locks.release()
+            t4 = time.perf_counter()
+            for k, v in zip(times, (t1 - t0, t3 - t2, t4 - t3, t2 - t1)):
+                times[k].append(v * 1000)
+    return {k: median(v) for k, v in times.items()}
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--repeat", type=int, default=5)
     ap.add_argument("--sizes", default="10000,100000,1000000")
     ap.add_argument("--fleets", default="1,10,50")
-    ap.add_argument("--only", choices=("fleet",), help="measure only this (the table shows it alone)")
+    ap.add_argument("--only", choices=("fleet", "lock", "archive"),
+                    help="measure only this (the table shows it alone)")
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args()
     sizes = [int(x) for x in args.sizes.split(",")]
     fleets = [int(x) for x in args.fleets.split(",")]
     work = Path(tempfile.mkdtemp(prefix="runbook-bench-"))
     r: dict[str, object] = {}
+    if args.only == "archive":
+        r["archive"] = archive_costs(work, args.repeat)
+        shutil.rmtree(work, ignore_errors=True)
+        _print_table(archive_rows(r["archive"]), args.repeat, "")
+        if args.json:
+            print(json.dumps(r, indent=2, default=str))
+        return 0
+    r["lock_ms"] = lock = lock_overhead(args.repeat)
+    per_step = lock["take_ms"] + lock["release_ms"]
+    lock_rows = [
+        ("server lock per changing step: take + release (first step of a target)",
+         f"{lock['take_ms']:.2f} + {lock['release_ms']:.2f} ms",
+         f"target < 10 ms: {'met' if per_step < 10 else 'MISSED'}"),
+        ("  a later step of the same target / one renewal (every 10 s, in the background)",
+         f"{lock['again_ms']:.3f} / {lock['renew_ms']:.2f} ms", ""),
+    ]
+    if args.only == "lock":
+        shutil.rmtree(work, ignore_errors=True)
+        _print_table(lock_rows, max(args.repeat, 20), "")
+        return 0
     r["fleet_s"] = fleet_inspection(fleets, args.repeat, work)
     fleet_ratio = r["fleet_s"][fleets[-1]] / r["fleet_s"][fleets[0]]
     fleet_rows = [
@@ -241,6 +293,7 @@ def main() -> int:
     r["enable_by_keys"] = enable_overhead([sizes[0], sizes[-1]], args.repeat)
     r["p99_quiet_ms"], r["p99_inspecting_ms"] = benchmark_impact(args.repeat)
     r["rss_runner_mib"], r["rss_kernel_mib"] = peak_rss(work)
+    r["archive"] = archive_costs(work, args.repeat)
     shutil.rmtree(work, ignore_errors=True)
 
     with Sandbox() as sb:
@@ -269,7 +322,9 @@ def main() -> int:
         ("redis-benchmark p99 alone / during inspections",
          f"{r['p99_quiet_ms']:.3f} / {r['p99_inspecting_ms']:.3f} ms", ""),
         ("peak RSS: runner / kernel", f"{r['rss_runner_mib']:.0f} / {r['rss_kernel_mib']:.0f} MiB", ""),
+        *lock_rows,
         *fleet_rows,
+        *archive_rows(r["archive"]),
     ]
     _print_table(rows, args.repeat, server)
     if args.json:

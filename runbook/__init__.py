@@ -15,6 +15,7 @@ from runbook.errors import (
     VerificationFailed,
     WaitTimeout,
 )
+from runbook.evidence.journal import intend
 from runbook.evidence.summary import read_summary, record
 from runbook.model import Check, ConnectionSpec, Outcome, Status, StepSummary, worst
 from runbook.sandbox.handoff import connect
@@ -30,6 +31,6 @@ __version__ = "0.1.0"
 __all__ = [
     "Blocked", "ChangeFailed", "Check", "ConnectionSpec", "Inspection", "Outcome", "ParameterError",
     "PreconditionFailed", "RunbookError", "Sandbox", "Status", "StepSummary", "Target", "TargetUnreachable",
-    "VerificationFailed", "WaitTimeout", "aof_on_disk", "connect", "identify", "inspect_target", "mask_secrets",
-    "parse_manifest", "read_config", "read_summary", "record", "seed_sandbox", "worst",
+    "VerificationFailed", "WaitTimeout", "aof_on_disk", "connect", "identify", "inspect_target", "intend",
+    "mask_secrets", "parse_manifest", "read_config", "read_summary", "record", "seed_sandbox", "worst",
 ]

@@ -10,9 +10,11 @@ from pathlib import Path
 from typing import Sequence
 
 from runbook.errors import ExitCode, ParameterError, RunbookError
-from runbook.evidence.archive import archive_root, read_index, verify
+from runbook.evidence.archive import archive_root, check, read_index
+from runbook.evidence.journal import findings, listing
 from runbook.evidence.metrics import render, require_writable, write_atomically
-from runbook.model import StepSummary
+from runbook.evidence.prune import prune
+from runbook.model import Status, StepSummary
 from runbook.orchestration.plan import NOTEBOOKS, SEQUENCES
 from runbook.orchestration.rehearse import rehearse
 from runbook.orchestration.runner import RunResult, run
@@ -40,9 +42,12 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--keep-going", action="store_true",
                    help="fleets: a target that fails stops only its own later steps, not the other targets'")
 
-    a = sub.add_parser("archive", help="list or verify the evidence archive")
-    a.add_argument("action", choices=("list", "verify"))
+    a = sub.add_parser("archive", help="list, verify or prune the evidence archive")
+    a.add_argument("action", choices=("list", "verify", "prune"))
     a.add_argument("--archive", help=ARCHIVE_HELP)
+    a.add_argument("--keep-days", type=int, metavar="N",
+                   help="prune: remove routine inspections (changes that only ran inspect) older than N days; "
+                        "every other change's records stay")
 
     h = sub.add_parser("rehearse", help="run the whole change (all, apply) on a sandbox built from a target's "
                        "own config file, and say whether the target would pass")
@@ -63,15 +68,48 @@ def _print_run(result: RunResult) -> None:
     print(f"{'step':<16} {'target':<28} {'status':<8} {'changed':<8} key figures")
     for s in result.steps:
         figures = s.summary.error or _figures(s.summary)
+        if s.status == Status.SKIPPED and s.summary.facts.get("reason"):
+            figures = f"not run: {s.summary.facts['reason']}"
         print(f"{s.name:<16} {s.target[:28]:<28} {s.status:<8} {changed(s.summary):<8} {figures}")
-    for nb in dict.fromkeys(s.notebook for s in result.steps if s.notebook is not None):
-        print(f"evidence: {result.archive.location(nb)}\n          {result.archive.location(nb.with_suffix('.html'))}")
+    for nb, html in dict.fromkeys((s.notebook, s.html) for s in result.steps if s.notebook is not None):
+        print(f"evidence: {result.archive.location(nb)}")
+        if html is not None:
+            print(f"          {result.archive.location(html)}")
     print(f"index:    {result.archive.location()}")
     for s in result.failing():
         print(f"failing:  {s.target} at {s.name}: {s.summary.error or _figures(s.summary)}")
+    if result.archive_failure:
+        print(f"verdict:  FAILED: the evidence archive failed, so the run stopped at a safe point: "
+              f"{result.archive_failure} (exit {result.exit_code})")
+        for line in result.changes() or ["nothing on the server (no step had changed it yet)"]:
+            print(f"changed:  {line}")
+        print(f"kept:     {result.kept}")
+        return
+    if result.stopped_by:
+        print(f"verdict:  {stopped_line(result).removeprefix('runbook: ')} (exit {result.exit_code})")
+        return
     verdict = {ExitCode.OK: "OK", ExitCode.FAILED: "FAILED", ExitCode.USAGE: "USAGE ERROR",
-               ExitCode.BLOCKED: "BLOCKED: a person must act"}[result.exit_code]
+               ExitCode.BLOCKED: "BLOCKED: a person must act"}[ExitCode(result.exit_code)]
     print(f"verdict:  {verdict} (exit {result.exit_code})")
+
+
+def stopped_line(result: RunResult) -> str:
+    """The one line of a run a signal stopped: where, what was put back or is left, and where the evidence is."""
+    cut = next((s for s in result.steps if s.status == Status.INTERRUPTED), None)
+    done = [s for s in result.steps if s.status not in (Status.SKIPPED, Status.INTERRUPTED)]
+    if cut is not None:
+        error = cut.summary.error
+        for prefix in (f"stopped by {result.stopped_by}: ", "ChangeInterrupted: ", f"{cut.target}: "):
+            error = error.removeprefix(prefix)
+        where = f"during {cut.name} on {cut.target}: {error}"
+        left = cut.summary.facts.get("unfinished")
+        where += f"; may be left: {left} (see its intent; `runbook run rollback` undoes it)" if left else ""
+    else:
+        where = f"after {done[-1].name} on {done[-1].target}" if done else "before any step ran"
+    changes = result.changes()
+    return (f"runbook: stopped by {result.stopped_by} {where}; change {result.change_id}"
+            + (f"; it had changed: {'; '.join(changes)}" if changes and cut is None else "")
+            + f"; evidence: {result.archive.location()}")
 
 
 def changed(summary: StepSummary) -> str:
@@ -88,6 +126,10 @@ def _figures(summary: StepSummary) -> str:
         parts.append(f"result={summary.result}" + (f" method={facts['method']}" if facts.get("method") else ""))
     if "dbsize" in facts:
         parts.append(f"keys={facts['dbsize']}")
+    if facts.get("skip_reason"):
+        parts.append(f"skipped because: {facts['skip_reason']}")
+    elif summary.step == "backup" and facts.get("location"):
+        parts.append(f"to={facts['location']}")  # plan only: where it would go
     if facts.get("drift"):
         parts.append("drift=" + ",".join(facts["drift"]))
     parts += [f"{c.name}={c.status}" for c in summary.not_passing]
@@ -120,28 +162,56 @@ def main(argv: Sequence[str] | None = None) -> int:
                                "exit_code": s.exit_code, "summary": s.summary.to_json(),
                                "ipynb": result.archive.location(s.notebook) if s.notebook else None,
                                "html": result.archive.location(s.html) if s.html else None,
-                               "run_id": s.record["run_id"]}
+                               "run_id": s.record.get("run_id")}
                               for s in result.steps],
+                    **({"stopped_by": result.stopped_by} if result.stopped_by else {}),
+                    **({"archive_failure": result.archive_failure, "changed": result.changes(), "kept": result.kept}
+                       if result.archive_failure else {}),
                 }, indent=2))
-            else:
+            elif not result.stopped_by:
                 _print_run(result)
+            if result.stopped_by:
+                print(stopped_line(result), file=sys.stderr)
             return result.exit_code
         root = archive_root(args.archive)
         if args.action == "list":
-            for rec in read_index(root):
-                print(f"{rec['started'][:19]}  {rec['change_id']}  {rec['notebook']:<10} {rec['target']:<28} "
-                      f"{rec['status']:<8} {next(iter(rec['files']), '')}")
+            for row in listing(read_index(root)):
+                note = f"  (was: {row['note']})" if row.get("note") else ""
+                print(f"{str(row.get('started', ''))[:19]}  {row.get('change_id', '')}  {row.get('notebook', ''):<10} "
+                      f"{row.get('target', ''):<28} {row.get('status', ''):<8} {row['file']}{note}")
             return ExitCode.OK
-        problems = verify(root)
-        for p in problems:
+        if args.action == "prune":
+            return _prune(root, args.keep_days)
+        found = check(root)
+        interrupted, closed = findings(read_index(root))
+        for p in [*found.problems, *interrupted]:
             print(p, file=sys.stderr)
-        if not problems:
-            print(f"{root}: {len(read_index(root))} record(s), chain and files intact")
-        return ExitCode.FAILED if problems else ExitCode.OK
+        if not found.problems:
+            pruned = f" ({found.pruned} pruned, see the checkpoints)" if found.pruned else ""
+            open_runs = f"; {len(interrupted)} interrupted run(s) nothing closed yet" if interrupted else ""
+            print(f"{root}: {found.records} record(s){pruned}, chain and files intact{open_runs}")
+        for note in [*found.notes, *closed]:
+            print(f"note: {note}")
+        return ExitCode.FAILED if found.problems or interrupted else ExitCode.OK
     except RunbookError as err:
         prefix = "parameter error: " if isinstance(err, ParameterError) else ""
         print(f"runbook: {prefix}{err}", file=sys.stderr)
         return err.exit_code
+    except KeyboardInterrupt:  # Ctrl-C outside a run's steps (a run catches it and stops at a safe point)
+        print("runbook: interrupted (SIGINT) before a step ran or after the run ended: no step was cut short",
+              file=sys.stderr)
+        return 130
+
+
+def _prune(root: Path | str, keep_days: int | None) -> int:
+    """`runbook archive prune --keep-days N`: one line saying what went and what stayed."""
+    if keep_days is None:
+        raise ParameterError("archive prune needs --keep-days N (how many days of routine inspections to keep)")
+    done = prune(root, keep_days)
+    print(f"{root}: pruned {done.records} record(s) of {done.changes} routine inspection(s) started before "
+          f"{done.cutoff[:19]}Z, {done.files} file(s) removed, {done.segments} segment(s) rewritten with a "
+          f"checkpoint; {done.kept} record(s) kept")
+    return ExitCode.OK
 
 
 def _rehearse(args: argparse.Namespace) -> int:
@@ -157,7 +227,7 @@ def _rehearse(args: argparse.Namespace) -> int:
             "steps": [{"notebook": s.name, "target": s.target, "status": s.status, "exit_code": s.exit_code,
                        "summary": s.summary.to_json(),
                        "ipynb": result.archive.location(s.notebook) if s.notebook else None,
-                       "html": result.archive.location(s.html) if s.html else None, "run_id": s.record["run_id"]}
+                       "html": result.archive.location(s.html) if s.html else None, "run_id": s.record.get("run_id")}
                       for s in result.steps],
         }, indent=2))
         return done.exit_code

@@ -64,6 +64,11 @@ class Blocked(RunbookError):
     exit_code = ExitCode.BLOCKED
 
 
+class ChangeInterrupted(RunbookError):
+    """Raised when an interrupt (SIGINT, or the runner passing on SIGTERM) stopped a change midway; the message
+    says what was put back, or what is left."""
+
+
 class ArchiveError(RunbookError):
     """Raised when evidence could not be written to, or read from, the evidence archive."""
 
@@ -81,6 +86,6 @@ def exit_code_for_status(status: Status, *, fail_on_warn: bool = False) -> ExitC
     """The exit code of a step that ended with `status` (a warning fails only with --fail-on warn)."""
     if status == Status.BLOCKED:
         return Blocked.exit_code
-    if status in (Status.FAIL, Status.ERROR) or (status == Status.WARN and fail_on_warn):
+    if status in (Status.FAIL, Status.ERROR, Status.INTERRUPTED) or (status == Status.WARN and fail_on_warn):
         return ExitCode.FAILED
     return ExitCode.OK

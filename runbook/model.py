@@ -35,6 +35,11 @@ class Status(Word):
     ERROR = "error"  # the step could not run to its end (it raised)
     BLOCKED = "blocked"  # a person must act; nothing was changed
     SKIPPED = "skipped"  # not run: an earlier step stopped the run
+    # Journal words (runbook.evidence.journal): a changing step's records before its verdict, and its end when
+    # a signal stopped it. A run whose last record is `started` or `intent` reads as interrupted.
+    STARTED = "started"  # the runner is about to run a step that may change the target
+    INTENT = "intent"  # the notebook is about to send its first write: what exactly it will set or write
+    INTERRUPTED = "interrupted"  # stopped by SIGTERM/SIGINT (or left without a verdict by a kill)
 
 
 class Outcome(Word):
@@ -46,6 +51,7 @@ class Outcome(Word):
     DONE = "done"  # a backup taken, a rollback made
     BLOCKED = "blocked"  # a person with the rights must act
     NOTHING = "nothing"  # nothing to act on (no recorded change to roll back)
+    SKIPPED = "skipped"  # not done on purpose, with the reason recorded (a backup skipped with skip_backup)
 
     @property
     def changed_something(self) -> bool:
@@ -94,12 +100,13 @@ class SettingChange:
 
 @dataclass(frozen=True)
 class FileChange:
-    """The config file a step wrote, the backup it kept, and the file's sha256 right after the write."""
+    """The config file a step wrote, the backup it kept, and the file's sha256 right before and after the write."""
 
     config_file: str
     written_file: str
     backup: str
     sha256_after: str
+    sha256_before: str = ""  # recorded since issue 14; older records have none
 
 
 #: Keys of the JSON form that are StepSummary fields; every other key is one of its `facts`.
@@ -190,7 +197,8 @@ class StepSummary:
         return FileChange(config_file=str(self.facts.get("config_file", "")),
                           written_file=str(self.facts.get("edited_file") or self.facts.get("config_file", "")),
                           backup=str(self.facts.get("backup", "")),
-                          sha256_after=str(self.facts.get("config_sha256_after", "")))
+                          sha256_after=str(self.facts.get("config_sha256_after", "")),
+                          sha256_before=str(self.facts.get("config_sha256_before", "")))
 
     @property
     def members(self) -> dict[str, StepSummary]:

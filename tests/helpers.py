@@ -11,7 +11,8 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
-_SCRUB = ("REDIS_PASSWORD", "RUNBOOK_SANDBOX_URL", "RUNBOOK_SANDBOX_DIR", "RUNBOOK_ARCHIVE")
+_SCRUB = ("REDIS_PASSWORD", "RUNBOOK_SANDBOX_URL", "RUNBOOK_SANDBOX_DIR", "RUNBOOK_ARCHIVE", "RUNBOOK_SIGNING_KEY",
+          "RUNBOOK_ALLOWED_SIGNERS")
 
 
 def runbook_cli(*args: str, env: dict[str, str] | None = None, timeout: int = 300,
@@ -44,8 +45,13 @@ def run_json(archive: Path, *args: str, env: dict[str, str] | None = None) -> tu
     return proc.returncode, out, proc.stderr
 
 
-def index(archive: Path) -> list[dict]:
-    return [json.loads(line) for line in (archive / "index.jsonl").read_text().splitlines()]
+def index(archive: Path, *, journal: bool = False) -> list[dict]:
+    """The archive's records, in order (its index is split into segments: read it the runbook's way): each step's
+    verdict; with `journal`, the `started` and `intent` records of changing steps too."""
+    from runbook.evidence.archive import read_index
+
+    records = read_index(archive)
+    return records if journal else [r for r in records if r.get("status") not in ("started", "intent")]
 
 
 def _has_user(name: str) -> bool:

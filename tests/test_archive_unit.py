@@ -1,4 +1,6 @@
-"""runbook.evidence.archive: the hash-chained index, its verification, and where runs are stored."""
+"""runbook.evidence.archive: the hash-chained index, its verification, and where runs are stored.
+
+(Torn lines, signatures, the head, segments and pruning: tests/test_archive_integrity.py.)"""
 
 from __future__ import annotations
 
@@ -13,7 +15,6 @@ import pytest
 from runbook.evidence.archive import (
     ARCHIVE_ENV,
     GENESIS,
-    INDEX,
     append_record,
     archive_root,
     read_index,
@@ -26,8 +27,11 @@ from runbook.evidence.archive import (
 STARTED = datetime(2024, 3, 5, 7, 8, 9, 123456, tzinfo=timezone.utc)
 
 
+SEGMENT = "index/0000000001.jsonl"  # the first segment: the seq of its first record
+
+
 def index_lines(root: Path) -> list[bytes]:
-    return (root / INDEX).read_bytes().splitlines()
+    return (root / SEGMENT).read_bytes().splitlines()
 
 
 def test_append_record_chains_prev_hash(tmp_path):
@@ -41,6 +45,7 @@ def test_append_record_chains_prev_hash(tmp_path):
     assert third["prev_hash"] == hashlib.sha256(index_lines(tmp_path)[1]).hexdigest()
     assert third["prev_hash"] != second["prev_hash"]
     assert [json.loads(ln) for ln in index_lines(tmp_path)] == [first, second, third]
+    assert [r["seq"] for r in (first, second, third)] == [1, 2, 3]
     assert read_index(tmp_path) == [first, second, third]
 
 
@@ -49,7 +54,7 @@ def test_append_record_does_not_mutate_input_and_creates_root(tmp_path):
     rec = {"run_id": "a"}
     append_record(root, rec)
     assert rec == {"run_id": "a"}
-    assert (root / INDEX).is_file()
+    assert (root / SEGMENT).is_file() and (root / "head.json").is_file()
 
 
 def make_archive(root: Path, n: int = 3) -> list[Path]:
@@ -104,31 +109,34 @@ def test_verify_reports_an_edited_earlier_line(tmp_path):
     rec = json.loads(lines[0])
     rec["status"] = "pass"  # someone rewrites history
     lines[0] = json.dumps(rec, sort_keys=True, separators=(",", ":")).encode()
-    (tmp_path / INDEX).write_bytes(b"\n".join(lines) + b"\n")
+    (tmp_path / SEGMENT).write_bytes(b"\n".join(lines) + b"\n")
     problems = verify(tmp_path)
     assert len(problems) == 1
-    assert problems[0].startswith("line 2")
+    assert problems[0].startswith(f"{SEGMENT} line 2 (run run1)")
     assert "chain broken" in problems[0]
 
 
 @pytest.mark.parametrize(("deleted", "broken_line"), [(0, 1), (1, 2)])
 def test_verify_reports_a_deleted_line(tmp_path, deleted, broken_line):
-    make_archive(tmp_path)
+    paths = make_archive(tmp_path)
     lines = index_lines(tmp_path)
     del lines[deleted]
-    (tmp_path / INDEX).write_bytes(b"\n".join(lines) + b"\n")
+    (tmp_path / SEGMENT).write_bytes(b"\n".join(lines) + b"\n")
     problems = verify(tmp_path)
-    assert len(problems) == 1
-    assert problems[0].startswith(f"line {broken_line}")
+    assert problems[0].startswith(f"{SEGMENT} line {broken_line} (run run{deleted + 1})")
     assert "chain broken" in problems[0]
+    # The deleted record's files are still there, and no record lists them now.
+    orphans = sorted(p.relative_to(tmp_path).as_posix() for p in paths[2 * deleted:2 * deleted + 2])
+    assert problems[1:] == [f"{rel}: no record lists this file" for rel in orphans]
 
 
 def test_verify_reports_an_unparsable_line(tmp_path):
     make_archive(tmp_path, 2)
-    with (tmp_path / INDEX).open("ab") as f:
+    with (tmp_path / SEGMENT).open("ab") as f:
         f.write(b"{not json\n")
     problems = verify(tmp_path)
-    assert len(problems) == 1 and "not JSON" in problems[0]
+    assert len(problems) == 1 and problems[0].startswith(f"{SEGMENT} line 3: not JSON")
+    assert [r["run_id"] for r in read_index(tmp_path)] == ["run0", "run1"]  # read around it, no exception
 
 
 @pytest.mark.parametrize(

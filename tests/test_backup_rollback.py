@@ -95,9 +95,15 @@ def test_rollback_after_run_all(default_binary: Path, make_sandbox, clean_env, t
     sb.client().save()
     original = sb.config_path.read_bytes()
     archive = tmp_path / "archive"
-    rc, _, err = run_json(archive, "all", "-p", "target", sb.url, "-p", "apply", "true")
+    rc, change, err = run_json(archive, "all", "-p", "target", sb.url, "-p", "apply", "true",
+                               "-p", "destination", str(tmp_path / "backups"))
     assert rc == 0, err
     assert sb.client().info("persistence")["aof_enabled"] == 1 and sb.config_path.read_bytes() != original
+    persisted = next(s["summary"] for s in change["steps"] if s["notebook"] == "persist-config")
+    # The config backup carries the change id, and the file's sha256 before the write is on record.
+    assert Path(persisted["backup"]).name.startswith(f"redis.conf.runbook-{change['change_id']}-")
+    assert persisted["config_sha256_before"] == hashlib.sha256(original).hexdigest()
+    data = next(s["summary"] for s in change["steps"] if s["notebook"] == "backup")
 
     rc, out, err = run_json(archive, "rollback", "-p", "target", sb.url)  # plan only first
     assert rc == 0, err
@@ -107,10 +113,16 @@ def test_rollback_after_run_all(default_binary: Path, make_sandbox, clean_env, t
     rc, out, err = run_json(archive, "rollback", "-p", "target", sb.url, "-p", "apply", "true")
     assert rc == 0, err
     summary = out["steps"][0]["summary"]
-    assert summary["result"] == "done" and summary["change_id"] == index(archive)[0]["change_id"]
+    assert summary["result"] == "done" and summary["change_id"] == change["change_id"]
     assert {k: v["status"] for k, v in summary["checks"].items()} == {
         "runtime_restored": "pass", "file_restored": "pass", "no_restart_trap": "pass", "state_restored": "pass"}
+    assert "byte for byte the file before the change" in summary["checks"]["file_restored"]["observed"]
     assert sb.config_path.read_bytes() == original  # the seed's file, byte for byte
+    # The rollback names the data backup of the same change: where it is, and each file's sha256 (its manifest).
+    manifest = json.loads((Path(data["location"]) / "MANIFEST.json").read_text())
+    assert summary["data_backup"] == {"location": data["location"],
+                                      "files": {n: m["sha256"] for n, m in manifest["files"].items()}}
+    assert summary["data_backup"]["files"]["dump.rdb"] == sha(Path(data["location"]) / "dump.rdb")
     assert sb.client().config_get("appendonly")["appendonly"] == "no"
     sb.restart()
     assert sb.client().dbsize() == 2500
@@ -168,7 +180,8 @@ def test_rollback_puts_back_a_state_that_had_drift(default_binary: Path, make_sa
     switch_aof_on(sb.client())
     original = sb.config_path.read_bytes()
     archive = tmp_path / "archive"
-    rc, _, err = run_json(archive, "all", "-p", "target", sb.url, "-p", "apply", "true")
+    rc, _, err = run_json(archive, "all", "-p", "target", sb.url, "-p", "apply", "true",
+                          "-p", "destination", str(tmp_path / "backups"))
     assert rc == 0, err
     assert sb.config_path.read_bytes() != original
 
@@ -204,3 +217,70 @@ def test_state_restored_fails_on_a_state_the_change_did_not_find(default_binary:
     assert summary.verdict == "fail"
     sb.client().config_set("appendonly", "no")
     assert rollback.state_restored(target, found_drift).status == "fail"
+
+
+@pytest.mark.notebook
+def test_rollback_refuses_a_backup_that_is_not_the_file_before_the_change(default_binary: Path, make_sandbox,
+                                                                        clean_env, tmp_path: Path) -> None:
+    """Issue 14: two changes once shared one backup name, the second copy (appendonly yes) replaced the original,
+    and rollback then said `done` with the file still saying yes. The pre-change sha256 on record catches it."""
+    sb = make_sandbox(default_binary)
+    populate(sb.client(), 100)
+    archive = tmp_path / "archive"
+    rc, out, err = run_json(archive, "enable-aof", "persist-config", "-p", "target", sb.url, "-p", "apply", "true")
+    assert rc == 0, err
+    kept = Path(out["steps"][1]["summary"]["backup"])
+    changed = sb.config_path.read_bytes()
+    kept.write_bytes(changed)  # the backup now holds the changed file
+    rc, out, _ = run_json(archive, "rollback", "-p", "target", sb.url, "-p", "apply", "true")
+    assert rc == 3
+    summary = out["steps"][0]["summary"]
+    assert summary["verdict"] == "blocked" and "is not the file as it was before the change" in summary["blocked"]
+    assert hashlib.sha256(changed).hexdigest() in summary["blocked"]
+    assert sb.config_path.read_bytes() == changed and sb.client().info("persistence")["aof_enabled"] == 1
+
+
+def test_file_restored_fails_when_the_bytes_are_not_the_recorded_ones(tmp_path: Path) -> None:
+    conf, bak = tmp_path / "redis.conf", tmp_path / "redis.conf.runbook-c1-S.bak"
+    conf.write_text("appendonly yes\n")
+    bak.write_text("appendonly yes\n")
+    plan = rollback.RollbackPlan("c1", (), str(conf), str(bak), "", "", (),
+                                 sha256_before=hashlib.sha256(b"appendonly no\n").hexdigest())
+    check = rollback.file_restored(plan)
+    assert check.status == "fail" and "is NOT the file before the change" in check.observed
+    conf.write_text("appendonly no\n")
+    assert rollback.file_restored(plan).status == "pass"
+
+
+@pytest.mark.notebook
+def test_all_backs_up_first_plans_where_and_skips_only_with_a_reason(default_binary: Path, make_sandbox, clean_env,
+                                                                     tmp_path: Path) -> None:
+    sb = make_sandbox(default_binary)
+    populate(sb.client(), 300)
+    dest = tmp_path / "backups"
+    # Plan only: the backup step says where the backup would go; nothing is copied.
+    rc, out, err = run_json(tmp_path / "a", "all", "-p", "target", sb.url, "-p", "destination", str(dest))
+    assert rc == 0, err
+    planned = out["steps"][1]
+    assert planned["notebook"] == "backup" and planned["summary"]["result"] == "planned"
+    assert planned["summary"]["location"].startswith(f"{dest}/") and not dest.exists()
+    # An empty reason, or a yes, is refused before anything is touched.
+    for reason in ("", "  ", "true"):
+        rc, _, err = run_json(tmp_path / "b", "all", "-p", "target", sb.url, "-p", "apply", "true",
+                              "-p", "skip_backup", reason)
+        assert rc == 2 and "skip_backup" in err and "must say why" in err, (reason, err)
+        assert not (tmp_path / "b").exists()
+    assert sb.client().config_get("appendonly")["appendonly"] == "no"
+    # With a reason: recorded in the change, and named by its rollback.
+    reason = "nightly backup at 02:00 to s3://backups/redis"
+    rc, out, err = run_json(tmp_path / "c", "all", "-p", "target", sb.url, "-p", "apply", "true",
+                            "-p", "skip_backup", reason, "-p", "destination", str(dest))
+    assert rc == 0, err
+    skipped = out["steps"][1]
+    assert (skipped["notebook"], skipped["status"], skipped["changed"]) == ("backup", "skipped", "no")
+    assert skipped["summary"]["skip_reason"] == reason and not dest.exists()
+    record = next(r for r in index(tmp_path / "c") if r["notebook"] == "backup" and r.get("summary"))
+    assert record["parameters"]["skip_backup"] == reason and record["change_id"] == out["change_id"]
+    rc, out, err = run_json(tmp_path / "c", "rollback", "-p", "target", sb.url)
+    assert rc == 0, err
+    assert out["steps"][0]["summary"]["data_backup"] == {"skipped": reason}

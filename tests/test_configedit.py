@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import difflib
+import hashlib
 import os
 import stat
 
@@ -346,11 +347,24 @@ def test_backup_copies_bytes_and_mode_beside_the_file(tmp_path):
     data = b"appendonly no\r\n# caf\xc3\xa9\nrequirepass x\n"
     path.write_bytes(data)
     path.chmod(0o640)
-    dest = backup(path, "20240102T030405Z")
-    assert dest == tmp_path / "redis.conf.runbook-20240102T030405Z.bak"
-    assert dest.read_bytes() == data
+    dest, digest = backup(path, "20240102T030405Z", "c0ffee123456")
+    assert dest == tmp_path / "redis.conf.runbook-c0ffee123456-20240102T030405Z.bak"  # the change id in its name
+    assert dest.read_bytes() == data and digest == hashlib.sha256(data).hexdigest()
     assert stat.S_IMODE(dest.stat().st_mode) == 0o640
     assert path.read_bytes() == data
+    assert backup(path, "20240102T030405Z")[0].name == "redis.conf.runbook-manual-20240102T030405Z.bak"
+
+
+def test_backup_never_overwrites_a_file(tmp_path):
+    """Two changes in the same second once named the same backup, and the second copy (appendonly yes) replaced
+    the original: a backup is created with O_EXCL, so an existing file is never touched."""
+    path = tmp_path / "redis.conf"
+    path.write_text("appendonly yes\n")
+    taken = tmp_path / "redis.conf.runbook-c1-S.bak"
+    taken.write_text("appendonly no\n")
+    with pytest.raises(FileExistsError):
+        backup(path, "S", "c1")
+    assert taken.read_text() == "appendonly no\n"
 
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="chown needs root")
@@ -358,7 +372,7 @@ def test_backup_keeps_the_owner(tmp_path):
     path = tmp_path / "redis.conf"
     path.write_text("appendonly no\n")
     os.chown(path, 1, 1)
-    dest = backup(path, "S")
+    dest, _ = backup(path, "S")
     assert (dest.stat().st_uid, dest.stat().st_gid) == (1, 1)
 
 

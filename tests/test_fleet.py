@@ -48,6 +48,8 @@ def test_plan_runs_checks_once_for_the_fleet_and_changes_per_target(tmp_path: Pa
     both = ("redis://a:1", "redis://b:2")
     assert shape == [
         ("inspect", "07-fleet.ipynb", both),
+        # The backup before the change is taken per target, like the change itself (each server's own files).
+        ("backup", "05-backup.ipynb", ("redis://a:1",)), ("backup", "05-backup.ipynb", ("redis://b:2",)),
         ("enable-aof", "02-enable-aof.ipynb", ("redis://a:1",)), ("enable-aof", "02-enable-aof.ipynb", ("redis://b:2",)),
         ("persist-config", "03-persist-config.ipynb", ("redis://a:1",)),
         ("persist-config", "03-persist-config.ipynb", ("redis://b:2",)),
@@ -56,6 +58,7 @@ def test_plan_runs_checks_once_for_the_fleet_and_changes_per_target(tmp_path: Pa
     ]
     assert [s.parameters["check"] for s in steps if s.fleet] == ["inspect", "online-test", "inspect"]
     # The file's password_env is every target's default; an entry's own wins.
+    assert steps[3].parameters["password_env"] == "FLEET_PASS" and steps[4].parameters["password_env"] == "B_PASS"
     assert steps[1].parameters["password_env"] == "FLEET_PASS" and steps[2].parameters["password_env"] == "B_PASS"
     assert steps[0].parameters["password_env"] == "FLEET_PASS"
 
@@ -138,14 +141,17 @@ def test_fleet_change_is_applied_to_every_target(default_binary: Path, make_sand
     sbs = _fleet(make_sandbox, default_binary, 2)
     sbs[0].client().config_set("appendonly", "yes")
     archive = tmp_path / "a"
-    rc, out, err = run_json(archive, "all", "-p", "apply", "true",
+    rc, out, err = run_json(archive, "all", "-p", "apply", "true", "-p", "destination", str(tmp_path / "bk"),
                             "-f", str(_fleet_file(tmp_path, [s.url for s in sbs])))
     assert rc == 0, err
     assert [(s["notebook"], s["status"]) for s in out["steps"]][-2:] == [("inspect", "warn")] * 2  # overcommit only
     for sb in sbs:
         assert sb.client().config_get("appendonly")["appendonly"] == "yes"
         assert "appendonly yes" in sb.config_path.read_text()
-    assert len(index(archive)) == 10
+    backups = {s["target"]: s["summary"] for s in out["steps"] if s["notebook"] == "backup"}
+    assert set(backups) == {sb.url for sb in sbs} and all(b["result"] == "done" for b in backups.values())
+    assert len({b["location"] for b in backups.values()}) == 2 and len(list((tmp_path / "bk").iterdir())) == 2
+    assert len([r for r in index(archive) if r["status"] not in ("started", "intent")]) == 12
     assert runbook_cli("archive", "verify", "--archive", str(archive)).returncode == 0
 
 
@@ -159,11 +165,13 @@ def test_a_failing_target_stops_the_fleet_unless_keep_going(default_binary: Path
     broken.client().save()
     os.chown(broken.data_dir, 0, 0)  # the server can no longer write its dir: the AOF cannot be created
     broken.data_dir.chmod(0o755)
-    args = ["all", "-p", "apply", "true", "-f", str(_fleet_file(tmp_path, [broken.url, healthy.url]))]
+    args = ["all", "-p", "apply", "true", "-p", "destination", str(tmp_path / "bk"),
+            "-f", str(_fleet_file(tmp_path, [broken.url, healthy.url]))]
     rc, out, _ = run_json(tmp_path / "a", *args, *(["--keep-going"] if keep_going else []))
     assert rc == 1
     status = {(s["notebook"], s["target"]): s["status"] for s in out["steps"] if s["notebook"] != "inspect"}
-    assert status[("enable-aof", broken.url)] == "error"
+    assert status[("backup", broken.url)] == "error"  # its BGSAVE cannot write the dir: no change without a backup
+    assert status[("enable-aof", broken.url)] == "skipped"
     assert status[("persist-config", broken.url)] == "skipped"
     assert out["failing"][0]["target"] == broken.url
     if keep_going:
@@ -172,7 +180,7 @@ def test_a_failing_target_stops_the_fleet_unless_keep_going(default_binary: Path
         assert status[("test-persistence", broken.url)] == "skipped"
         assert healthy.client().config_get("appendonly")["appendonly"] == "yes"
     else:
-        assert status[("enable-aof", healthy.url)] == "skipped"
+        assert status[("backup", healthy.url)] == "skipped" and status[("enable-aof", healthy.url)] == "skipped"
         assert healthy.client().config_get("appendonly")["appendonly"] == "no"
     assert broken.client().config_get("appendonly")["appendonly"] == "no"
 

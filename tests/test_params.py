@@ -9,13 +9,14 @@ from runbook.orchestration.params import (
     BOUNDS,
     CHOICES,
     Param,
+    check_reasons,
     coerce_pair,
     load_files,
     notebook_parameters,
     parse_parameters_cell,
     validate,
 )
-from runbook.orchestration.plan import FLEET_NOTEBOOK, NOTEBOOKS, notebooks_dir
+from runbook.orchestration.plan import FLEET_NOTEBOOK, NOTEBOOKS, notebooks_dir, plan
 
 CELL = '''\
 # Parameters
@@ -357,3 +358,18 @@ def test_a_control_character_message_masks_a_password():
                                     "unix:///run/redis.sock?db=2", "rediss://[::1]:6380/0"])
 def test_validate_accepts_ports_and_databases(target):
     assert validate({"target": target}, ALLOWED) == {"target": target}
+
+
+@pytest.mark.parametrize("value", ["", "   ", "true", "Yes", True, None, 1])
+def test_skip_backup_must_say_why(value: object) -> None:
+    """Skipping the backup before a change is allowed only with a reason, recorded with the change (issue 14)."""
+    with pytest.raises(ParameterError, match="skip_backup skips the backup before the change and must say why"):
+        check_reasons({"skip_backup": value})
+
+
+def test_skip_backup_with_a_reason_and_its_default_pass() -> None:
+    check_reasons({"skip_backup": "taken by the host's nightly job at 02:00"})
+    check_reasons({})  # not given: the backup is taken
+    steps = plan(["all"], pairs=[("skip_backup", "taken by the host's nightly job at 02:00")])
+    assert [s.name for s in steps][:3] == ["inspect", "backup", "enable-aof"]
+    assert steps[1].parameters["skip_backup"] == "taken by the host's nightly job at 02:00"

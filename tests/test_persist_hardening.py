@@ -209,7 +209,7 @@ def test_atomic_write_and_backup_go_through_a_link(tmp_path: Path) -> None:
     real.chmod(0o640)
     link = tmp_path / "redis.conf"
     link.symlink_to(real)
-    saved = backup(link, "20250101T000000Z")
+    saved, _ = backup(link, "20250101T000000Z", "c0ffee000001")
     assert saved.parent == real.parent and saved.read_text() == "appendonly no\n"
     atomic_write(link, "appendonly yes\n")
     assert link.is_symlink() and real.read_text() == "appendonly yes\n"

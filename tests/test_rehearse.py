@@ -49,7 +49,8 @@ DEBIAN_CONF_SHA256 = "f558f95397acc98423d3521b4c59af5ab8c36264e43c58c7e97419e0d4
 #: Redis's own commands that only read; anything else reaching the production server is a bug.
 #: What a rehearsal may send to production. ACL DRYRUN runs nothing: it asks whether this user may run
 #: CONFIG REWRITE (the persist-config method the target would get).
-READ_ONLY = {"ping", "info", "config|get", "dbsize", "hello", "auth", "client|setinfo", "select", "acl|dryrun"}
+READ_ONLY = {"ping", "info", "config|get", "dbsize", "hello", "auth", "client|setinfo", "select", "acl|dryrun",
+             "exists"}  # exists: DBSIZE without the runbook's lock key
 
 
 @dataclass
@@ -202,17 +203,21 @@ def test_rehearsal_from_debians_stock_config_in_the_seeds_state(start_production
     assert overrides["dir"]["production"] == str(prod.data) and overrides["dir"]["sandbox"].startswith(r["sandbox_dir"])
     assert overrides["port"]["production"] == str(prod.port)
     steps = out["steps"]
-    assert [s["notebook"] for s in steps] == ["inspect", "enable-aof", "persist-config", "test-persistence", "inspect"]
+    assert [s["notebook"] for s in steps] == ["inspect", "backup", "enable-aof", "persist-config", "test-persistence",
+                                              "inspect"]
     assert steps[0]["status"] == "fail" and steps[0]["summary"]["drift"] == ["appendonly"]
     assert steps[0]["summary"]["dbsize"] == before["dbsize"]
-    assert steps[1]["summary"]["result"] == "unchanged"  # AOF already runs, as in production
-    assert steps[2]["summary"]["result"] == "changed" \
-        and steps[2]["summary"]["config_file"].startswith(r["sandbox_dir"])
-    assert steps[2]["summary"]["checks"]["file_boots"]["status"] == "pass"
-    assert steps[4]["summary"]["drift"] == [] and steps[4]["summary"]["dbsize"] == before["dbsize"]
+    # The backup is rehearsed too, into the sandbox's own dir (gone with it), never the target's destination.
+    assert steps[1]["summary"]["result"] == "done" and steps[1]["summary"]["location"].startswith(r["sandbox_dir"])
+    assert steps[1]["summary"]["dbsize"] == before["dbsize"]
+    assert steps[2]["summary"]["result"] == "unchanged"  # AOF already runs, as in production
+    assert steps[3]["summary"]["result"] == "changed" \
+        and steps[3]["summary"]["config_file"].startswith(r["sandbox_dir"])
+    assert steps[3]["summary"]["checks"]["file_boots"]["status"] == "pass"
+    assert steps[5]["summary"]["drift"] == [] and steps[5]["summary"]["dbsize"] == before["dbsize"]
     # The evidence: every record marked as a rehearsal of this production, the chain intact.
-    records = index(archive)
-    assert len(records) == 5 and all(rec["rehearsal"]["of"] == prod.url and rec["target"] == "sandbox"
+    records = [rec for rec in index(archive) if rec["status"] not in ("started", "intent")]
+    assert len(records) == 6 and all(rec["rehearsal"]["of"] == prod.url and rec["target"] == "sandbox"
                                      for rec in records)
     assert runbook_cli("archive", "verify", "--archive", str(archive)).returncode == 0
     # Production untouched: only read commands, same file, same settings, same data, no new files.
@@ -300,7 +305,9 @@ def test_password_protected_production_leaves_no_secret_in_evidence(start_produc
     persist = next(s for s in out["steps"] if s["notebook"] == "persist-config")
     assert persist["summary"]["checks"]["file_boots"]["status"] == "pass"  # a copy booted with the password
     files = [p for p in archive.rglob("*") if p.is_file()]
-    assert len(files) == 11 and [p for p in files if secret in p.read_text(errors="replace")] == []
+    # An executed notebook and its HTML for each of the six steps of `all` (the index files besides).
+    assert len([p for p in files if p.suffix in (".ipynb", ".html")]) == 12
+    assert [p for p in files if secret in p.read_text(errors="replace")] == []
     assert secret not in stdout and secret not in err
     # The kept sandbox holds the secret (so the checks above could fail), readable by this user only.
     kept = Path(out["rehearsal"]["sandbox_dir"])

@@ -26,23 +26,24 @@ from pathlib import Path
 from typing import Any, Iterator
 
 import pytest
-from helpers import runbook_cli, wait_for_port
+from helpers import REPO, runbook_cli, wait_for_port
 
 from runbook.errors import ArchiveError, ParameterError
-from runbook.evidence import archive as archive_module
+from runbook.evidence import stores
 from runbook.evidence.archive import (
     GENESIS,
-    INDEX,
+    HEAD,
     WRITE_CHECK,
     Archive,
     destination,
     read_index,
-    refuse_credentials,
     verify,
 )
+from runbook.evidence.stores import RemoteStore, refuse_credentials
 from runbook.sandbox.throwaway import free_port
 
 SECRET = "moto-secret-Zq9-4f1c"  # moto takes any key; this one must never reach the evidence
+INDEX = "index/0000000001.jsonl"  # the index's first segment (named by the seq of its first record)
 
 
 def _needs(module: str) -> None:
@@ -163,7 +164,8 @@ def test_run_archives_notebooks_html_and_index_in_the_bucket(remote_run: RemoteR
     # Every file a record names is in the bucket with that sha256; nothing else is there (no write check).
     named = {rel: digest for r in records for rel, digest in r["files"].items()}
     assert {Path(rel).suffix for rel in named} == {".ipynb", ".html"} and len(named) == 4
-    assert set(stored) == {INDEX, *named}
+    assert set(stored) == {INDEX, HEAD, *named}
+    assert json.loads(stored[HEAD])["seq"] == 2
     for rel, digest in named.items():
         assert hashlib.sha256(stored[rel]).hexdigest() == digest, rel
     executed = json.loads(stored[next(rel for rel in named if rel.endswith(".ipynb"))])
@@ -221,7 +223,7 @@ def test_verify_names_an_altered_object(remote_run: RemoteRun, endpoint: str) ->
     proc = cli("archive", "verify", "--archive", f"s3://{remote_run.bucket}/{prefix}", env=aws_env(endpoint))
     assert proc.returncode == 1
     run_id = _run_ids(endpoint, remote_run.bucket, prefix)[0]
-    assert proc.stderr.splitlines() == [f"line 1 (run {run_id}): {html} was altered (sha256 differs)"]
+    assert proc.stderr.splitlines() == [f"{INDEX} line 1 (run {run_id}): {html} was altered (sha256 differs)"]
 
 
 def _run_ids(endpoint: str, bucket: str, prefix: str) -> list[str]:
@@ -236,7 +238,7 @@ def test_verify_names_a_missing_object(remote_run: RemoteRun, endpoint: str) -> 
     proc = cli("archive", "verify", "--archive", f"s3://{remote_run.bucket}/{prefix}", env=aws_env(endpoint))
     assert proc.returncode == 1
     run_id = _run_ids(endpoint, remote_run.bucket, prefix)[1]
-    assert proc.stderr.splitlines() == [f"line 2 (run {run_id}): {notebook} is missing"]
+    assert proc.stderr.splitlines() == [f"{INDEX} line 2 (run {run_id}): {notebook} is missing"]
 
 
 @pytest.mark.parametrize("change", ["remove-first-line", "edit-first-line"])
@@ -253,7 +255,10 @@ def test_verify_catches_an_index_line_removed_or_edited(remote_run: RemoteRun, e
     proc = cli("archive", "verify", "--archive", f"s3://{remote_run.bucket}/{prefix}", env=aws_env(endpoint))
     assert proc.returncode == 1
     problems = proc.stderr.splitlines()
-    assert len(problems) == 1 and problems[0].startswith(f"line {broken} ") and "hash chain broken" in problems[0]
+    assert problems[0].startswith(f"{INDEX} line {broken} ") and "hash chain broken" in problems[0]
+    # A removed record leaves its two files listed by no record; an edit leaves nothing else to say.
+    assert len(problems) == (3 if change == "remove-first-line" else 1), problems
+    assert all(p.endswith(": no record lists this file") for p in problems[1:])
 
 
 # --- failing fast, before anything runs ----------------------------------------------------------
@@ -358,15 +363,15 @@ def test_runs_starting_together_each_check_writes_with_their_own_object(
     bucket = new_bucket(endpoint)
     n = 4
     barrier = threading.Barrier(n, timeout=60)
-    real_open = archive_module._Remote.open
+    real_open = RemoteStore.open
 
     def gated_open(url: str, *, quick: bool = False) -> Any:
         remote = real_open(url, quick=quick)
         if not quick:  # the write check opens its own, quick one
             return remote
-        return archive_module._Remote(remote.url, _ReadAfterAllWrote(remote.fs, barrier), remote.root)
+        return RemoteStore(remote.url, _ReadAfterAllWrote(remote.fs, barrier), remote.root)
 
-    monkeypatch.setattr(archive_module._Remote, "open", gated_open)
+    monkeypatch.setattr(RemoteStore, "open", gated_open)
     opened: list[Archive] = []
     errors: list[BaseException] = []
 
@@ -454,22 +459,24 @@ def test_evidence_under_a_taken_name_is_stored_beside_it_not_over_it(s3_env: dic
 
 def add_while_another_lands(monkeypatch: pytest.MonkeyPatch, this: Archive, other: Archive,
                             record: dict[str, Any], another: dict[str, Any]) -> tuple[dict[str, Any], int]:
-    """`this.add(record)`, with `other.add(another)` landing between its read of the index and its write;
-    returns what this add wrote and how many times the index was read."""
-    real_read, reads = archive_module._read_guarded, []
+    """`this.add(record)`, with `other.add(another)` landing between its read of the index's last segment and
+    its write; returns what this add wrote and how many times the segment was read."""
+    real_read, reads = RemoteStore.read_guarded, []
 
-    def read_then_another_lands(remote: Any, index: str) -> Any:
-        got = real_read(remote, index)
-        reads.append(index)
+    def read_then_another_lands(remote: Any, rel: str) -> Any:
+        got = real_read(remote, rel)
+        if rel != INDEX:
+            return got  # the head
+        reads.append(rel)
         if len(reads) == 1:
             other.add(another)  # its own read is the second
         return got
 
-    monkeypatch.setattr(archive_module, "_read_guarded", read_then_another_lands)
+    monkeypatch.setattr(RemoteStore, "read_guarded", read_then_another_lands)
     try:
         return this.add(record), len(reads)
     finally:
-        monkeypatch.setattr(archive_module, "_read_guarded", real_read)
+        monkeypatch.setattr(RemoteStore, "read_guarded", real_read)
 
 
 def test_a_write_over_a_changed_index_fails_and_the_append_is_redone(
@@ -479,15 +486,15 @@ def test_a_write_over_a_changed_index_fails_and_the_append_is_redone(
     this, other = Archive(url), Archive(url)
     this.add({"run_id": "r0", "files": {}})
     # The guard itself: read the index, let another add land, then write with the guard read before it.
-    remote = archive_module._Remote.open(url)
-    index = remote.path(INDEX)
-    old, guard = archive_module._read_guarded(remote, index)
+    remote = RemoteStore.open(url)
+    index = f"{url}/{INDEX}"
+    old, guard = remote.read_guarded(INDEX)
     other.add({"run_id": "r1", "files": {}})
-    with pytest.raises(OSError):
-        remote.fs.pipe_file(index, old + b'{"run_id": "lost"}\n', **guard)
+    with pytest.raises(stores.Conflict):
+        remote.replace(INDEX, old + b'{"run_id": "lost"}\n', guard)
     assert [r["run_id"] for r in read_index(url)] == ["r0", "r1"]
     # The retry: another add lands between this add's read and its write.
-    with caplog.at_level(logging.INFO, logger="runbook.evidence.archive"):
+    with caplog.at_level(logging.INFO, logger="runbook.evidence.appending"):
         written, reads = add_while_another_lands(monkeypatch, this, other, {"run_id": "r3", "files": {}},
                                                  {"run_id": "r2", "files": {}})
     assert reads == 3  # this add, the other add, this add again
@@ -512,11 +519,12 @@ def test_an_index_past_the_multipart_threshold_is_still_written_conditionally(
     defaults[names.index("chunksize")] = 1024
     monkeypatch.setattr(pipe, "__defaults__", tuple(defaults))
     url = f"s3://{new_bucket(endpoint)}/shared"
-    remote = archive_module._Remote.open(url)
+    remote = RemoteStore.open(url)
     # What a multipart upload does with a condition: CreateMultipartUpload takes none, s3fs drops it.
     remote.fs.pipe_file(remote.path("taken"), b"first")
     remote.fs.pipe_file(remote.path("taken"), b"x" * 4096, IfNoneMatch="*")
     assert remote.fs.cat_file(remote.path("taken")) == b"x" * 4096  # replaced, condition and all
+    remote.fs.rm_file(remote.path("taken"))  # not evidence: verify would report a file no record lists
     this, other = Archive(url), Archive(url)
     padding = "x" * 4096
     this.add({"run_id": "r0", "files": {}, "note": padding})
@@ -527,6 +535,63 @@ def test_an_index_past_the_multipart_threshold_is_still_written_conditionally(
     assert verify(url) == []
     this.close()
     other.close()
+
+
+def test_an_s3_append_reads_and_rewrites_only_the_head_and_the_last_segment(
+        s3_env: dict[str, str], endpoint: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    from runbook.evidence import appending
+
+    monkeypatch.setattr(appending, "SEGMENT_BYTES", 2048)  # many segments from few records
+    url = f"s3://{new_bucket(endpoint)}/runs"
+    archive = Archive(url)
+    for i in range(40):
+        archive.add({"run_id": f"r{i}", "files": {}, "note": "x" * 100})
+    segments = sorted(k for k in objects(endpoint, url.split("/")[2], "runs") if k.startswith("index/"))
+    assert len(segments) == 4
+    reads: list[str] = []
+    writes: list[tuple[str, int]] = []
+    real_read, real_put = RemoteStore.read_guarded, RemoteStore._put
+    monkeypatch.setattr(RemoteStore, "read_guarded", lambda self, rel: reads.append(rel) or real_read(self, rel))
+    monkeypatch.setattr(RemoteStore, "_put", lambda self, rel, data, guard: writes.append((rel, len(data)))
+                        or real_put(self, rel, data, guard))
+    written = archive.add({"run_id": "last", "files": {}})
+    assert set(reads) <= {segments[-1], HEAD} and segments[-1] in reads
+    assert {rel for rel, _ in writes} <= {segments[-1], f"index/{written['seq']:010d}.jsonl", HEAD}
+    assert max(size for _, size in writes) <= 2048 + 400  # one segment, not the whole index
+    assert [r["run_id"] for r in read_index(url)] == [*[f"r{i}" for i in range(40)], "last"]
+    assert verify(url) == []
+    # The head anchors the tail on S3 too: the last records dropped from their segment are reported.
+    s3, bucket = s3_client(endpoint), url.split("/")[2]
+    key = "runs/" + max(k for k in objects(endpoint, bucket, "runs") if k.startswith("index/"))
+    body = s3.get_object(Bucket=bucket, Key=key)["Body"].read()
+    s3.put_object(Bucket=bucket, Key=key, Body=b"".join(ln + b"\n" for ln in body.splitlines()[:-1]))
+    assert verify(url) == [f"records dropped from the tail: {HEAD} says the chain reaches seq 41, the index ends at "
+                           "seq 40"]
+    archive.close()
+
+
+def test_prune_on_s3_removes_old_inspections_and_their_objects_and_the_chain_verifies(
+        s3_env: dict[str, str], endpoint: str) -> None:
+    from datetime import timedelta
+
+    from runbook.evidence.prune import prune
+
+    url = f"s3://{new_bucket(endpoint)}/runs"
+    archive = Archive(url)
+    old = datetime.now(timezone.utc) - timedelta(days=40)
+    for run, change, notebook in (("i1", "c1", "inspect"), ("e1", "c2", "enable-aof"), ("i2", "c3", "inspect")):
+        nb = archive.run_path(notebook, "sandbox", old)
+        nb.write_text(json.dumps({"run": run}))
+        archive.add({"run_id": run, "change_id": change, "notebook": notebook, "target": "sandbox", "status": "pass",
+                     "started": old.isoformat(), "files": archive.files([nb])})
+    archive.close()
+    files = {r["run_id"]: next(iter(r["files"])) for r in read_index(url)}
+    done = prune(url, 30)
+    assert (done.records, done.files) == (2, 2)
+    assert [r["run_id"] for r in read_index(url)] == ["e1"]
+    stored = objects(endpoint, url.split("/")[2], "runs")
+    assert files["e1"] in stored and files["i1"] not in stored and files["i2"] not in stored
+    assert verify(url) == []
 
 
 def test_failed_upload_keeps_the_evidence_locally_and_says_where(s3_env: dict[str, str], endpoint: str) -> None:
@@ -581,7 +646,7 @@ def test_memory_archive_round_trip_and_tampering() -> None:
     second = archive.add({"run_id": "m2", "files": {}})
     rel = nb.relative_to(staging).as_posix()
     assert archive.location(nb) == f"{url}/{rel}"
-    assert archive.location() == f"{url}/{INDEX}"
+    assert archive.location() == f"{url}/{INDEX}"  # the segment its last record went to
     assert archive.env_value() == url
     archive.close()
     assert not staging.exists()
@@ -594,9 +659,12 @@ def test_memory_archive_round_trip_and_tampering() -> None:
     assert second["prev_hash"] == hashlib.sha256(fs.cat_file(f"{root}/{INDEX}").splitlines()[0]).hexdigest()
     assert verify(url) == []
     fs.pipe_file(f"{root}/{rel}", b'{"cells": [1]}')
-    assert verify(url) == [f"line 1 (run m1): {rel} was altered (sha256 differs)"]
+    assert verify(url) == [f"{INDEX} line 1 (run m1): {rel} was altered (sha256 differs)"]
     fs.rm_file(f"{root}/{INDEX}")
-    assert verify(url) == [f"{url}/{INDEX} does not exist"]
+    assert verify(url)[0] == (f"records dropped from the tail: {HEAD} says the chain reaches seq 2, the index ends "
+                              "at seq 0")
+    fs.rm_file(f"{root}/{HEAD}")
+    assert verify(url) == [f"{url}/index does not exist: nothing was archived here"]
     assert read_index(url) == []
 
 
@@ -638,3 +706,51 @@ def test_credentials_in_the_url_are_refused_and_not_repeated(url: str) -> None:
 def test_plain_urls_are_not_refused() -> None:
     refuse_credentials("s3://bucket/prefix")
     refuse_credentials("memory://x/y")
+
+
+def test_a_changing_step_journals_its_start_and_intent_in_the_bucket(s3_env: dict[str, str], endpoint: str,
+                                                                     tmp_path: Path) -> None:
+    """The runner's `started` record and the notebook's `intent` (written from the kernel, to the same URL)
+    come before the verdict, under one run id."""
+    url = f"s3://{new_bucket(endpoint)}/runs"
+    proc = cli("run", "enable-aof", "-p", "apply", "true", "-p", "sandbox_scenario", "rdb-only", "--archive", url,
+               "--json", env=aws_env(endpoint), tmpdir=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    records = read_index(url)
+    assert [r["status"] for r in records][:2] == ["started", "intent"] and records[2]["summary"]["result"] == "changed"
+    assert len({r["run_id"] for r in records}) == 1
+    assert records[1]["intent"]["changes"] == [{"setting": "appendonly", "from": "no", "to": "yes"}]
+    assert os.listdir(tmp_path) == []  # the kernel's archive left no staging dir behind either
+
+
+def test_an_upload_that_fails_mid_run_stops_it_with_the_table_and_what_changed(s3_env: dict[str, str],
+                                                                                endpoint: str, tmp_path: Path) -> None:
+    """The bucket goes away once enable-aof has changed the server: the next record cannot be uploaded, and the
+    run stops there with its table, a verdict naming the change, and where the evidence was kept."""
+    bucket = new_bucket(endpoint)
+    url = f"s3://{bucket}/runs"
+    env = {k: v for k, v in os.environ.items() if k not in ("RUNBOOK_ARCHIVE", "RUNBOOK_SANDBOX_URL")
+           and not k.startswith("AWS_")}
+    proc = subprocess.Popen([sys.executable, "-m", "runbook", "run", "all", "-p", "apply", "true",
+                             "-p", "sandbox_scenario", "rdb-only", "-p", "destination", str(tmp_path / "backups"),
+                             "--archive", url], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env={**env, **aws_env(endpoint), "TMPDIR": str(tmp_path)}, cwd=REPO)
+    s3 = s3_client(endpoint)
+    deadline = time.monotonic() + 120
+    while not any(r["notebook"] == "enable-aof" and r["status"] not in ("started", "intent")
+                  for r in read_index(url)):
+        assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()
+        time.sleep(0.1)
+    for key in objects(endpoint, bucket, "runs"):
+        s3.delete_object(Bucket=bucket, Key=f"runs/{key}")
+    s3.delete_bucket(Bucket=bucket)
+    out, err = proc.communicate(timeout=300)
+    assert proc.returncode == 1, (out, err)
+    assert "Traceback" not in out + err
+    verdict = out[out.index("verdict:"):]
+    assert verdict.startswith("verdict:  FAILED: the evidence archive failed")
+    assert "changed:  enable-aof on sandbox: appendonly no -> yes (runtime)" in verdict
+    kept = verdict.split("kept:", 1)[1]
+    assert url in kept and "staging dir" in kept
+    staging = Path(kept.split("staging dir ", 1)[1].split(" ", 1)[0])
+    assert staging.is_dir() and list(staging.rglob("*.ipynb"))  # what was not uploaded is there

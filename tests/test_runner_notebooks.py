@@ -68,7 +68,8 @@ def test_password_protected_server_leaves_no_secret_in_evidence(default_binary: 
     assert rc == 0, err
     assert out["steps"][0]["summary"]["checks"]["config_drift"]["status"] == "pass"
     files = [p for p in archive.rglob("*") if p.is_file()]
-    assert {p.suffix for p in files} == {".ipynb", ".html", ".jsonl"}
+    # Evidence, the index segment, the head, and the index's lock file: every one of them is read below.
+    assert {p.suffix for p in files} == {".ipynb", ".html", ".jsonl", ".json", ""}
     assert [p for p in files if secret in p.read_text(errors="replace")] == []
     # The config file really holds the password, so the check above could have failed.
     assert secret in sb.config_path.read_text()
@@ -138,20 +139,33 @@ def test_archive_verify_catches_tampering(tmp_path: Path) -> None:
 
 def test_run_all_performs_the_seed_change(tmp_path: Path) -> None:
     """`make demo`'s command: the seed's sandbox (AOF on at runtime, off in the file) fixed end to end."""
-    rc, out, err = run_json(tmp_path, "all", "-p", "apply", "true")  # no -f: params/sandbox.yaml, the seed's state
+    backups = tmp_path / "backups"
+    # no -f: params/sandbox.yaml, the seed's state
+    rc, out, err = run_json(tmp_path / "archive", "all", "-p", "apply", "true", "-p", "destination", str(backups))
     assert rc == 0, err
     steps = out["steps"]
-    assert [s["notebook"] for s in steps] == ["inspect", "enable-aof", "persist-config", "test-persistence", "inspect"]
-    assert [s["changed"] for s in steps] == ["-", "no", "yes", "-", "-"]  # only the file was written
-    before, enable, persist, test, after = (s["summary"] for s in steps)
+    assert [s["notebook"] for s in steps] == ["inspect", "backup", "enable-aof", "persist-config", "test-persistence",
+                                              "inspect"]
+    assert [s["changed"] for s in steps] == ["-", "yes", "no", "yes", "-", "-"]  # a backup taken, the file written
+    before, backup, enable, persist, test, after = (s["summary"] for s in steps)
     assert before["verdict"] == "fail" and before["drift"] == ["appendonly"]  # the seed's problem, shown
+    # The data is backed up first, as Redis's own procedure for switching AOF on begins, under the same change.
+    assert backup["result"] == "done" and backup["dbsize"] == before["dbsize"] == 3000
+    assert backup["checks"]["restore_drill"]["status"] == "pass"
+    (taken,) = backups.iterdir()
+    assert taken.name.endswith(out["change_id"]) and str(taken) == backup["location"]
+    ended = {r["notebook"]: r["ended"] for r in index(tmp_path / "archive") if r.get("ended")}
+    started = {r["run_id"]: r["started"] for r in index(tmp_path / "archive")}
+    assert ended["backup"] <= started[steps[2]["run_id"]]  # done before enable-aof began
     assert enable["result"] == "unchanged"  # AOF already ran complete: nothing sent
     assert persist["result"] == "changed" and persist["checks"]["file_boots"]["status"] == "pass"
     assert test["mode"] == "online" and test["verdict"] == "pass"
     assert after["drift"] == [] and after["checks"]["config_drift"]["status"] == "pass" and after["aof_enabled"] == 1
-    records = index(tmp_path)
-    assert len(records) == 5 and len({r["change_id"] for r in records}) == 1
-    assert runbook_cli("archive", "verify", "--archive", str(tmp_path)).returncode == 0
+    assert after["dbsize"] == 3000  # the run's own lock key, held during this inspection, is not counted
+    assert persist["backup"].endswith(".bak") and f".runbook-{out['change_id']}-" in persist["backup"]
+    records = [r for r in index(tmp_path / "archive") if r["status"] not in ("started", "intent")]
+    assert len(records) == 6 and len({r["change_id"] for r in records}) == 1
+    assert runbook_cli("archive", "verify", "--archive", str(tmp_path / "archive")).returncode == 0
 
 
 @pytest.mark.skipif(not has_redis_user, reason=needs_redis_user_reason)
@@ -163,11 +177,13 @@ def test_a_failing_step_stops_the_chain(default_binary: Path, make_sandbox, tmp_
     sb.client().save()
     os.chown(sb.data_dir, 0, 0)  # the server can no longer write its dir: the AOF cannot be created
     sb.data_dir.chmod(0o755)
-    rc, out, _ = run_json(tmp_path, "all", "-p", "target", sb.url, "-p", "apply", "true")
+    rc, out, _ = run_json(tmp_path, "all", "-p", "target", sb.url, "-p", "apply", "true",
+                          "-p", "skip_backup", "this test: the server cannot write its dir")
     assert rc == 1
     assert [(s["notebook"], s["status"]) for s in out["steps"]] == [
-        ("inspect", "warn"), ("enable-aof", "error"), ("persist-config", "skipped"),
+        ("inspect", "warn"), ("backup", "skipped"), ("enable-aof", "error"), ("persist-config", "skipped"),
         ("test-persistence", "skipped"), ("inspect", "skipped")]
-    assert [r["status"] for r in index(tmp_path)][2:] == ["skipped"] * 3
+    assert out["steps"][1]["summary"]["skip_reason"] == "this test: the server cannot write its dir"
+    assert [r["status"] for r in index(tmp_path)][-3:] == ["skipped"] * 3
     assert sb.client().config_get("appendonly")["appendonly"] == "no"
     assert runbook_cli("archive", "verify", "--archive", str(tmp_path)).returncode == 0

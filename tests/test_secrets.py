@@ -29,7 +29,8 @@ def test_change_and_rollback_leave_no_secret_in_evidence(default_binary: Path, m
     sb.client().set("k", "v")
     env = {"REDIS_PASSWORD": REQUIREPASS}
     archive = tmp_path / "archive"
-    rc, out, err = run_json(archive, "all", "-p", "target", sb.url, "-p", "apply", "true", env=env)
+    rc, out, err = run_json(archive, "all", "-p", "target", sb.url, "-p", "apply", "true",
+                            "-p", "destination", str(tmp_path / "backups"), env=env)
     assert rc == 0, err
     assert "appendonly yes" in sb.config_path.read_text()
     rc, out, err = run_json(archive, "rollback", "-p", "target", sb.url, "-p", "apply", "true", env=env)

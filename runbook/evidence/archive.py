@@ -1,45 +1,56 @@
-"""The evidence archive: executed notebooks, their HTML, and a hash-chained index.
+"""The evidence archive: executed notebooks, their HTML, and a hash-chained index of one record per run.
 
-Layout: `<archive>/<YYYY>/<MM>/<DD>/<UTC time>-<notebook>-<target>.ipynb` (+ `.html`),
-and `<archive>/index.jsonl`, one JSON record per run; each record carries the sha256
-of the previous line, so an edited or deleted record breaks the chain.
+Layout: `<archive>/<YYYY>/<MM>/<DD>/<UTC time>-<notebook>-<target>.ipynb` (+ `.html`); the index in
+segments `<archive>/index/<seq>.jsonl` (`runbook.evidence.index`: chain, head, verification), and
+`<archive>/head.json`, where the chain ends. Archives from before the segments keep their single
+`index.jsonl`, read first; new records go to segments.
 
-The archive is a local directory or an fsspec URL (`s3://bucket/prefix`, `gs://...`,
-`memory://...`). A remote archive stages a run's files in a local temp dir (papermill
-writes there), and uploads them, then the record, when the record is added.
+The archive is a local directory or an fsspec URL (`s3://bucket/prefix`, `gs://...`, `memory://...`),
+behind one store protocol (`runbook.evidence.stores`). A remote archive stages a run's files in a
+local temp dir (papermill writes there), and uploads them, then the record, when the record is added
+(`runbook.evidence.appending`). With $RUNBOOK_SIGNING_KEY set, every entry and the head are signed
+(`runbook.evidence.signing`). `runbook.evidence.prune` removes old routine inspections.
 """
 
 from __future__ import annotations
 
-import fcntl
-import hashlib
-import json
 import logging
 import os
-import random
 import re
 import shutil
 import tempfile
-import time
-import uuid
-from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any
 from urllib.parse import unquote, urlsplit
 
 from runbook.errors import ArchiveError, ParameterError
+from runbook.evidence.appending import append, append_record
+from runbook.evidence.index import (
+    GENESIS,
+    HEAD,
+    INDEX_DIR,
+    LEGACY_INDEX,
+    LIMITS_WITHOUT_KEY,
+    Findings,
+    examine,
+    examine_files,
+    lines,
+    ordered,
+    parse,
+    records,
+    split_torn,
+)
+from runbook.evidence.signing import Signer, Verifier
+from runbook.evidence.stores import WRITE_CHECK, LocalStore, RemoteStore, Store, explain, sha256_file
 
 log = logging.getLogger(__name__)
 
-INDEX = "index.jsonl"
-GENESIS = "0" * 64
+__all__ = ["ARCHIVE_ENV", "GENESIS", "HEAD", "INDEX_DIR", "LEGACY_INDEX", "WRITE_CHECK", "Archive", "Findings",
+           "append_record", "archive_root", "check", "destination", "read_entries", "read_index", "read_store",
+           "run_path", "sha256_file", "slug", "verify"]
+
 ARCHIVE_ENV = "RUNBOOK_ARCHIVE"
-#: The name prefix of the object a remote archive writes, reads back and deletes to prove it takes
-#: writes; each check adds its own random suffix, so runs starting together do not share one object.
-WRITE_CHECK = ".runbook-write-check"
-#: How often an append to a remote index is retried when another writer changed it first.
-APPEND_ATTEMPTS = 10
 
 
 def archive_root(arg: str | None = None) -> Path | str:
@@ -63,6 +74,11 @@ def destination(dest: str | Path) -> Path | str:
     if "://" in dest:
         return dest.rstrip("/")
     return Path(dest)
+
+
+def open_store(root: Path | str) -> Store:
+    where = destination(root)
+    return LocalStore(where) if isinstance(where, Path) else RemoteStore.open(where)
 
 
 def slug(text: str) -> str:
@@ -95,30 +111,32 @@ class Archive:
     endpoint is unreachable, the bucket is missing, there are no credentials or the scheme
     needs a package that is not installed. Credentials come from the environment only: a URL
     that carries them is refused. Files are staged in a local temp dir (`local`) and uploaded
-    by `add`, then the record is appended to `<url>/index.jsonl`. Only `close` (after a run
+    by `add`, then the record is appended to the index's last segment. Only `close` (after a run
     that finished) removes the staging dir: a failed upload keeps it (with the unsent record in
-    its own index.jsonl) and names it in the ArchiveError; `abandon` (a run that raised) keeps
-    it and logs where it is. An upload never replaces an object already at the archive: a file
-    whose name is taken (another host, the same notebook, target and millisecond) is stored
-    under `<stem>-2<suffix>` (or -3, ...), and the record names it there.
+    its own index) and names it in the ArchiveError; `abandon` (a run that raised) keeps it and
+    logs where it is. An upload never replaces an object already at the archive: a file whose
+    name is taken (another host, the same notebook, target and millisecond) is stored under
+    `<stem>-2<suffix>` (or -3, ...), and the record names it there.
 
-    Object stores cannot append: `add` reads the whole index, appends and writes it back. On S3
-    the write is conditional (If-Match on the ETag read, If-None-Match for a new index), so a
-    concurrent writer makes it fail and it is redone on the new index. Other stores have no
-    such guard, so concurrent writers to one remote index are not supported there: reading the
-    index back after the write catches (ArchiveError) only a rewrite that lands after this one.
+    Object stores cannot append: `add` rewrites the last segment (at most SEGMENT_BYTES, whatever
+    the archive's size). On S3 the write is conditional, so a concurrent writer makes it fail and it
+    is redone (`runbook.evidence.stores`).
+
+    With $RUNBOOK_SIGNING_KEY set, opening checks that the key signs (ParameterError otherwise).
     """
 
     def __init__(self, dest: str | Path) -> None:
         where = destination(dest)
         self.dest = str(where)
         self.url: str | None = None
-        self._remote: _Remote | None = None
+        self._remote: RemoteStore | None = None
+        self._segment = ""  # the segment this archive's last record went to
+        self.signer = Signer.from_env()
         if isinstance(where, Path):
             self.local = where
             return
-        self._remote = _Remote.open(where)
-        _check_writable(_Remote.open(where, quick=True))
+        self._remote = RemoteStore.open(where)
+        RemoteStore.open(where, quick=True).check_writable()
         self.url = where
         self.local = Path(tempfile.mkdtemp(prefix="runbook-archive-"))
         self._uploaded: dict[str, tuple[str, str]] = {}  # staged rel -> (rel at the archive, sha256)
@@ -146,31 +164,52 @@ class Archive:
         return {p.relative_to(self.local).as_posix(): sha256_file(p) for p in paths}
 
     def add(self, record: dict[str, Any]) -> dict[str, Any]:
-        """Store the record's files (already written under `local`) and append the record; returns it as written."""
+        """Store the record's files (already written under `local`) and append the record; returns it as written.
+
+        The record gains `sizes` (each file's size, so verify can tell a partial file), `seq`, `prev_hash` and,
+        with a signing key, `signature`."""
+        record = self._with_sizes(record)
         if self._remote is None:
-            return append_record(self.local, record)
+            written, self._segment = append(LocalStore(self.local), record, self.signer)
+            return written
         try:
             files: dict[str, str] = {}
+            sizes: dict[str, int] = {}
             for rel, digest in record.get("files", {}).items():
                 stored, stored_digest = self._uploaded.get(rel, ("", ""))
                 if stored_digest != digest:  # a fleet step's records share one notebook: upload it once
-                    stored = _upload_new(self._remote, self.local / rel, rel)
+                    stored = self._remote.upload_new(self.local / rel, rel)
                     self._uploaded[rel] = (stored, digest)
                 files[stored] = digest
-            return _append_remote(self._remote, {**record, "files": files} if files else record)
+                if rel in record.get("sizes", {}):
+                    sizes[stored] = record["sizes"][rel]
+            sent = {**record, "files": files, "sizes": sizes} if files else record
+            written, self._segment = append(self._remote, sent, self.signer)
+            return written
         except Exception as err:
             self._kept = True
-            append_record(self.local, record)
+            append_record(self.local, record, self.signer)
             cause = str(err) if isinstance(err, ArchiveError) else explain(self._remote.url, err)
             raise ArchiveError(f"run {record.get('run_id')} was not archived: {cause}. Its files and record are "
                                f"kept in {self.local}, a local archive of its own (`runbook archive verify "
                                f"--archive {self.local}`)") from err
 
+    def _with_sizes(self, record: dict[str, Any]) -> dict[str, Any]:
+        files = record.get("files") or {}
+        sizes = {}
+        for rel in files:
+            try:
+                sizes[rel] = (self.local / rel).stat().st_size
+            except OSError:
+                continue
+        return {**record, "sizes": sizes} if sizes else record
+
     def location(self, path: Path | None = None) -> str:
-        """Where a local path ends up, for people to read (the index when no path is given)."""
+        """Where a local path ends up, for people to read (the index segment last written when no path is given)."""
+        index = self._segment or INDEX_DIR
         if self._remote is None:
-            return str(path if path is not None else self.local / INDEX)
-        rel = INDEX if path is None else Path(path).relative_to(self.local).as_posix()
+            return str(path if path is not None else self.local / index)
+        rel = index if path is None else Path(path).relative_to(self.local).as_posix()
         return f"{self._remote.url}/{self._uploaded.get(rel, (rel, ''))[0]}"
 
     def env_value(self) -> str:
@@ -223,326 +262,85 @@ def probe_writable(directory: Path) -> None:
                 pass
 
 
-def sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with path.open("rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
+# --- reading and verifying --------------------------------------------------------------------------
+
+def _segments(store: Store) -> list[tuple[str, bytes]]:
+    """Every segment's bytes, in chain order (the old single index first)."""
+    out = []
+    legacy = store.read(LEGACY_INDEX)
+    if legacy is not None:
+        out.append((LEGACY_INDEX, legacy))
+    for name in ordered(store.segment_names()):
+        data = store.read(name)
+        if data is not None:
+            out.append((name, data))
+    return out
 
 
-def _line_hash(line: bytes) -> str:
-    return hashlib.sha256(line.rstrip(b"\n")).hexdigest()
+def read_store(root: Path | str) -> tuple[Store, list[tuple[str, bytes]], bytes | None]:
+    """The store, its segments and its head, read before the segments: a record appended meanwhile then
+    leaves the head behind the segments read (a note), never ahead of them (a dropped tail)."""
+    store = open_store(root)
+    try:
+        head = store.read(HEAD)
+        return store, _segments(store), head
+    except ParameterError:
+        raise
+    except Exception as err:
+        if isinstance(store, LocalStore) and isinstance(err, OSError):
+            raise ParameterError(f"evidence archive {store.url}: its index cannot be read ({err.strerror or err}); "
+                                 "check the path and this user's rights on it") from err
+        if isinstance(store, LocalStore):
+            raise
+        raise ParameterError(explain(store.url, err)) from err
 
 
-def _chained(index: bytes, record: dict[str, Any]) -> tuple[dict[str, Any], bytes]:
-    """`record` chained to the last line of `index`, and its line."""
-    lines = [ln for ln in index.splitlines() if ln.strip()]
-    record = {**record, "prev_hash": _line_hash(lines[-1]) if lines else GENESIS}
-    return record, json.dumps(record, sort_keys=True, separators=(",", ":")).encode() + b"\n"
-
-
-def append_record(root: Path, record: dict[str, Any]) -> dict[str, Any]:
-    """Append `record` to the index, chained to the previous line; returns it as written."""
-    root.mkdir(parents=True, exist_ok=True)
-    with (root / INDEX).open("a+b") as f:
-        fcntl.flock(f, fcntl.LOCK_EX)
-        f.seek(0)
-        record, line = _chained(f.read(), record)
-        f.seek(0, os.SEEK_END)
-        f.write(line)
-        f.flush()
-        os.fsync(f.fileno())
-    return record
+def read_entries(root: Path | str) -> list[dict[str, Any]]:
+    """Every entry of the archive at `root`, records and checkpoints, in order (no partial or damaged lines)."""
+    _, segments, _ = read_store(root)
+    return [e for _, data in segments for ln in lines(split_torn(data)[0]) if (e := parse(ln)) is not None]
 
 
 def read_index(root: Path | str) -> list[dict[str, Any]]:
-    """The records of the archive at `root` (a directory or a URL); empty when it has no index."""
-    where = destination(root)
-    if isinstance(where, Path):
-        path = where / INDEX
-        data = path.read_bytes() if path.exists() else b""
-    else:
-        data = _Remote.open(where).read_index() or b""
-    return [json.loads(ln) for ln in data.splitlines() if ln.strip()]
+    """The records of the archive at `root` (a directory or a URL), in order; empty when it has no index.
+
+    A partial last line and lines that are not JSON are left out (`verify` reports them); so are the
+    checkpoints `prune` leaves."""
+    _, segments, _ = read_store(root)
+    return list(records(segments))
+
+
+def check(root: Path | str) -> Findings:
+    """Everything `archive verify` says about the archive at `root`: problems, and notes on what was proven.
+
+    Signatures are checked when $RUNBOOK_ALLOWED_SIGNERS names an allowed-signers file."""
+    verifier = Verifier.from_env()
+    store, segments, head = read_store(root)
+    try:
+        if not segments and head is None:
+            return Findings(problems=[f"{store.url}/{INDEX_DIR} does not exist: nothing was archived here"])
+        found, walk = examine(segments, head, verifier.check if verifier is not None else None)
+        announced = {rel: rec for rel, rec in walk.announced.items() if rel not in walk.listed}
+        # A save of that file cut short by the kill (runbook.evidence.journal.AtomicSaves' temp file beside it).
+        saving = {(p.parent / f".{p.name}.saving").as_posix() for p in map(Path, announced)}
+        present = [(rel, size) for rel, size in store.walk()
+                   if rel not in announced and rel not in saving and not rel.startswith(WRITE_CHECK)]
+        examine_files(found, walk, store.digest, present)
+    except (ParameterError, ArchiveError):
+        raise
+    except Exception as err:
+        if isinstance(store, LocalStore):
+            raise
+        raise ParameterError(explain(store.url, err)) from err
+    for rel, rec in announced.items():
+        found.notes.append(f"{rel}: the evidence of run {rec.get('run_id')} ({rec.get('notebook')} on "
+                           f"{rec.get('target')}), named by its {rec.get('status')} record; no verdict lists it")
+    if verifier is None:
+        found.notes.append(LIMITS_WITHOUT_KEY)
+    return found
 
 
 def verify(root: Path | str) -> list[str]:
-    """Every problem in the archive: broken chain, unparsable line, missing or altered file."""
-    where = destination(root)
-    if isinstance(where, Path):
-        path = where / INDEX
-        if not path.exists():
-            return [f"{path} does not exist"]
-
-        def local_digest(rel: str) -> str | None:
-            f = where / rel
-            return sha256_file(f) if f.exists() else None
-
-        return _problems(path.read_bytes(), local_digest)
-    remote = _Remote.open(where)
-    data = remote.read_index()
-    if data is None:
-        return [f"{remote.url}/{INDEX} does not exist"]
-    try:
-        return _problems(data, remote.sha256)
-    except Exception as err:
-        raise ParameterError(explain(remote.url, err)) from err
-
-
-def _problems(index: bytes, digest: Callable[[str], str | None]) -> list[str]:
-    """The chain and file problems of an index, `digest(rel)` giving a file's sha256 (None: missing)."""
-    problems: list[str] = []
-    prev = GENESIS
-    for n, line in enumerate(index.splitlines(), start=1):
-        if not line.strip():
-            continue
-        try:
-            rec = json.loads(line)
-        except json.JSONDecodeError as err:
-            problems.append(f"line {n}: not JSON ({err})")
-            prev = _line_hash(line)
-            continue
-        if rec.get("prev_hash") != prev:
-            problems.append(f"line {n} (run {rec.get('run_id')}): hash chain broken: a record before it was "
-                            "changed, removed or inserted")
-        for rel, expected in rec.get("files", {}).items():
-            actual = digest(rel)
-            if actual is None:
-                problems.append(f"line {n} (run {rec.get('run_id')}): {rel} is missing")
-            elif actual != expected:
-                problems.append(f"line {n} (run {rec.get('run_id')}): {rel} was altered (sha256 differs)")
-        prev = _line_hash(line)
-    return problems
-
-
-# --- remote archives (fsspec) -----------------------------------------------------------------
-
-#: Options for the quick check that opens a run: a dead endpoint fails in seconds, not minutes.
-_QUICK_OPTIONS: dict[str, dict[str, Any]] = {
-    "s3": {"config_kwargs": {"connect_timeout": 5, "read_timeout": 10, "retries": {"max_attempts": 2}}},
-}
-
-
-@dataclass(frozen=True)
-class _Remote:
-    """An archive at an fsspec URL: the filesystem and the archive's root path on it."""
-
-    url: str
-    fs: Any  # fsspec.AbstractFileSystem
-    root: str
-
-    @classmethod
-    def open(cls, url: str, *, quick: bool = False) -> _Remote:
-        """The filesystem for `url` (ParameterError when the URL carries credentials or cannot be opened)."""
-        refuse_credentials(url)
-        from fsspec.core import url_to_fs  # noqa: PLC0415  (only remote archives need it)
-
-        scheme = urlsplit(url).scheme
-        options = {"skip_instance_cache": True, **_QUICK_OPTIONS.get(scheme, {})} if quick else {}
-        try:
-            fs, root = url_to_fs(url, **options)
-        except Exception as err:
-            raise ParameterError(explain(url, err)) from err
-        if quick and hasattr(fs, "retries"):
-            fs.retries = 2  # s3fs retries each call 5 times with backoff by default
-        return cls(url, fs, root.rstrip("/"))
-
-    def path(self, rel: str) -> str:
-        return f"{self.root}/{rel}"
-
-    def is_s3(self) -> bool:
-        protocol = self.fs.protocol
-        return "s3" in (protocol if isinstance(protocol, (tuple, list)) else (protocol,))
-
-    def read_index(self) -> bytes | None:
-        """The index's bytes, None when there is none (ParameterError when the store cannot be read)."""
-        try:
-            return self.fs.cat_file(self.path(INDEX))
-        except FileNotFoundError as err:
-            if _missing_bucket(err):
-                raise ParameterError(explain(self.url, err)) from err
-            return None
-        except Exception as err:
-            raise ParameterError(explain(self.url, err)) from err
-
-    def sha256(self, rel: str) -> str | None:
-        """The sha256 of an archived file, None when it is missing."""
-        h = hashlib.sha256()
-        try:
-            with self.fs.open(self.path(rel), "rb") as f:
-                for block in iter(lambda: f.read(1 << 20), b""):
-                    h.update(block)
-        except FileNotFoundError:
-            return None
-        return h.hexdigest()
-
-
-def _check_writable(remote: _Remote) -> None:
-    """Write, read back and delete a small object of this run's own at the archive (ParameterError when that fails)."""
-    name = f"{WRITE_CHECK}-{uuid.uuid4().hex}"
-    probe, token = remote.path(name), f"runbook write check {name}\n".encode()
-    try:
-        remote.fs.pipe_file(probe, token)
-        back = remote.fs.cat_file(probe)
-    except Exception as err:
-        raise ParameterError(explain(remote.url, err)) from err
-    if back != token:
-        raise ParameterError(f"evidence archive {remote.url}: an object written there read back different; "
-                             "check the storage service before archiving evidence to it")
-    try:
-        remote.fs.rm_file(probe)
-    except Exception as err:  # noqa: BLE001  (a store that may not delete still archives)
-        log.info("could not remove the write check %s/%s: %s", remote.url, name, err)
-
-
-def _upload_new(remote: _Remote, local: Path, rel: str) -> str:
-    """Upload `local` to `rel` at the archive, or to `<stem>-2<suffix>` (-3, ...) when that name is
-    taken; returns the name used. Never replaces an object: on S3 the write is conditional
-    (If-None-Match), elsewhere the name is checked first (a race there can still replace one)."""
-    stem, suffix = rel[: -len(Path(rel).suffix) or None], Path(rel).suffix
-    name, n = rel, 2
-    while True:
-        path = remote.path(name)
-        try:
-            if remote.is_s3():
-                remote.fs.put_file(str(local), path, mode="create")
-                return name
-            if not remote.fs.exists(path):
-                remote.fs.put_file(str(local), path)
-                return name
-        except OSError as err:
-            if not (isinstance(err, FileExistsError) or _error_code(err) in _CONFLICT_CODES):
-                raise
-        log.info("%s/%s already exists (another run wrote evidence under the same name): trying %s-%d%s",
-                 remote.url, name, stem, n, suffix)
-        name, n = f"{stem}-{n}{suffix}", n + 1
-
-
-def _append_remote(remote: _Remote, record: dict[str, Any]) -> dict[str, Any]:
-    """Read the index, append `record` chained to its last line, write it back; returns the record."""
-    index = remote.path(INDEX)
-    for attempt in range(APPEND_ATTEMPTS):
-        old, guard = _read_guarded(remote, index)
-        written, line = _chained(old, record)
-        new = old + (b"\n" if old and not old.endswith(b"\n") else b"") + line
-        if remote.is_s3():
-            # s3fs sends data of 2 * chunksize or more as a multipart upload, and CreateMultipartUpload
-            # takes no If-Match: keep the index one conditional PutObject however large it grows.
-            guard = {**guard, "chunksize": max(len(new) + 1, 50 << 20)}
-        try:
-            remote.fs.pipe_file(index, new, **guard)
-        except OSError as err:
-            if _error_code(err) in _CONFLICT_CODES:
-                log.info("%s changed while this run appended to it: appending again", index)
-                time.sleep(random.uniform(0, 0.05 * (attempt + 1)))  # let the other writer finish
-                continue
-            raise
-        if line.rstrip(b"\n") not in remote.fs.cat_file(index).splitlines():
-            # Another writer replaced the index after ours (a store without conditional writes, or one
-            # whose conditional create is not atomic): this record is not in it, so append it again.
-            log.warning("%s was rewritten by another writer right after this run appended to it: appending again",
-                        index)
-            time.sleep(random.uniform(0, 0.05 * (attempt + 1)))
-            continue
-        return written
-    raise ArchiveError(f"{remote.url}/{INDEX} changed under every one of {APPEND_ATTEMPTS} attempts to append "
-                       "to it: another writer keeps writing there")
-
-
-#: What S3 answers to a conditional write whose condition no longer holds.
-_CONFLICT_CODES = ("PreconditionFailed", "ConditionalRequestConflict")
-
-
-def _read_guarded(remote: _Remote, index: str) -> tuple[bytes, dict[str, str]]:
-    """The index's bytes and, on S3, the condition that makes writing it back fail if it changed since."""
-    if not remote.is_s3():
-        try:
-            return remote.fs.cat_file(index), {}
-        except FileNotFoundError:
-            return b"", {}
-    remote.fs.invalidate_cache(index)
-    try:
-        etag = remote.fs.info(index)["ETag"]
-    except FileNotFoundError:
-        return b"", {"IfNoneMatch": "*"}
-    try:
-        # Read after the ETag: a change in between makes the conditional write fail, and we redo it.
-        return remote.fs.cat_file(index), {"IfMatch": etag}
-    except FileNotFoundError:
-        return b"", {"IfNoneMatch": "*"}
-
-
-def refuse_credentials(url: str) -> None:
-    """ParameterError when `url` carries credentials (`s3://KEY:SECRET@bucket`): they would end up in evidence."""
-    for part in url.split("::"):
-        if "@" in urlsplit(part).netloc:
-            raise ParameterError(
-                f"evidence archive {masked(url)}: the URL carries credentials before '@'; refused, because the "
-                "archive's URL is printed and handed to the notebooks. Give credentials through the environment "
-                "(AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, or AWS_PROFILE, for s3://) and leave them out "
-                "of the URL")
-
-
-def masked(url: str) -> str:
-    """`url` with anything before an '@' in its host part replaced by ***."""
-    return re.sub(r"//[^/@]*@", "//***@", url)
-
-
-def _chain(err: BaseException) -> Iterator[BaseException]:
-    seen: set[int] = set()
-    e: BaseException | None = err
-    while e is not None and id(e) not in seen:
-        seen.add(id(e))
-        yield e
-        e = e.__cause__ or e.__context__
-
-
-def _error_code(err: BaseException) -> str:
-    """The storage service's error code behind `err` (botocore's ClientError), or ""."""
-    for e in _chain(err):
-        response = getattr(e, "response", None)
-        if isinstance(response, dict):
-            return str(response.get("Error", {}).get("Code", ""))
-    return ""
-
-
-def _missing_bucket(err: BaseException) -> bool:
-    return _error_code(err) in ("NoSuchBucket", "404 NoSuchBucket") or "bucket does not exist" in str(err).lower()
-
-
-def explain(url: str, err: BaseException) -> str:
-    """One line for a person: the archive, what was found, what to do."""
-    parts = urlsplit(url)
-    scheme, bucket = parts.scheme, parts.netloc
-    names = {type(e).__name__ for e in _chain(err)}
-    code = _error_code(err)
-    endpoint = ""
-    if scheme in ("s3", "s3a"):
-        endpoint = os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL") or "AWS S3"
-    if isinstance(err, ImportError):
-        found = f"the {scheme}:// scheme needs a package that is not installed ({err})"
-        todo = ("install it: for s3:// the `s3` extra, pip install 'redis-persistence-runbook[s3]' (s3fs)"
-                if scheme in ("s3", "s3a") else "install the fsspec implementation for it")
-    elif isinstance(err, ValueError) and "protocol not known" in str(err).lower():
-        found = f"fsspec knows no {scheme}:// scheme"
-        todo = "use a local directory or a URL fsspec can open, such as s3://bucket/prefix"
-    elif names & {"NoCredentialsError", "PartialCredentialsError", "CredentialRetrievalError"}:
-        found = "no credentials were found in the environment"
-        todo = ("set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY (or AWS_PROFILE) for the runbook; never in the URL"
-                if endpoint else "give the storage service's credentials through the environment")
-    elif _missing_bucket(err):
-        found = f"the bucket {bucket} does not exist" + (f" at {endpoint}" if endpoint else "")
-        todo = "create it, or fix the bucket name in the URL"
-    elif names & {"EndpointConnectionError", "ConnectTimeoutError", "ReadTimeoutError", "ClientConnectorError",
-                  "ConnectionError", "ConnectionRefusedError", "TimeoutError"}:
-        found = f"the storage service{' at ' + endpoint if endpoint else ''} could not be reached ({err})"
-        todo = ("check AWS_ENDPOINT_URL (or the network) and that the service is up" if endpoint
-                else "check the network and that the service is up")
-    elif isinstance(err, PermissionError) or code in ("AccessDenied", "InvalidAccessKeyId", "SignatureDoesNotMatch"):
-        found = f"access was denied ({err})"
-        todo = "check that the credentials in the environment may read and write under this URL"
-    else:
-        found = f"{type(err).__name__}: {err}"
-        todo = "check the URL and the storage service"
-    return f"evidence archive {masked(url)}: {found}; {todo}"
+    """Every problem in the archive: broken chain, bad signature, dropped tail, missing, partial, altered or
+    unlisted file, a partial index line."""
+    return check(root).problems

@@ -3,11 +3,19 @@
 from __future__ import annotations
 
 import json
+import os
 from typing import Any
 
 from runbook.model import StepSummary
 
 SUMMARY_MIME = "application/vnd.runbook.summary+json"
+#: The change id of the run, set by the runner for its kernel: what a step leaves behind (a config backup) carries it.
+CHANGE_ID_ENV = "RUNBOOK_CHANGE_ID"
+
+
+def change_id() -> str:
+    """The change id of the run this notebook belongs to; "" for a notebook opened by hand."""
+    return os.environ.get(CHANGE_ID_ENV, "")
 
 
 def record(summary: StepSummary) -> None:

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import threading
 from contextlib import contextmanager
-from typing import Any, Iterator
+from typing import Any, Iterator, Mapping
 
 
 class SharedKernel:
@@ -31,15 +32,19 @@ class SharedKernel:
         self._warm = threading.Thread(target=self._warm_up, name="kernel-warm-up", daemon=True)
         self._warm.start()
 
-    def _execute(self, code: str) -> None:
+    def _execute(self, code: str, timeout_s: float = 60) -> None:
         """Run `code` in the kernel on a client of our own, discarding its output."""
         kc = self.km.blocking_client()
         kc.start_channels()
         try:
-            kc.wait_for_ready(timeout=60)
-            kc.execute_interactive(code, store_history=False, timeout=60, output_hook=lambda msg: None)
+            kc.wait_for_ready(timeout=timeout_s)
+            kc.execute_interactive(code, store_history=False, timeout=timeout_s, output_hook=lambda msg: None)
         finally:
             kc.stop_channels()
+
+    def settle(self, timeout_s: float) -> None:
+        """Wait until the kernel has finished what it runs (TimeoutError after `timeout_s`)."""
+        self._execute("pass", timeout_s)
 
     def _warm_up(self) -> None:
         try:
@@ -47,19 +52,42 @@ class SharedKernel:
         except (RuntimeError, TimeoutError):
             pass  # a cold first notebook is slower, nothing worse
 
-    def ready(self) -> Any:
-        """The kernel manager, alive and with an empty namespace."""
+    def ready(self, env: Mapping[str, str] | None = None) -> Any:
+        """The kernel manager, alive, with an empty namespace and `env` set in its environment (the step's
+        run id, for the journal)."""
         if not self.km.has_kernel or not self.km.is_alive():
             self.start()
             self._used = False
         if self._warm is not None:
             self._warm.join()
             self._warm = None
+        code = []
         if self._used:
             # An empty namespace, and cell numbers from 1 again, as in a fresh kernel.
-            self._execute("%reset -f\nimport gc; gc.collect()\nget_ipython().execution_count = 1")
+            code.append("%reset -f\nimport gc; gc.collect()\nget_ipython().execution_count = 1")
+        if env:
+            code.append(f"import os as _os\n_os.environ.update({dict(env)!r})\ndel _os")
+        if code:
+            self._execute("\n".join(code))
         self._used = True
         return self.km
+
+    def _process(self) -> Any:
+        provisioner = getattr(self.km, "provisioner", None)
+        return getattr(provisioner, "process", None)
+
+    def interrupt(self) -> None:
+        """SIGINT to the kernel process: KeyboardInterrupt in the running cell, so the notebook's own code puts
+        back what it had started (an idle kernel ignores it). Safe to call from a signal handler."""
+        process = self._process()
+        if process is not None and process.poll() is None:
+            process.send_signal(signal.SIGINT)
+
+    def kill(self) -> None:
+        """SIGKILL to the kernel process, when it did not stop after an interrupt."""
+        process = self._process()
+        if process is not None and process.poll() is None:
+            process.kill()
 
     def shutdown(self) -> None:
         if self.km.has_kernel:

@@ -50,6 +50,12 @@ BOUNDS: dict[str, tuple[float, float | None]] = {
 }
 
 
+#: Parameters that skip a safety step: given at all, they must say why (the reason is recorded with the change).
+REASONS: dict[str, str] = {"skip_backup": "the backup before the change"}
+#: Words that are not a reason.
+_NOT_A_REASON = frozenset({"", "yes", "no", "true", "false", "on", "off", "1", "0", "y", "n", "skip"})
+
+
 @dataclass(frozen=True)
 class Param:
     """One line of a notebook's parameters cell: `name: type = default  # help`."""
@@ -187,6 +193,17 @@ def _check_value(name: str, value: Any, spec: Param) -> None:
     if high is not None and value > high:
         raise ParameterError(f"parameter {name} must be at most {high}, got {value!r}"
                              + (f" ({spec.help})" if spec.help else ""))
+
+
+def check_reasons(given: Mapping[str, Any]) -> None:
+    """ParameterError when a parameter of REASONS is given (in a file or with -p) without a reason: an empty
+    value, or a yes. Its default (empty: the step is not skipped) is never checked."""
+    for name, what in REASONS.items():
+        value = given.get(name)
+        if name in given and (not isinstance(value, str) or value.strip().lower() in _NOT_A_REASON):
+            raise ParameterError(f"parameter {name} skips {what} and must say why, got {value!r}: give the reason, "
+                                 f"e.g. -p {name} 'nightly backup at 02:00 to s3://backups/redis' (it is recorded "
+                                 "with the change), or leave it out")
 
 
 def validate(values: Mapping[str, Any], allowed: Mapping[str, Param]) -> dict[str, Any]:

@@ -13,7 +13,14 @@ from typing import Any, Sequence
 from runbook.errors import ParameterError
 from runbook.orchestration.fleet import CHECKS as FLEET_CHECKS
 from runbook.orchestration.fleet import normalize_targets
-from runbook.orchestration.params import Param, coerce_pair, load_files, notebook_parameters, validate
+from runbook.orchestration.params import (
+    Param,
+    check_reasons,
+    coerce_pair,
+    load_files,
+    notebook_parameters,
+    validate,
+)
 from runbook.server.tls import check_tls_parameters
 
 #: Short names of the notebooks, in runbook order.
@@ -28,8 +35,11 @@ NOTEBOOKS: dict[str, str] = {
 
 
 #: Names that expand to several notebooks.
-#: `all` is the whole seed change: the picture before, the change, its proof, the picture after.
-SEQUENCES: dict[str, list[str]] = {"all": ["inspect", "enable-aof", "persist-config", "test-persistence", "inspect"]}
+#: `all` is the whole seed change: the picture before, a backup of the data (the first step of Redis's own
+#: procedure for switching AOF on, before anything is changed), the change, its proof, the picture after.
+SEQUENCES: dict[str, list[str]] = {
+    "all": ["inspect", "backup", "enable-aof", "persist-config", "test-persistence", "inspect"],
+}
 
 
 #: The notebook that inspects or online-tests every target of a fleet at once.
@@ -93,6 +103,7 @@ def plan(names: Sequence[str], files: Sequence[str | Path] = (), pairs: Sequence
     values = load_files(files)
     for key, raw in pairs:
         values[key] = coerce_pair(key, raw, declared.get(key))
+    check_reasons(values)
     if given and "target" not in values and "targets" not in values:
         # Never the notebooks' default (a throwaway sandbox) for a run that brought its own file: under cron a
         # file whose target line is still commented out would read as a healthy server forever.

@@ -427,7 +427,9 @@ def rehearsal_sandbox(production: Production, *, with_data: bool = False, keep: 
             persist_method_reason=method_reason,
             caveats=tuple(caveats), sandbox_dir=str(root), prepare_s=round(time.perf_counter() - t0, 3),
         )
-        pairs = [("target", "sandbox"), ("config_file", str(sb.config_path)), ("apply", "true")]
+        # The backup of the rehearsal goes with the sandbox, never to the target's own destination.
+        pairs = [("target", "sandbox"), ("config_file", str(sb.config_path)), ("apply", "true"),
+                 ("destination", str(root / "backups"))]
         if method in ("rewrite", "edit"):
             pairs.append(("method", method))  # what the target would use, not what suits the sandbox
         yield Staged(sb, rehearsal, tuple(pairs))
@@ -495,6 +497,12 @@ def predicted_failures(production: Production, rehearsal: Rehearsal,
                for c in production.preflight.checks if c.status == Status.FAIL]
     if refused:
         out.append(("enable-aof", ExitCode.FAILED, "; ".join(refused)))
+    backed_up = any(s.name == "backup" and s.summary.result == Outcome.DONE for s in result.steps)
+    data_dir = production.runtime.get("dir", "")
+    if backed_up and not (production.target.local and data_dir and os.access(data_dir, os.R_OK | os.X_OK)):
+        out.append(("backup", ExitCode.BLOCKED, f"the target's data dir {data_dir or '(unknown)'} is not readable "
+                    "from here, so 05-backup cannot copy it: run the change on the Redis host as a user who may read "
+                    "it, or pass skip_backup with the reason (the rehearsal backed up its own copy)"))
     persisted = [s for s in result.steps if s.name == "persist-config" and s.summary.result == Outcome.CHANGED]
     if rehearsal.persist_method == "blocked" and persisted:
         out.append(("persist-config", ExitCode.BLOCKED, (f"{rehearsal.persist_method_reason}; a person with the "

@@ -22,12 +22,15 @@ from pathlib import Path
 from typing import Any, Iterator, Sequence
 
 from runbook import __version__
-from runbook.errors import ExitCode, exit_code_for, exit_code_for_status
+from runbook.errors import ArchiveError, ExitCode, RunbookError, exit_code_for, exit_code_for_status
 from runbook.evidence.archive import ARCHIVE_ENV, Archive
-from runbook.evidence.summary import read_summary
+from runbook.evidence.journal import AtomicSaves, Journal, notice, read_intent, recent_records
+from runbook.evidence.summary import CHANGE_ID_ENV, read_summary
 from runbook.model import Status, StepSummary
 from runbook.orchestration.kernel import SharedKernel, shared_kernel
+from runbook.orchestration.locking import RunLocks, may_change
 from runbook.orchestration.plan import Step, effective, plan
+from runbook.orchestration.signals import GRACE_S, Stop
 from runbook.sandbox.handoff import SANDBOX_FILE_ENV, SANDBOX_URL_ENV, share
 from runbook.server.configfile import mask_secrets
 
@@ -52,19 +55,38 @@ class StepResult:
         return self.status != Status.SKIPPED and not (self.before_change and self.status in (Status.FAIL, Status.WARN))
 
 
-@dataclass(frozen=True)
+@dataclass
 class RunResult:
     change_id: str
     archive: Archive
     steps: list[StepResult] = field(default_factory=list)
+    stopped_by: str = ""  # SIGTERM or SIGINT: the run stopped at a safe point
+    stop_code: int = 0  # 143 for SIGTERM, 130 for SIGINT
+    archive_failure: str = ""  # the evidence archive failed: the run stopped at a safe point
+    kept: str = ""  # where the evidence is after an archive failure
+
+    def changes(self) -> list[str]:
+        """What the run changed on its targets, step by step, and what a step cut short may have changed."""
+        out = []
+        for s in self.steps:
+            if s.summary.changed_something:
+                out.append(f"{s.name} on {s.target}: {_what_changed(s.summary)}")
+            elif s.summary.facts.get("unfinished"):
+                out.append(f"{s.name} on {s.target} may have changed it ({s.summary.facts['unfinished']})")
+        return out
 
     def failing(self) -> list[StepResult]:
         """The results that made the run fail or block, in order."""
         return [s for s in self.steps if s.counts and s.exit_code != ExitCode.OK]
 
     @property
-    def exit_code(self) -> ExitCode:
-        """The worst step's code; blocked only when nothing failed."""
+    def exit_code(self) -> int:
+        """The worst step's code; blocked only when nothing failed; 143/130 for a run a signal stopped, 1 for
+        one the archive stopped."""
+        if self.stop_code:
+            return self.stop_code
+        if self.archive_failure:
+            return ExitCode.FAILED
         codes = [s.exit_code for s in self.steps if s.counts]
         if ExitCode.BLOCKED in codes and ExitCode.FAILED not in codes:
             return ExitCode.BLOCKED
@@ -130,40 +152,76 @@ def run(
     # The rollback notebook reads the archive, and a sandbox target reads the handoff file:
     # the kernel finds both through its environment.
     os.environ[ARCHIVE_ENV] = store.env_value()
+    os.environ[CHANGE_ID_ENV] = result.change_id  # config backups carry it (persist-config)
+    warn_interrupted(store)
+    stop = Stop()
     try:
-        with tempfile.TemporaryDirectory(prefix="runbook-run-") as tmp, shared_kernel() as kernel:
+        with stop.installed(), tempfile.TemporaryDirectory(prefix="runbook-run-") as tmp, \
+                shared_kernel() as kernel:
             handoff = Path(tmp) / "sandbox.json"
             os.environ[SANDBOX_FILE_ENV] = str(handoff)
             kernel.start()  # boots (and imports the runbook) while the sandbox is seeded
-            ctx = RunContext(result.change_id, store, commit, fail_on, kernel, extra, keep_going)
-            with shared_sandbox(steps, handoff):
+            locks = RunLocks(result.change_id)  # released before the sandbox goes, however the run ends
+            journal = Journal(store, result.change_id, {**extra, "runbook_version": __version__, "git_commit": commit},
+                              per_target=lambda t: {"lock": fact} if (fact := locks.fact(t)) else {})
+            ctx = RunContext(journal, fail_on, kernel, keep_going, locks, stop)
+            with shared_sandbox(steps, handoff), locks, atomic_saves(journal):
                 _run_steps(steps, result, ctx)
-    except BaseException:  # Ctrl-C, a render failure: a step may have changed the target, keep its evidence
+    except BaseException:  # a render failure: a step may have changed the target, keep its evidence
         store.abandon()
         raise
-    os.environ.pop(SANDBOX_FILE_ENV, None)
-    store.close()
+    finally:
+        os.environ.pop(SANDBOX_FILE_ENV, None)
+        os.environ.pop(CHANGE_ID_ENV, None)
+    if stop.signum:
+        result.stopped_by, result.stop_code = stop.name, stop.exit_code
+    if journal.failure:
+        result.archive_failure, result.kept = journal.failure, journal.kept()
+        store.abandon()  # keeps a remote archive's staging dir when it holds what was not uploaded
+    else:
+        store.close()
     return result
+
+
+def warn_interrupted(store: Archive) -> None:
+    """Say in one line (a warning) when the archive holds an interrupted run that nothing closed yet."""
+    try:
+        line = notice(recent_records(store.env_value()))
+    except (RunbookError, OSError, ValueError) as err:  # reading is not this run's job: it still runs
+        log.info("could not read %s for interrupted runs: %s", store.location(), err)
+        return
+    if line:
+        log.warning("%s", line)
+
+
+@contextmanager
+def atomic_saves(journal: Journal) -> Iterator[None]:
+    """Papermill saves the running notebooks under the archive whole (`AtomicSaves`), for this run."""
+    from papermill.iorw import papermill_io  # noqa: PLC0415  (heavy: only when running)
+
+    entry = (str(journal.archive.local), AtomicSaves(journal))
+    papermill_io.register(*entry)
+    try:
+        yield
+    finally:
+        papermill_io._handlers.remove(entry)  # papermill has no unregister
 
 
 @dataclass(frozen=True)
 class RunContext:
-    """What every step of one run shares."""
+    """What every step of one run shares: its journal (the one writer of its records), the kernel, the locks,
+    and what a signal asked."""
 
-    change_id: str
-    store: Archive
-    commit: str
+    journal: Journal
     fail_on: str
     kernel: SharedKernel | None
-    extra: dict[str, Any]
     keep_going: bool = False
+    locks: RunLocks | None = None
+    stop: Stop = field(default_factory=Stop)
 
-    def record(self, fields: dict[str, Any]) -> dict[str, Any]:
-        """Append an index record with the run-wide fields; returns it as written."""
-        return self.store.add({
-            **self.extra, **fields, "change_id": self.change_id, "runbook_version": __version__,
-            "git_commit": self.commit,
-        })
+    @property
+    def change_id(self) -> str:
+        return self.journal.change_id
 
 
 def skip_slow_optional_imports() -> None:
@@ -176,15 +234,17 @@ def skip_slow_optional_imports() -> None:
 
 def _run_steps(steps: Sequence[Step], result: RunResult, ctx: RunContext) -> None:
     """Run the steps in order. A failure stops the run (the rest recorded as skipped); with
-    keep_going it stops only its own target, whose later steps are recorded as skipped."""
+    keep_going it stops only its own target, whose later steps are recorded as skipped. A signal
+    or an archive failure stops the run after the step it came in (the rest skipped)."""
     last_stage = steps[-1].stage if steps else 0
     stopped_by: StepResult | None = None
     failed: dict[str, StepResult] = {}  # target -> the result that stopped it
     for step in steps:
-        if stopped_by is not None:
-            result.steps.extend(_skip(step, t, ctx, stopped_by) for t in step.targets)
+        halt = _halted(ctx)
+        if halt or stopped_by is not None:
+            result.steps.extend(_skip(step, t, ctx, halt or _ended(stopped_by, t)) for t in step.targets)
             continue
-        result.steps.extend(_skip(step, t, ctx, failed[t]) for t in step.targets if t in failed)
+        result.steps.extend(_skip(step, t, ctx, _ended(failed[t], t)) for t in step.targets if t in failed)
         todo = [t for t in step.targets if t not in failed]
         if not todo:
             continue
@@ -192,7 +252,12 @@ def _run_steps(steps: Sequence[Step], result: RunResult, ctx: RunContext) -> Non
             entries = [e for e in step.parameters["targets"] if e["target"] in todo]
             step = replace(step, fleet=tuple(todo), parameters={**step.parameters, "targets": entries})
         before_change = step.stage == 0 and step.name == "inspect" and last_stage > 0
-        for res in _run_step(step, ctx, before_change):
+        try:
+            results = _refused(step, ctx) or _run_step(step, ctx, before_change)
+        except ArchiveError as err:  # the refusal could not be recorded
+            target = str(effective(step, "target"))
+            results = [_unrecorded(target, StepSummary(step.name, Status.ERROR, error=str(err)))]
+        for res in results:
             result.steps.append(res)
             if res.counts and res.exit_code != ExitCode.OK:
                 failed[res.target] = res
@@ -200,88 +265,208 @@ def _run_steps(steps: Sequence[Step], result: RunResult, ctx: RunContext) -> Non
                     stopped_by = res
 
 
-def _skip(step: Step, target: str, ctx: RunContext, cause: StepResult) -> StepResult:
-    """Record a step that did not run for `target` because an earlier one failed."""
-    now = datetime.now(timezone.utc).isoformat()
-    reason = f"{cause.name} ended {cause.status}" + (f" on {cause.target}" if cause.target != target else "")
-    summary = StepSummary(step.name, Status.SKIPPED, facts={"reason": reason})
-    record = ctx.record({
-        "run_id": uuid.uuid4().hex, "notebook": step.name,
-        "target": target, "started": now, "ended": now, "status": str(Status.SKIPPED),
-        "exit_code": None, "summary": summary.to_json(), "parameters": _target_parameters(step, target), "files": {},
-    })
+def _halted(ctx: RunContext) -> str:
+    """Why the run stops before its next step, or "": a signal, or the evidence archive failing."""
+    if ctx.journal.failure:
+        return f"the evidence archive failed ({ctx.journal.failure})"
+    if ctx.stop.signum:
+        return f"the run was stopped by {ctx.stop.name}"
+    return ""
+
+
+def _ended(cause: StepResult | None, target: str) -> str:
+    if cause is None:
+        return ""
+    return f"{cause.name} ended {cause.status}" + (f" on {cause.target}" if cause.target != target else "")
+
+
+def _skip(step: Step, target: str, ctx: RunContext, reason: str) -> StepResult:
+    """A step that did not run for `target` (`reason`), recorded as skipped while the archive takes records."""
+    summary, record = StepSummary(step.name, Status.SKIPPED, facts={"reason": reason}), {}
+    if not ctx.journal.failure:
+        try:
+            summary, record = ctx.journal.skipped(step.name, target, Journal.parameters_for(step.parameters, target),
+                                                  reason)
+        except ArchiveError:
+            pass  # the run stops here; the table still shows the step
     return StepResult(step.name, target, Status.SKIPPED, ExitCode.OK, summary, None, None, record)
 
 
-def _target_parameters(step: Step, target: str) -> dict[str, Any]:
-    """What a record for one target shows as its parameters (a fleet step: the shared ones and its entry)."""
-    if not step.fleet:
-        return step.parameters
-    entry = next(e for e in step.parameters["targets"] if e["target"] == target)
-    return {**{k: v for k, v in step.parameters.items() if k != "targets"}, **entry}
+def _unrecorded(target: str, summary: StepSummary, notebook: Path | None = None) -> StepResult:
+    """A step's result that the archive could not take (the run stops after it)."""
+    kept = notebook if notebook is not None and notebook.exists() else None
+    return StepResult(summary.step, target, summary.verdict, ExitCode.FAILED, summary, kept, None, {})
+
+
+def _refused(step: Step, ctx: RunContext) -> list[StepResult]:
+    """Take the server lock a changing step needs (`runbook.orchestration.locking`); when it cannot be had, the
+    step's one result, recorded without running its notebook: nothing was sent to the server or written."""
+    try:
+        if ctx.locks is not None:
+            ctx.locks.take(step)
+        return []
+    except RunbookError as err:
+        target = str(effective(step, "target"))
+        status = Status.BLOCKED if err.exit_code == ExitCode.BLOCKED else Status.ERROR
+        summary = StepSummary(step.name, status, facts={"reason": "the server lock was not taken"},
+                              error=f"{type(err).__name__}: {err}")
+        now = datetime.now(timezone.utc).isoformat()
+        record = ctx.journal.verdict(uuid.uuid4().hex, step.name, target, summary, int(err.exit_code),
+                                     step.parameters, started=now, ended=now, files={})
+        return [StepResult(step.name, target, status, err.exit_code, summary, None, None, record)]
+
+
+#: Seconds between saves of a running notebook while its cell shows output (papermill also saves at every cell's
+#: start and end): a kill keeps the cells executed up to it.
+AUTOSAVE_S = 1
+#: What a changing step's `started` record says it is about to do (its intent, from the notebook, says exactly).
+DOING = {
+    "enable-aof": "switch AOF on at runtime (CONFIG SET appendfsync, appendonly yes) and wait for the initial rewrite",
+    "persist-config": "write the persistence settings to the config file, after a backup beside it",
+    "backup": "BGSAVE, then copy the persistence files to the backup destination",
+    "rollback": "undo a recorded change: the config file from its backup, then CONFIG SET of the settings",
+    "test-persistence": "restart the server (the restart test), with canary keys",
+}
 
 
 def _run_step(step: Step, ctx: RunContext, before_change: bool = False) -> list[StepResult]:
-    """Run one notebook into the archive: one result, or one per target for a fleet step."""
-    import nbformat  # noqa: PLC0415  (heavy: only when running)
+    """Run one notebook into the archive: one result, or one per target for a fleet step.
+
+    A step that may change its target is journaled before it runs (`started`). A signal interrupts the notebook
+    (its own code puts back an unfinished change) and the step ends `interrupted`. An archive failure ends the
+    step at a safe point, the same way, and its result is shown but not recorded."""
     import papermill as pm  # noqa: PLC0415  (heavy: only when running)
     from papermill.exceptions import PapermillExecutionError  # noqa: PLC0415  (with papermill)
 
+    journal = ctx.journal
     target = f"fleet-{len(step.fleet)}" if step.fleet else str(effective(step, "target"))
     started = datetime.now(timezone.utc)
-    out = ctx.store.run_path(step.name, target, started)
+    try:
+        out = journal.reserve(step.name, target, started)
+        run_id = journal.started(step.name, target, step.parameters, DOING.get(step.name, step.name), out) \
+            if may_change(step) else uuid.uuid4().hex
+    except ArchiveError as err:
+        return [_unrecorded(target, StepSummary(step.name, Status.ERROR, error=f"not run: {err}"))]
     error: dict[str, str] | None = None
     t0 = time.perf_counter()
     try:
-        extra = {"km": ctx.kernel.ready()} if ctx.kernel is not None else {}
-        pm.execute_notebook(
-            str(step.path), str(out), parameters=step.parameters, progress_bar=False, log_output=False,
-            request_save_on_cell_execute=False, **extra,
-        )
+        extra = {"km": ctx.kernel.ready(journal.kernel_env(run_id, step.name, target))} if ctx.kernel else {}
+        with ctx.stop.notebook(ctx.kernel):
+            pm.execute_notebook(
+                str(step.path), str(out), parameters=step.parameters, progress_bar=False, log_output=False,
+                request_save_on_cell_execute=True, autosave_cell_every=AUTOSAVE_S, **extra,
+            )
     except PapermillExecutionError as err:
         error = {"ename": err.ename, "evalue": err.evalue, "cell": str(err.cell_index)}
-    except Exception as err:  # noqa: BLE001  (a dead kernel, a timeout: still archived as evidence)
+    except Exception as err:  # noqa: BLE001  (a dead kernel, a timeout, the archive: still evidence)
         error = {"ename": type(err).__name__, "evalue": mask_secrets(str(err)), "cell": ""}
     ended = datetime.now(timezone.utc)
     t1 = time.perf_counter()
 
-    try:
-        nb = nbformat.read(str(out), as_version=4)
-    except Exception:  # noqa: BLE001  (the kernel died before papermill wrote anything)
-        nb = nbformat.read(str(step.path), as_version=4)
-        nbformat.write(nb, str(out))
+    nb = _saved(out, step)
     summary = read_summary(nb, step.name)
+    intent = read_intent(nb)
+    if error and error["ename"] == "ArchiveError" and not journal.failure:  # the notebook's intent was refused
+        journal.failure = error["evalue"]
+    if journal.failure:  # the archive failed while the notebook ran: stop it at a safe point, record nothing more
+        _settle(ctx.kernel)
+        summary = (summary or StepSummary(step.name, Status.ERROR)).with_error(Status.ERROR, journal.failure)
+        return [_unrecorded(target, _unfinished(summary, intent), out)]
     code: ExitCode | None = None  # an error decides the code; otherwise each target's verdict does
-    if error:
+    if error and ctx.stop.signum:
+        code, status = ExitCode.FAILED, Status.INTERRUPTED
+        how = ("the kernel did not stop, and was killed: nothing more was put back" if ctx.stop.killed
+               else f"{error['ename']}: {error['evalue']}")
+        summary = (summary or StepSummary(step.name, status)).with_error(status, f"stopped by {ctx.stop.name}: {how}")
+        if error["ename"] != "ChangeInterrupted":
+            summary = _unfinished(summary, intent)
+    elif error:
         code = exit_code_for(error["ename"])
         status = Status.BLOCKED if code == ExitCode.BLOCKED else Status.ERROR
         summary = (summary or StepSummary(step.name, status)).with_error(status, f"{error['ename']}: {error['evalue']}")
     elif summary is None:
         summary = StepSummary(step.name, Status.ERROR, error="the notebook recorded no summary")
 
-    html = out.with_suffix(".html")
-    html.write_text(render_html(nb), encoding="utf-8")
-    common = {
-        "started": started.isoformat(),
-        "ended": ended.isoformat(),
-        "files": ctx.store.files([out, html]),
-        "timings": {"execute_s": round(t1 - t0, 3), "render_s": round(time.perf_counter() - t1, 3)},
-    }
     per_target = {target: summary} if not step.fleet else _per_member(step, summary)
     if error:  # a notebook that raised ended in error for every target it covers
         per_target = {t: s.with_error(summary.verdict, summary.error) for t, s in per_target.items()}
+    html = out.with_suffix(".html")
+    try:
+        journal.write_text(html, render_html(nb))
+        common = {
+            "started": started.isoformat(),
+            "ended": ended.isoformat(),
+            "files": journal.files([out, html]),
+            "timings": {"execute_s": round(t1 - t0, 3), "render_s": round(time.perf_counter() - t1, 3)},
+        }
+    except ArchiveError:
+        return [_unrecorded(t, s, out) for t, s in per_target.items()]
     results = []
     for name, target_summary in per_target.items():
         status = target_summary.verdict
         target_code = code if code is not None else exit_code_for_status(status, fail_on_warn=ctx.fail_on == "warn")
-        record = ctx.record({
-            "run_id": uuid.uuid4().hex, "notebook": step.name, "target": name, "status": str(status),
-            "exit_code": int(target_code), "summary": target_summary.to_json(),
-            "parameters": _target_parameters(step, name), **common,
-        })
+        if journal.failure:
+            results.append(_unrecorded(name, target_summary, out))
+            continue
+        try:
+            record = journal.verdict(run_id if not step.fleet else uuid.uuid4().hex, step.name, name, target_summary,
+                                     int(target_code), journal.parameters_for(step.parameters, name), **common)
+        except ArchiveError:
+            results.append(_unrecorded(name, target_summary, out))
+            continue
         results.append(StepResult(step.name, name, status, target_code, target_summary, out, html, record,
                                   before_change))
     return results
+
+
+def _saved(out: Path, step: Step) -> Any:
+    """The executed notebook as papermill last saved it; the source notebook when nothing was saved (then also
+    written to `out`, when the archive takes it)."""
+    import nbformat  # noqa: PLC0415  (heavy: only when running)
+
+    try:
+        return nbformat.read(str(out), as_version=4)
+    except Exception:  # noqa: BLE001  (the kernel died before papermill wrote anything)
+        nb = nbformat.read(str(step.path), as_version=4)
+        try:
+            nbformat.write(nb, str(out))
+        except OSError:
+            pass  # the archive failed: the step's result says so
+        return nb
+
+
+def _unfinished(summary: StepSummary, intent: dict[str, Any] | None) -> StepSummary:
+    """`summary` of a step cut short after its intent: what it may have changed (from the intent)."""
+    if not intent or summary.changed_something:
+        return summary
+    return replace(summary, facts={**summary.facts, "unfinished": str(intent.get("summary", ""))})
+
+
+def _settle(kernel: SharedKernel | None) -> None:
+    """After papermill stopped mid-notebook: interrupt the cell still running, if any (its own code puts back what
+    it had started), and wait until the kernel is idle; kill it when it does not get there."""
+    if kernel is None:
+        return
+    kernel.interrupt()
+    try:
+        kernel.settle(GRACE_S)
+    except (RuntimeError, TimeoutError):
+        kernel.kill()
+
+
+def _what_changed(summary: StepSummary) -> str:
+    """A step's change in a few words: the settings from -> to, the file written, the backup taken."""
+    settings = ", ".join(f"{c.setting} {c.before} -> {c.after}" for c in summary.setting_changes)
+    written = summary.file_change
+    if summary.step == "enable-aof":
+        return f"{settings} (runtime)"
+    if summary.step == "persist-config" and written is not None:
+        return f"wrote {written.written_file} ({settings}); backup {written.backup or 'none'}"
+    if summary.step == "rollback":
+        return f"rolled back change {summary.facts.get('change_id', '?')}"
+    if summary.step == "backup" and summary.facts.get("location"):
+        return f"a backup taken to {summary.facts['location']}"
+    return str(summary.result)
 
 
 def _per_member(step: Step, summary: StepSummary) -> dict[str, StepSummary]:

@@ -13,7 +13,7 @@ from typing import Any, Callable, Mapping, Sequence
 
 import redis
 
-from runbook.errors import ChangeFailed, NoReply, WaitTimeout
+from runbook.errors import ChangeFailed, ChangeInterrupted, NoReply, WaitTimeout
 from runbook.model import SettingChange
 from runbook.server.poll import Deadline, WayBack
 from runbook.server.settings import config_set, normalize
@@ -174,8 +174,8 @@ def apply_runtime(client: redis.Redis, changes: Sequence[SettingChange], config_
 
     The one way the runbook switches AOF on at runtime. One deadline, `timeout_s` from the first call, bounds
     every call and the wait. On any failure every setting sent is put back (appendonly first), over a connection
-    opened before the change (`WayBack`: bounded too), and ChangeFailed says what was put back. Returns INFO
-    persistence.
+    opened before the change (`WayBack`: bounded too), and ChangeFailed says what was put back; an interrupt
+    (KeyboardInterrupt) ends the wait the same way, as ChangeInterrupted. Returns INFO persistence.
     """
     deadline = Deadline(timeout_s)
     turning_on = any(c.setting == "appendonly" and normalize("appendonly", c.after) == "yes" for c in changes)
@@ -200,6 +200,10 @@ def apply_runtime(client: redis.Redis, changes: Sequence[SettingChange], config_
         return wait_aof_complete(client, before, turning_on=turning_on, progress=progress, deadline=deadline)
     except (ChangeFailed, WaitTimeout, redis.RedisError) as err:
         raise ChangeFailed(f"{str(err).rstrip('.')}. {_put_back(way_back, config_command, sent)}") from err
+    except KeyboardInterrupt:  # SIGINT, or the runner passing on SIGTERM: end the wait, put back
+        waited = "before the initial AOF rewrite completed" if turning_on else "midway"
+        raise ChangeInterrupted(f"interrupted {waited} ({deadline.elapsed:.1f} s in). "
+                                f"{_put_back(way_back, config_command, sent)}") from None  # the message says it all
     finally:
         if way_back is not None:
             way_back.close()

@@ -151,20 +151,39 @@ def utc_stamp() -> str:
     return datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
 
 
-def backup(path: Path, stamp: str) -> Path:
-    """Copy `path` to `<path>.runbook-<stamp>.bak` beside it, with the same owner and mode.
+def backup_path(path: Path, stamp: str, change_id: str = "") -> Path:
+    """Where `backup` copies `path` (the real file's name and directory, a symlink followed)."""
+    real = path.resolve()
+    return real.with_name(f"{real.name}.runbook-{change_id or 'manual'}-{stamp}.bak")
 
-    A symlink is followed: the copy is of the real file, beside the real file.
+
+def backup(path: Path, stamp: str, change_id: str = "") -> tuple[Path, str]:
+    """Copy `path` to `<path>.runbook-<change id>-<stamp>.bak` beside it, with the same owner and mode; returns
+    the copy and the sha256 of the bytes copied.
+
+    Never over an existing file (O_EXCL: FileExistsError, and nothing is written). A symlink is followed: the
+    copy is of the real file, beside the real file. Without a change id (a notebook run by hand) the name says
+    `manual`.
     """
     path = path.resolve()
-    dest = path.with_name(f"{path.name}.runbook-{stamp}.bak")
-    shutil.copy2(path, dest)
+    dest = backup_path(path, stamp, change_id)
     st = path.stat()
+    data = path.read_bytes()
+    fd = os.open(dest, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     try:
-        os.chown(dest, st.st_uid, st.st_gid)
-    except PermissionError:
-        pass  # not root: the copy is ours, with the same mode
-    return dest
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        shutil.copystat(path, dest)  # mode and times
+        try:
+            os.chown(dest, st.st_uid, st.st_gid)
+        except PermissionError:
+            pass  # not root: the copy is ours, with the same mode
+    except BaseException:
+        dest.unlink(missing_ok=True)
+        raise
+    return dest, hashlib.sha256(data).hexdigest()
 
 
 def atomic_write(path: Path, text: str) -> None:

@@ -21,10 +21,12 @@ import redis
 
 from runbook.errors import Blocked, ChangeFailed, NoReply, WaitTimeout
 from runbook.evidence.archive import sha256_file, slug
+from runbook.evidence.summary import change_id as run_change_id
 from runbook.model import Check, Outcome, Status, StepSummary, worst
 from runbook.sandbox.binaries import for_server
 from runbook.sandbox.throwaway import Sandbox
 from runbook.server.aof import aof_on_disk
+from runbook.server.lock import data_dbsize
 from runbook.server.ops import bgsave_and_wait, validate_files
 from runbook.server.poll import Deadline, WayBack
 from runbook.server.target import Identity, Target
@@ -40,9 +42,12 @@ class BackupResult:
     pruned: tuple[str, ...] = ()
     checks: tuple[Check, ...] = ()
     commands: str = ""
+    skip_reason: str = ""  # skip_backup: why no backup was taken, as the operator said it
 
     @property
     def verdict(self) -> Status:
+        if self.result == Outcome.SKIPPED:
+            return Status.SKIPPED
         return Status.BLOCKED if self.result == Outcome.BLOCKED else worst([c.status for c in self.checks])
 
 
@@ -109,19 +114,46 @@ def blocked_commands(data_dir: str, dest: str) -> str:
             f"sudo cp -a {data_dir}/dump.rdb {data_dir}/appendonlydir {dest}/\n")
 
 
+def resolve_destination(destination: str) -> str:
+    """A local destination as an absolute path (relative ones are from the working directory); URLs as given."""
+    if "://" in destination:
+        return destination
+    return str(Path(destination or "backups").expanduser().resolve())
+
+
+def intent(destination: str, *, apply: bool = False, retention: int = 7,
+           skip_reason: str = "") -> dict[str, Any] | None:
+    """What `take_backup` is about to do, for `runbook.intend` (None when it writes nothing)."""
+    if not apply or skip_reason.strip():
+        return None
+    where = resolve_destination(destination)
+    return {"summary": f"BGSAVE, then copy dump.rdb (and the AOF, auto-aof-rewrite-percentage 0 while it is copied, "
+                       f"put back after) to a new directory under {where}; keep this target's newest {retention}",
+            "destination": where, "retention": retention}
+
+
 def take_backup(target: Target, destination: str, *, include_aof: bool | None = None, retention: int = 7,
-                apply: bool = False, verify_restore: bool = False, timeout_s: float = 300.0) -> BackupResult:
-    """BGSAVE, copy dump.rdb (and the whole AOF), write a manifest, validate, prune, restore drill."""
+                apply: bool = False, verify_restore: bool = False, timeout_s: float = 300.0,
+                skip_reason: str = "", change_id: str | None = None) -> BackupResult:
+    """BGSAVE, copy dump.rdb (and the whole AOF), write a manifest, validate, prune, restore drill.
+
+    `skip_reason`: no backup, and the reason recorded (skip_backup). The backup's name carries the target, the
+    time and `change_id` (default: the run's); an existing backup is never replaced."""
+    if skip_reason.strip():
+        return BackupResult(Outcome.SKIPPED, skip_reason=skip_reason.strip())
     client = target.client
     ident = target.identify()
     runtime = target.runtime_settings()
     data_dir = Path(runtime.get("dir", ""))
+    destination = resolve_destination(destination)
     if not (target.local and os.access(data_dir, os.R_OK | os.X_OK)):
-        return BackupResult(Outcome.BLOCKED, commands=blocked_commands(str(data_dir), destination or "/backup/redis"))
+        return BackupResult(Outcome.BLOCKED, commands=blocked_commands(str(data_dir), destination))
     aof_on = int(client.info("persistence").get("aof_enabled", 0)) == 1
     include_aof = aof_on if include_aof is None else include_aof and aof_on
     now = time.time()
-    name = f"{slug(target.name)}-{time.strftime('%Y%m%dT%H%M%S', time.gmtime(now))}.{int(now * 1000) % 1000:03d}Z"
+    cid = run_change_id() if change_id is None else change_id
+    name = (f"{slug(target.name)}-{time.strftime('%Y%m%dT%H%M%S', time.gmtime(now))}.{int(now * 1000) % 1000:03d}Z"
+            + (f"-{cid}" if cid else ""))
     location = f"{destination.rstrip('/')}/{name}"
     if not apply:
         return BackupResult(Outcome.PLANNED, location)
@@ -132,7 +164,7 @@ def take_backup(target: Target, destination: str, *, include_aof: bool | None = 
         stage.mkdir()
         seconds, _ = bgsave_and_wait(client, timeout_s)
         checks.append(Check("bgsave", Status.PASS, f"fresh BGSAVE completed in {seconds:.2f}s"))
-        dbsize = int(client.dbsize())
+        dbsize = data_dbsize(client)
         shutil.copy2(data_dir / runtime.get("dbfilename", "dump.rdb"), stage / runtime.get("dbfilename", "dump.rdb"))
         if include_aof:
             with rewrites_held(target, timeout_s):
@@ -146,7 +178,7 @@ def take_backup(target: Target, destination: str, *, include_aof: bool | None = 
                  for p in sorted(stage.rglob("*")) if p.is_file()}
         manifest = {"server": ident.server, "version": ident.version, "target": target.name,
                     "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "dbsize": dbsize,
-                    "aof": include_aof, "files": files}
+                    "aof": include_aof, "change_id": cid, "files": files}
         (stage / "MANIFEST.json").write_text(json.dumps(manifest, indent=2))
         copy_runtime = {**runtime, "dir": str(stage)}
         checks.extend(validate_files(ident, copy_runtime))
@@ -158,6 +190,8 @@ def take_backup(target: Target, destination: str, *, include_aof: bool | None = 
             p.chmod(0o700 if p.is_dir() else 0o600)
         fs.makedirs(root, exist_ok=True)
         final = f"{root.rstrip('/')}/{name}"
+        if fs.exists(final) or fs.exists(final + ".partial"):
+            raise ChangeFailed(f"{location} exists already: a backup never replaces another; nothing was copied")
         fs.put(str(stage), final + ".partial", recursive=True)
         fs.mv(final + ".partial", final, recursive=True)
         from fsspec.implementations.local import LocalFileSystem  # noqa: PLC0415  (with fsspec)
@@ -165,6 +199,7 @@ def take_backup(target: Target, destination: str, *, include_aof: bool | None = 
         if isinstance(fs, LocalFileSystem):  # fsspec's put does not keep modes
             for p in [Path(final), *Path(final).rglob("*")]:
                 p.chmod(0o700 if p.is_dir() else 0o600)
+    apart = _apart(data_dir, root if isinstance(fs, LocalFileSystem) else "")
     if all(c.status == Status.PASS for c in checks):
         pruned = prune(fs, root, slug(target.name), retention, keep=name)
         checks.append(Check("retention", Status.PASS, f"kept the newest {retention}; pruned {len(pruned)}"))
@@ -172,18 +207,27 @@ def take_backup(target: Target, destination: str, *, include_aof: bool | None = 
         pruned = []
         checks.append(Check("retention", Status.WARN, "nothing pruned: this backup did not pass every check",
                             "keep the older backups until a backup passes"))
-    return BackupResult(Outcome.DONE, location, manifest, tuple(pruned), tuple(checks))
+    return BackupResult(Outcome.DONE, location, manifest, tuple(pruned), (*checks, apart))
 
 
 def prune(fs: Any, root: str, prefix: str, retention: int, keep: str) -> list[str]:
     """Remove this target's backups beyond the newest `retention` (never `keep`)."""
     names = sorted((p.rstrip("/").rsplit("/", 1)[-1] for p in fs.ls(root, detail=False)), reverse=True)
-    pattern = re.compile(re.escape(prefix) + r"-\d{8}T\d{6}\.\d{3}Z")
+    pattern = re.compile(re.escape(prefix) + r"-\d{8}T\d{6}\.\d{3}Z(-[0-9a-z]+)?")
     ours = [n for n in names if pattern.fullmatch(n)]
     doomed = [n for n in ours[max(retention, 1):] if n != keep]
     for n in doomed:
         fs.rm(f"{root.rstrip('/')}/{n}", recursive=True)
     return doomed
+
+
+def _apart(data_dir: Path, local_root: str) -> Check:
+    """Whether the backup is out of the server's data dir (a backup inside it is lost with it, and a FLUSHALL
+    or a wrong `dir` there does not spare it)."""
+    if local_root and Path(local_root).resolve().is_relative_to(data_dir.resolve()):
+        return Check("destination_apart", Status.WARN, f"the backup is inside the server's data dir {data_dir}",
+                     "give destination a directory on another disk, or an s3:// URL")
+    return Check("destination_apart", Status.PASS, f"out of the server's data dir {data_dir}")
 
 
 def restore_drill(ident: Identity, stage: Path, runtime: dict[str, str], manifest: dict[str, Any]) -> Check:
@@ -196,7 +240,7 @@ def restore_drill(ident: Identity, stage: Path, runtime: dict[str, str], manifes
     try:
         shutil.copytree(stage, sb.data_dir, dirs_exist_ok=True)
         sb.start(timeout_s=120)
-        got = int(sb.client().dbsize())
+        got = data_dbsize(sb.client())
     except Exception as err:  # noqa: BLE001  (any failure is the finding of the drill)
         return Check("restore_drill", Status.FAIL, f"a server could not start from the backup: {err}")
     finally:
@@ -212,7 +256,8 @@ def restore_drill(ident: Identity, stage: Path, runtime: dict[str, str], manifes
 def raise_if_blocked(target: Target, result: BackupResult) -> None:
     if result.result == Outcome.BLOCKED:
         raise Blocked(f"{target.name}: the data dir is not readable from here; nothing was copied. "
-                      "Run the printed commands on the Redis host.")
+                      "Run the printed commands on the Redis host (or, with the backup taken another way, "
+                      "pass -p skip_backup 'where it is' to record why the change goes ahead without one).")
 
 
 def backup_summary(ident: Identity, result: BackupResult) -> StepSummary:
@@ -220,4 +265,5 @@ def backup_summary(ident: Identity, result: BackupResult) -> StepSummary:
     return StepSummary(STEP, result.verdict, result.result, ident.server, ident.version, result.checks, facts={
         "location": result.location, "dbsize": result.manifest.get("dbsize"),
         "files": result.manifest.get("files", {}), "pruned": list(result.pruned), "commands": result.commands,
+        "skip_reason": result.skip_reason,
     })

@@ -18,9 +18,18 @@ from typing import Any, Mapping
 
 from redis.exceptions import NoPermissionError
 
-from runbook.errors import Blocked, ChangeFailed, NoReply, ParameterError, PreconditionFailed, VerificationFailed
+from runbook.errors import (
+    Blocked,
+    ChangeFailed,
+    ChangeInterrupted,
+    NoReply,
+    ParameterError,
+    PreconditionFailed,
+    VerificationFailed,
+)
 from runbook.model import Check, Outcome, SettingChange, Status, StepSummary, worst
 from runbook.server.aof import Progress, aof_on_disk, aof_ready, apply_runtime
+from runbook.server.lock import data_dbsize
 from runbook.server.ops import acl_user, may_run, read_overcommit, server_log_tail
 from runbook.server.poll import Deadline, stopped_answering
 from runbook.server.probe import LatencyProbe, LatencyStats
@@ -104,7 +113,7 @@ def preflight(target: Target, *, allow_replica: bool = False, busy_wait_s: float
                             f"{target.config_command} SET (ACL DRYRUN): applying will be blocked",
                             f"ACL SETUSER {acl_user(target)} '+{target.config_command.lower()}|set' (as an admin), "
                             "or run as an ACL user that may"))
-    return Preflight(ident, runtime, dict(info), int(client.dbsize()), tuple(checks))
+    return Preflight(ident, runtime, dict(info), data_dbsize(client), tuple(checks))  # without the runbook's lock
 
 
 def require(pre: Preflight) -> None:
@@ -167,6 +176,17 @@ def _config_value(value: object) -> str:
     return str(value)
 
 
+def intent(plan: EnablePlan, *, apply: bool = False) -> dict[str, Any] | None:
+    """What `apply_enable` is about to send, for `runbook.intend` (None when it sends nothing): every setting
+    from -> to, so a rollback can undo an interrupted change from it."""
+    if plan.unchanged or not apply:
+        return None
+    changes = [SettingChange(r.setting, r.current, r.desired) for r in plan.changes]
+    sets = ", ".join(f"{c.setting} {c.before} -> {c.after}" for c in changes) or "nothing to set"
+    return {"summary": f"CONFIG SET at runtime ({sets}), then wait for the initial AOF rewrite",
+            "changes": [c.to_json() for c in changes]}
+
+
 @dataclass(frozen=True)
 class EnableResult:
     """How the change went: planned, unchanged or changed, with the figures to show."""
@@ -195,6 +215,8 @@ def apply_enable(target: Target, pre: Preflight, plan: EnablePlan, *, apply: boo
     with LatencyProbe(client) as probe:
         try:
             info = apply_runtime(client, changes, target.config_command, timeout_s=timeout_s, progress=progress)
+        except ChangeInterrupted as err:
+            raise ChangeInterrupted(f"{target.name}: enabling AOF {err}") from None  # a short traceback, quickly
         except ChangeFailed as err:
             if _refused_by_acl(err):  # 6.2 has no ACL DRYRUN: the server's NOPERM tells
                 raise Blocked(_no_config_set(target, str(err))) from err
@@ -239,7 +261,7 @@ def verify_enable(target: Target, pre: Preflight, plan: EnablePlan, result: Enab
     client = target.client
     info = client.info("persistence")
     runtime = target.runtime_settings()
-    dbsize = int(client.dbsize())
+    dbsize = data_dbsize(client)
     checks: list[Check] = []
     if result.result == Outcome.PLANNED:
         same = all(runtime.get(r.setting) == r.current for r in plan.rows)

@@ -13,6 +13,7 @@ from runbook.errors import PreconditionFailed
 from runbook.model import Check, Status, StepSummary, worst
 from runbook.server.aof import AofOnDisk, DiskFile, aof_on_disk
 from runbook.server.configfile import read_config
+from runbook.server.lock import data_dbsize
 from runbook.server.ops import read_overcommit
 from runbook.server.replicas import replica_quorum
 from runbook.server.settings import Drift, compare
@@ -81,7 +82,7 @@ def inspect_target(target: Target, config_file: str = "") -> Inspection:
     info = client.info("persistence")
     memory = client.info("memory")
     stats = client.info("stats")
-    dbsize = int(client.dbsize())
+    dbsize = data_dbsize(client)  # without the runbook's own lock key
 
     path = config_file or ident.config_file
     config, config_error = None, ""

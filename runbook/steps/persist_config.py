@@ -22,6 +22,7 @@ import redis
 from redis.exceptions import NoPermissionError
 
 from runbook.errors import Blocked, ChangeFailed, ParameterError, PreconditionFailed, VerificationFailed
+from runbook.evidence.summary import change_id as run_change_id
 from runbook.model import Check, Outcome, SettingChange, Status, StepSummary, worst
 from runbook.sandbox.binaries import BinaryChoice, for_server
 from runbook.sandbox.isolation import private_file, sandbox_config
@@ -30,6 +31,7 @@ from runbook.server.aof import AofOnDisk, aof_on_disk, aof_ready
 from runbook.server.configedit import (
     atomic_write,
     backup,
+    backup_path,
     edit_text,
     read_raw,
     sha256_text,
@@ -67,6 +69,7 @@ class PersistPlan:
     before_sha: str = ""  # of the file the plan was made from, so a concurrent edit is caught
     boot: BinaryChoice | None = None  # the binary the boot check runs: the one search's choice, made at plan time
     fallback: str = ""  # "edit" when auto chose rewrite and the server may refuse it for rights (no ACL DRYRUN)
+    stamp: str = ""  # UTC time of the plan: in the edit's header and the backup's name, so the intent can name it
 
     @property
     def unchanged(self) -> bool:
@@ -86,6 +89,7 @@ class PersistResult:
     diff: str = ""
     reason: str = ""  # why, when it differs from the plan's (blocked or edited instead at apply time)
     commands: str = ""  # for a person with the rights, when blocked
+    sha256_before: str = ""  # of the file as it was right before the write (the bytes of the backup)
 
 
 def desired_values(runtime: Mapping[str, str], drift: list[Drift],
@@ -292,6 +296,7 @@ def plan_persist(target: Target, *, config_file: str = "", method: str = "auto",
         reason += "; CONFIG REWRITE writes every runtime setting, the diff after it shows what it changed"
 
     new_text, diff, edit_file, before_sha = "", "", "", ""
+    stamp = utc_stamp()
     if changes and config is not None and path is not None:
         # The edit goes to the file where each setting is effectively defined (an include may hold it).
         owners = {(config.last(c.setting).file if config.last(c.setting) else path) for c in changes}
@@ -302,7 +307,7 @@ def plan_persist(target: Target, *, config_file: str = "", method: str = "auto",
         before = read_raw(edit_path)
         before_sha = sha256_text(before)
         new_text = edit_text(before, {c.setting: str(c.runtime) for c in changes},
-                             single_save_rule=major < 7, stamp=utc_stamp())
+                             single_save_rule=major < 7, stamp=stamp)
         diff = unified_diff(before, new_text, str(edit_path))
         edit_file = str(edit_path)
     boot: BinaryChoice | None = None
@@ -319,7 +324,7 @@ def plan_persist(target: Target, *, config_file: str = "", method: str = "auto",
             else _read_only_note(path.resolve()) if target.local else ""
     commands = blocked_commands(edit_file or path_str, diff, desired, note) if chosen == "blocked" else ""
     return PersistPlan(ident, path_str, tuple(changes), desired, chosen, reason, diff, commands, new_text,
-                       edit_file, before_sha, boot, fallback)
+                       edit_file, before_sha, boot, fallback, stamp)
 
 
 #: How a server or the OS says that rights are missing (CONFIG REWRITE's reply, or an OSError's text).
@@ -327,19 +332,46 @@ _NO_RIGHTS = ("permission denied", "read-only file system", "operation not permi
 _NO_RIGHTS_ERRNO = (errno.EACCES, errno.EPERM, errno.EROFS)
 
 
-def apply_persist(target: Target, plan: PersistPlan, *, apply: bool = False, make_backup: bool = True) -> PersistResult:
+def apply_persist(target: Target, plan: PersistPlan, *, apply: bool = False, make_backup: bool = True,
+                  change_id: str | None = None) -> PersistResult:
     """Write the plan (only with `apply`). Missing rights, found at plan time or only now, give a blocked
-    result with the commands for a person with the rights (exit 3 after the summary is recorded)."""
+    result with the commands for a person with the rights (exit 3 after the summary is recorded).
+
+    The backup beside the file is named after `change_id` (default: the run's, `runbook.evidence.summary`) and
+    never replaces an existing file; its sha256 (the file before the write) is in the result."""
     if plan.unchanged:
         return PersistResult(Outcome.UNCHANGED, "none")
     if plan.method == "blocked":
         return PersistResult(Outcome.BLOCKED, "blocked", reason=plan.reason, commands=plan.commands)
     if not apply:
         return PersistResult(Outcome.PLANNED, plan.method, diff=plan.diff)
-    stamp = utc_stamp()
+    stamp = plan.stamp or utc_stamp()
+    cid = run_change_id() if change_id is None else change_id
     if plan.method == "rewrite":
-        return _rewrite(target, plan, make_backup, stamp)
-    return _edit(target, plan, make_backup, stamp)
+        return _rewrite(target, plan, make_backup, stamp, cid)
+    return _edit(target, plan, make_backup, stamp, cid)
+
+
+def intent(plan: PersistPlan, *, apply: bool = False, make_backup: bool = True,
+           change_id: str | None = None) -> dict[str, Any] | None:
+    """What `apply_persist` is about to write, for `runbook.intend` (None when it writes nothing): the file, the
+    backup it will keep and the sha256 of the file now, so a rollback can undo an interrupted write from it."""
+    if plan.unchanged or plan.method not in ("rewrite", "edit") or not apply:
+        return None
+    path = Path(plan.edit_file if plan.method == "edit" else plan.config_file).resolve()
+    keeps = make_backup and (plan.method == "edit" or os.access(path.parent, os.W_OK))
+    saved = str(backup_path(path, plan.stamp, run_change_id() if change_id is None else change_id)) if keeps else ""
+    before = sha256_text(read_raw(path)) if os.access(path, os.R_OK) else ""
+    changes = [SettingChange(c.setting, c.file, c.runtime).to_json() for c in plan.changes]
+    settings = ", ".join(f"{c.setting} {c.file} -> {c.runtime}" for c in plan.changes)
+    return {
+        "summary": f"write {path} by {plan.method} ({settings})"
+                   + (f", after a backup to {saved}" if saved else ", without a backup"),
+        "config_file": plan.config_file, "file": str(path), "method": plan.method, "backup": saved,
+        "config_sha256_before": before,
+        "config_sha256_planned": sha256_text(plan.new_text) if plan.method == "edit" else "",
+        "changes": changes,
+    }
 
 
 def _blocked(plan: PersistPlan, reason: str, note: str = "") -> PersistResult:
@@ -347,14 +379,29 @@ def _blocked(plan: PersistPlan, reason: str, note: str = "") -> PersistResult:
                          commands=blocked_commands(plan.edit_file or plan.config_file, plan.diff, plan.desired, note))
 
 
-def _rewrite(target: Target, plan: PersistPlan, make_backup: bool, stamp: str) -> PersistResult:
+def _backup(path: Path, stamp: str, change_id: str, current: str) -> tuple[str, str]:
+    """(backup, sha256 of the file before the write): the backup is of exactly the bytes read as `current`, else
+    ChangeFailed (someone wrote the file meanwhile) and no backup is left."""
+    try:
+        saved, digest = backup(path, stamp, change_id)
+    except FileExistsError as err:
+        raise ChangeFailed(f"{err.filename} exists already: a backup never replaces a file; nothing was written. "
+                           "Run again (the next backup gets a new name).") from err
+    if digest != sha256_text(current):
+        saved.unlink(missing_ok=True)
+        raise ChangeFailed(f"{path} changed while it was backed up; nothing was written. Run again to re-plan.")
+    return str(saved), digest
+
+
+def _rewrite(target: Target, plan: PersistPlan, make_backup: bool, stamp: str, change_id: str) -> PersistResult:
     link = Path(plan.config_file)
     if link.is_symlink():
         return _blocked(plan, f"{link} is a symlink to {link.resolve()}: CONFIG REWRITE would replace the link "
                               "with a regular file; nothing was written (method edit writes through the link)")
     path = link.resolve()
     before = read_raw(path) if os.access(path, os.R_OK) else ""
-    saved = str(backup(path, stamp)) if make_backup and os.access(path.parent, os.W_OK) else ""
+    saved, sha_before = _backup(path, stamp, change_id, before) if make_backup and os.access(path.parent, os.W_OK) \
+        else ("", sha256_text(before) if before else "")
     st = path.stat()
     try:
         target.config_rewrite()
@@ -369,7 +416,7 @@ def _rewrite(target: Target, plan: PersistPlan, make_backup: bool, stamp: str) -
         who = f"the ACL user {acl_user(target)!r}" if acl else "the server"
         if plan.fallback == "edit":
             log.info("%s: CONFIG REWRITE refused (%s): editing the file instead", target.name, err)
-            edited = _edit(target, plan, make_backup, stamp)
+            edited = _edit(target, plan, make_backup, stamp, change_id)
             return replace(edited, reason=f"{who} may not run CONFIG REWRITE here ({err}): the file was edited "
                                           "instead") if edited.result == Outcome.CHANGED else edited
         note = _acl_note(target, "REWRITE") if acl else _read_only_note(path) if target.local else ""
@@ -377,18 +424,20 @@ def _rewrite(target: Target, plan: PersistPlan, make_backup: bool, stamp: str) -
                               "nothing was written", note)
     after = read_raw(path) if before else ""
     _keep_mode_and_owner(path, st)
-    return PersistResult(Outcome.CHANGED, "rewrite", saved, unified_diff(before, after, str(path)))
+    return PersistResult(Outcome.CHANGED, "rewrite", saved, unified_diff(before, after, str(path)),
+                         sha256_before=sha_before)
 
 
-def _edit(target: Target, plan: PersistPlan, make_backup: bool, stamp: str) -> PersistResult:
+def _edit(target: Target, plan: PersistPlan, make_backup: bool, stamp: str, change_id: str) -> PersistResult:
     """The planned edit of the real file (a symlink is written through), after a backup beside it."""
     path = Path(plan.edit_file).resolve()
     current = read_raw(path)
     if sha256_text(current) != plan.before_sha:
         raise ChangeFailed(f"{path} changed since the plan was made; nothing was written. Run again to re-plan.")
-    saved = ""
+    saved, sha_before = "", sha256_text(current)
     try:
-        saved = str(backup(path, stamp)) if make_backup else ""
+        if make_backup:
+            saved, sha_before = _backup(path, stamp, change_id, current)
         atomic_write(path, plan.new_text)
     except OSError as err:
         if saved:
@@ -399,7 +448,8 @@ def _edit(target: Target, plan: PersistPlan, make_backup: bool, stamp: str) -> P
         raise ChangeFailed(f"{target.name}: writing {path} failed: {err}. The file was not changed (it is replaced "
                            "only by a complete temp file).") from err
     # The evidence is what really changed on disk, read back.
-    return PersistResult(Outcome.CHANGED, "edit", saved, unified_diff(current, read_raw(path), str(path)))
+    return PersistResult(Outcome.CHANGED, "edit", saved, unified_diff(current, read_raw(path), str(path)),
+                         sha256_before=sha_before)
 
 
 def _keep_mode_and_owner(path: Path, before: os.stat_result) -> None:
@@ -536,6 +586,7 @@ def persist_summary(plan: PersistPlan, result: PersistResult, checks: tuple[Chec
         "reason": result.reason or plan.reason,
         "changes": [SettingChange(c.setting, c.file, c.runtime).to_json() for c in plan.changes],
         "backup": result.backup,
+        "config_sha256_before": result.sha256_before,
         "config_sha256_after": sha256_text(read_raw(Path(_written_file(plan, result)))) if changed else "",
         "edited_file": _written_file(plan, result),
         "diff": result.diff or plan.diff,

@@ -1,18 +1,19 @@
 """Undo a change recorded in the evidence archive: runtime settings, then the config file.
 
 What the change did comes from its own records (the enable-aof and persist-config
-summaries in index.jsonl); nothing is guessed.
+summaries in the archive's index); nothing is guessed.
 """
 
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Mapping
 
 from runbook.errors import Blocked, PreconditionFailed
 from runbook.evidence.archive import archive_root, read_index
+from runbook.evidence.journal import Interrupted, interrupted_runs
 from runbook.model import Check, Outcome, Status, StepSummary, worst
 from runbook.server.configedit import atomic_write, read_raw, sha256_text, unified_diff
 from runbook.server.configfile import read_config
@@ -36,6 +37,10 @@ class RollbackPlan:
     notes: tuple[str, ...]
     #: The drift the rollback puts back: runtime as the change found it against the backup (or the file it left).
     state_before: tuple[str, ...] = ()
+    #: The sha256 of the config file before the change, as persist-config recorded it ("" in older records).
+    sha256_before: str = ""
+    #: The data backup 05-backup took in the same change: location and each file's sha256 (or why it was skipped).
+    data_backup: Mapping[str, Any] = field(default_factory=dict)
 
     @property
     def empty(self) -> bool:
@@ -49,14 +54,35 @@ class Recorded:
     step: str
     change_id: str
     summary: StepSummary
+    interrupted: bool = False  # read from the intent of a run that never recorded its verdict
+
+
+def from_intent(item: Interrupted) -> Recorded:
+    """An interrupted enable-aof or persist-config as if it had changed what its intent names."""
+    intent = item.intent
+    facts: dict[str, Any] = {"changes": list(intent.get("changes") or [])}
+    if item.step == "persist-config":
+        facts.update(config_file=intent.get("config_file", ""), edited_file=intent.get("file", ""),
+                     backup=intent.get("backup", ""), config_sha256_before=intent.get("config_sha256_before", ""),
+                     config_sha256_after=intent.get("config_sha256_planned", ""))
+    return Recorded(item.step, item.change_id, StepSummary(item.step, Status.INTERRUPTED, Outcome.CHANGED,
+                                                           facts=facts), interrupted=True)
 
 
 def find_change(records: list[dict[str, Any]], target: str, change_id: str = "") -> tuple[str, list[Recorded]]:
-    """The steps of `change_id` (default: the latest change that changed something on `target`)."""
-    changed = [Recorded(r["notebook"], r.get("change_id", ""),
-                        StepSummary.from_json(r.get("summary", {}), r["notebook"]))
-               for r in records if r.get("target") == target and r.get("notebook") in UNDOES]
-    changed = [r for r in changed if r.summary.result == Outcome.CHANGED]
+    """The steps of `change_id` (default: the latest change that changed something on `target`), from their
+    records; an interrupted run (killed, or stopped by a signal) counts as having changed what its intent names."""
+    stopped = {i.position: i for i in interrupted_runs(records)
+               if i.target == target and i.step in UNDOES and i.intent}
+    changed: list[Recorded] = []
+    for n, r in enumerate(records):
+        if n in stopped:
+            changed.append(from_intent(stopped[n]))
+        elif r.get("target") == target and r.get("notebook") in UNDOES:
+            rec = Recorded(r["notebook"], r.get("change_id", ""), StepSummary.from_json(r.get("summary", {}),
+                                                                                        r["notebook"]))
+            if rec.summary.result == Outcome.CHANGED:
+                changed.append(rec)
     if change_id:
         chosen = [r for r in changed if r.change_id == change_id]
         if not chosen:
@@ -68,15 +94,34 @@ def find_change(records: list[dict[str, Any]], target: str, change_id: str = "")
     return latest, [r for r in changed if r.change_id == latest]
 
 
+def data_backup_of(records: list[dict[str, Any]], target: str, change_id: str) -> dict[str, Any]:
+    """The data backup of change `change_id` on `target`: where it went and its files' sha256 (MANIFEST.json),
+    or the reason it was skipped; {} when the change took none."""
+    for r in reversed(records):
+        if r.get("notebook") != "backup" or r.get("target") != target or r.get("change_id") != change_id:
+            continue
+        facts = StepSummary.from_json(r.get("summary", {}), "backup").facts
+        if facts.get("skip_reason"):
+            return {"skipped": facts["skip_reason"]}
+        if facts.get("location") and facts.get("files"):
+            return {"location": facts["location"],
+                    "files": {name: meta.get("sha256", "") for name, meta in dict(facts["files"]).items()}}
+    return {}
+
+
 def plan_rollback(target: Target, *, change_id: str = "", archive: str = "") -> RollbackPlan:
     """Read the change from the archive and plan the way back (nothing is sent or written)."""
     records = read_index(archive_root(archive or None))
     cid, recs = find_change(records, target.name, change_id)
+    sha_before = ""
     runtime = target.runtime_settings()
     steps: list[tuple[str, str, str]] = []
     notes: list[str] = [] if recs else [f"the archive holds no change that changed {target.name}: nothing to roll back"]
     backup, config_file, diff, blocked = "", "", "", ""
     for rec in recs:
+        if rec.interrupted:
+            notes.append(f"{rec.step} of change {cid} was interrupted before it recorded a verdict: what it did is "
+                         "read from its intent")
         if rec.step == "enable-aof":
             for ch in rec.summary.setting_changes:
                 now = runtime.get(ch.setting, "")
@@ -92,9 +137,19 @@ def plan_rollback(target: Target, *, change_id: str = "", archive: str = "") -> 
         if written is None:  # a record that says it changed the file but not which file, nor its backup
             blocked = f"the persist-config record of change {cid} names no file and no backup"
             continue
-        backup, config_file = written.backup, written.written_file
+        if rec.interrupted and _untouched(written.written_file, written.sha256_before):
+            notes.append(f"{written.written_file} is as it was before the change (sha256 {written.sha256_before[:16]}"
+                         "...): the interrupted persist-config did not write it, nothing to restore")
+            continue
+        backup, config_file, sha_before = written.backup, written.written_file, written.sha256_before
         if not backup or not Path(backup).is_file():
             blocked = f"the backup {backup or '(none was kept)'} that persist-config made is not here"
+            continue
+        kept = sha256_text(read_raw(Path(backup)))
+        if sha_before and kept != sha_before:
+            blocked = (f"the backup {backup} is not the file as it was before the change {cid} (sha256 {kept}, "
+                       f"recorded before the change: {sha_before}): it was overwritten or edited since. Find the "
+                       "original file and restore it by hand")
             continue
         current = read_raw(Path(config_file))
         diff = unified_diff(current, read_raw(Path(backup)), config_file)
@@ -105,7 +160,24 @@ def plan_rollback(target: Target, *, change_id: str = "", archive: str = "") -> 
     if not blocked and steps:
         blocked = _trap_after(target, runtime, steps, config_file, backup)
     before, _ = drift_of(target, {**runtime, **{s: back for s, _, back in steps}}, backup or config_file)
-    return RollbackPlan(cid, tuple(steps), config_file, backup, diff, blocked, tuple(notes), before)
+    return RollbackPlan(cid, tuple(steps), config_file, backup, diff, blocked, tuple(notes), before, sha_before,
+                        data_backup_of(records, target.name, cid) if cid else {})
+
+
+def _untouched(path: str, sha256_before: str) -> bool:
+    """Whether the file at `path` still has the bytes recorded before the change."""
+    return bool(sha256_before) and os.access(path, os.R_OK) and sha256_text(read_raw(Path(path))) == sha256_before
+
+
+def intent(plan: RollbackPlan, *, apply: bool = False) -> dict[str, Any] | None:
+    """What `apply_rollback` is about to write, for `runbook.intend` (None when it writes nothing)."""
+    if not apply or plan.blocked or plan.empty:
+        return None
+    parts = ([f"restore {plan.config_file} from {plan.backup}"] if plan.backup else []) + [
+        f"CONFIG SET {s} {now} -> {back}" for s, now, back in plan.runtime]
+    return {"summary": f"roll back change {plan.change_id}: " + "; ".join(parts), "change_id": plan.change_id,
+            "changes": [{"setting": s, "from": now, "to": back} for s, now, back in plan.runtime],
+            "config_file": plan.config_file, "backup": plan.backup}
 
 
 def _trap_after(target: Target, runtime: dict[str, str], steps: list[tuple[str, str, str]], config_file: str,
@@ -150,15 +222,30 @@ def verify_rollback(target: Target, plan: RollbackPlan, result: Outcome) -> tupl
     checks.append(Check("runtime_restored", Status.FAIL if off else Status.PASS,
                         "; ".join(off) or "runtime settings as before the change"))
     if plan.backup:
-        same = read_raw(Path(plan.config_file)) == read_raw(Path(plan.backup))
-        checks.append(Check("file_restored", Status.PASS if same else Status.FAIL,
-                            f"{plan.config_file} is byte for byte the backup {Path(plan.backup).name}" if same
-                            else f"{plan.config_file} differs from its backup"))
+        checks.append(file_restored(plan))
     trap = restart_trap(target)
     checks.append(Check("no_restart_trap", Status.FAIL if trap else Status.PASS,
                         trap or "a restart now would load the data"))
     checks.append(state_restored(target, plan))
     return tuple(checks)
+
+
+def file_restored(plan: RollbackPlan) -> Check:
+    """The config file now is exactly the file before the change: its sha256 equals the one persist-config
+    recorded before it wrote (records without one: the file equals the backup, byte for byte)."""
+    now = sha256_text(read_raw(Path(plan.config_file)))
+    if not plan.sha256_before:
+        same = now == sha256_text(read_raw(Path(plan.backup)))
+        return Check("file_restored", Status.PASS if same else Status.FAIL,
+                     f"{plan.config_file} is byte for byte the backup {Path(plan.backup).name} (the change's record "
+                     "holds no sha256 of the file before it)" if same
+                     else f"{plan.config_file} differs from its backup")
+    if now == plan.sha256_before:
+        return Check("file_restored", Status.PASS, f"{plan.config_file} is byte for byte the file before the change "
+                     f"(sha256 {now[:16]}..., as recorded before the change; from {Path(plan.backup).name})")
+    return Check("file_restored", Status.FAIL, f"{plan.config_file} is NOT the file before the change: sha256 {now}, "
+                 f"recorded before the change {plan.sha256_before}",
+                 f"restore the original by hand; the backup was {plan.backup}")
 
 
 def drift_of(target: Target, runtime: dict[str, str], config_file: str = "") -> tuple[tuple[str, ...], str]:
@@ -208,6 +295,7 @@ def rollback_summary(plan: RollbackPlan, result: Outcome, checks: tuple[Check, .
     return StepSummary(STEP, verdict, result, checks=checks, facts={
         "change_id": plan.change_id,
         "runtime": [{"setting": s, "from": n, "to": b} for s, n, b in plan.runtime],
-        "config_file": plan.config_file, "backup": plan.backup, "diff": plan.diff, "blocked": plan.blocked,
+        "config_file": plan.config_file, "backup": plan.backup, "config_sha256_before": plan.sha256_before,
+        "data_backup": dict(plan.data_backup), "diff": plan.diff, "blocked": plan.blocked,
         "notes": list(plan.notes), "restored_drift": list(plan.state_before) if result == Outcome.DONE else [],
     })

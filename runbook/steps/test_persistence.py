@@ -15,14 +15,15 @@ from pathlib import Path
 from typing import Any, Mapping
 
 import redis
-from redis.crc import key_slot
 
 from runbook.errors import ParameterError, PreconditionFailed, WaitTimeout
 from runbook.model import Check, Status, StepSummary, worst
 from runbook.sandbox.binaries import for_server
 from runbook.sandbox.throwaway import SEED_CONFIG, Sandbox, restart_sandbox
+from runbook.server.lock import data_dbsize
 from runbook.server.ops import bgsave_and_wait, misconf_reason, restart_trap, server_log_tail, validate_files
 from runbook.server.replicas import replica_quorum, wait_for_quorum
+from runbook.server.slots import cluster_enabled, served_tag
 from runbook.server.target import Identity, Target, wait_loaded
 
 STEP = "test-persistence"
@@ -47,34 +48,8 @@ def canary_prefix(client: redis.Redis | None = None) -> str:
     node serves (batched MGET/UNLINK would otherwise fail with CROSSSLOT or MOVED).
     """
     run = uuid.uuid4().hex[:8]
-    tag = _served_tag(client, run) if client is not None and _cluster_enabled(client) else run
+    tag = served_tag(client, run) if client is not None and cluster_enabled(client) else run
     return f"runbook:canary:{time.strftime('%Y%m%dT%H%M%S', time.gmtime())}:{{{tag}}}:"
-
-
-def _cluster_enabled(client: redis.Redis) -> bool:
-    return bool(int(client.info("cluster").get("cluster_enabled", 0)))
-
-
-def _served_tag(client: redis.Redis, run: str) -> str:
-    """`run` with a suffix that hashes to a slot this cluster node serves as a master."""
-    me = client.execute_command("CLUSTER", "MYID")
-    me = me.decode() if isinstance(me, bytes) else str(me)
-    served = [(int(r[0]), int(r[1])) for r in client.execute_command("CLUSTER", "SLOTS")
-              if _node_id(r[2]) == me]
-    if not served:
-        raise PreconditionFailed("this cluster node serves no hash slot, so it takes no writes: "
-                                 "point target at a master that serves slots (CLUSTER SLOTS)")
-    for n in range(100_000):
-        tag = f"{run}-{n}"
-        if any(lo <= key_slot(tag.encode()) <= hi for lo, hi in served):
-            return tag
-    raise PreconditionFailed(f"no canary hash tag maps to this node's slots {served}")
-
-
-def _node_id(node: Any) -> str:
-    """The node id in one entry of CLUSTER SLOTS (a list [ip, port, id, ...])."""
-    value = node[2] if isinstance(node, (list, tuple)) and len(node) > 2 else ""
-    return value.decode() if isinstance(value, bytes) else str(value)
 
 
 def canary_room(memory: Mapping[str, Any], count: int) -> str:
@@ -301,14 +276,14 @@ def restart_test(target: Target, *, allow_restart: bool, restart_command: str = 
     values = write_canaries(client, canary_prefix(client), keys, ttl_s, name=target.name)
     if int(client.info("persistence").get("aof_enabled", 0)):
         _aof_write_check(client, 0)  # make the canaries durable in the AOF before the restart
-    dbsize_before = int(client.dbsize())
+    dbsize_before = data_dbsize(client)  # the lock key may not come back from an older RDB
     run_id_before = client.info("server").get("run_id")
     seconds = restart_server(target, restart_command, timeout_s)
     if client.info("server").get("run_id") == run_id_before:
         raise PreconditionFailed(f"{target.name}: the server answering after the restart is the same process "
                                  f"(run_id {run_id_before}): the restart did not happen or has not finished. "
                                  "Check restart_command.")
-    dbsize_after = int(client.dbsize())
+    dbsize_after = data_dbsize(client)
     found = count_canaries(client, values)
     source = loaded_from(target)
     removal = _remove_canaries(target, values, ttl_s, timeout_s)  # a master may wait for its replicas first
@@ -381,6 +356,17 @@ def crash_test(target: Target, *, crash_seconds: float = 2.0, binary: Path | Non
                         f"{len(rows)} setups crashed with kill -9 after {crash_seconds:.1f}s of writes "
                         f"on {ident.server} {ident.version}"))
     return TestResult("crash", tuple(checks), {"crash_seconds": crash_seconds}, tuple(rows))
+
+
+def intent(target: Target, *, mode: str = "online", allow_restart: bool = False, restart_command: str = "",
+           keys: int = 1000) -> dict[str, Any] | None:
+    """What the restart test is about to do, for `runbook.intend` (None for the other modes: the online test
+    changes nothing that stays, the crash test only its own throwaway servers)."""
+    if mode != "restart" or not allow_restart:
+        return None
+    how = restart_command or "the sandbox restarts itself"
+    return {"summary": f"write {keys} canary keys, then restart {target.name} ({how})", "mode": mode,
+            "restart_command": restart_command, "keys": keys}
 
 
 def run_test(target: Target, *, mode: str = "online", allow_restart: bool = False, restart_command: str = "",

@@ -1,0 +1,89 @@
+"""SIGTERM and SIGINT during `runbook run`: stop at a safe point.
+
+The kernel runs in a session of its own, so a Ctrl-C at the terminal reaches only the runner; the runner
+passes it on. The first signal is noted and, while a notebook runs, sent to the kernel as an interrupt: a
+KeyboardInterrupt in the running cell, so the notebook's own code puts back what it had started (the wait
+for the AOF rewrite puts the settings back). The run then stops after that step. A second signal, or a
+notebook still running `GRACE_S` after the interrupt, kills the kernel: nothing more is put back, and the
+step's record says so.
+"""
+
+from __future__ import annotations
+
+import signal
+import threading
+from contextlib import contextmanager
+from typing import Any, Iterator, Protocol
+
+#: Seconds a notebook has, after the interrupt, to put back what it started and end.
+GRACE_S = 20.0
+SIGNALS = (signal.SIGTERM, signal.SIGINT)
+
+
+class Interruptible(Protocol):
+    def interrupt(self) -> None: ...
+
+    def kill(self) -> None: ...
+
+
+class Stop:
+    """What a signal asked of one run: 0 until SIGTERM or SIGINT arrives."""
+
+    def __init__(self, grace_s: float = GRACE_S) -> None:
+        self.signum = 0
+        self.killed = False  # the kernel was killed: the notebook put nothing back
+        self.grace_s = grace_s
+        self._kernel: Interruptible | None = None
+        self._timer: threading.Timer | None = None
+
+    @property
+    def name(self) -> str:
+        return signal.Signals(self.signum).name if self.signum else ""
+
+    @property
+    def exit_code(self) -> int:
+        """The shell's code for death by the signal: 143 for SIGTERM, 130 for SIGINT."""
+        return 128 + self.signum
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        if self.signum:
+            self._force()
+            return
+        self.signum = signum
+        if self._kernel is not None:
+            self._kernel.interrupt()
+            self._timer = threading.Timer(self.grace_s, self._force)
+            self._timer.daemon = True
+            self._timer.start()
+
+    def _force(self) -> None:
+        kernel = self._kernel
+        if kernel is not None:
+            self.killed = True
+            kernel.kill()
+
+    @contextmanager
+    def notebook(self, kernel: Interruptible | None) -> Iterator[None]:
+        """While a notebook runs in `kernel`: a signal interrupts it."""
+        self._kernel = kernel
+        try:
+            yield
+        finally:
+            self._kernel = None
+            if self._timer is not None:
+                self._timer.cancel()
+                self._timer = None
+
+    @contextmanager
+    def installed(self) -> Iterator[Stop]:
+        """Catch SIGTERM and SIGINT for the run, and put the previous handlers back after it (only in the main
+        thread, where Python delivers signals; elsewhere the run keeps the process's handlers)."""
+        if threading.current_thread() is not threading.main_thread():
+            yield self
+            return
+        previous = {s: signal.signal(s, self._handle) for s in SIGNALS}
+        try:
+            yield self
+        finally:
+            for s, handler in previous.items():
+                signal.signal(s, handler)
