@@ -67,6 +67,13 @@ class Freezer:
     def start(self) -> None:
         self._thread.start()
 
+    def wait_stopped(self, timeout_s: float = 5.0) -> None:
+        """Until the kernel shows the server stopped (SIGSTOP is delivered asynchronously)."""
+        deadline = time.monotonic() + timeout_s
+        while Path(f"/proc/{self.pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "T":
+            assert time.monotonic() < deadline, "the server was not stopped"
+            time.sleep(0.005)
+
     def resume(self) -> None:
         self._resume.set()
         self._thread.join(10)
@@ -176,7 +183,8 @@ def test_test_persistence_online_names_the_bgsave_deadline_on_a_frozen_server(de
 def test_wait_loaded_on_a_frozen_server_ends_at_its_deadline(default_binary: Path, make_sandbox, clean_env) -> None:
     sb = make_sandbox(default_binary)
     client = sb.client()  # 30 s per reply
-    with frozen(sb, max_s=8):
+    with frozen(sb, max_s=8) as freezer:
+        freezer.wait_stopped()
         start = time.monotonic()
         with pytest.raises(runbook.WaitTimeout, match="the sandbox did not finish loading within 1 s"):
             wait_loaded(client, 1.0, "the sandbox")
@@ -186,7 +194,8 @@ def test_wait_loaded_on_a_frozen_server_ends_at_its_deadline(default_binary: Pat
 def test_sandbox_readiness_wait_on_a_frozen_server_ends_at_its_deadline(default_binary: Path, make_sandbox,
                                                                          clean_env) -> None:
     sb = make_sandbox(default_binary)
-    with frozen(sb, max_s=8):
+    with frozen(sb, max_s=8) as freezer:
+        freezer.wait_stopped()
         start = time.monotonic()
         with pytest.raises(runbook.WaitTimeout, match="did not answer PING within 1 s"):
             sb._wait_ready(1.0)  # the wait `start` runs, against a server that stopped answering
