@@ -31,13 +31,15 @@ test: setup lint
 test-default-valkey: setup
 	RUNBOOK_TEST_DEFAULT=valkey-9 $(BIN)/python -m pytest tests -p no:cacheprovider
 
-# The layers (README: Layout; the contract is pyproject.toml [tool.importlinter]) and ruff ([tool.ruff]).
+# The layers (docs/development.md: Layers; the contract is pyproject.toml [tool.importlinter]) and ruff ([tool.ruff]).
 lint: setup
 	$(BIN)/lint-imports
 	$(BIN)/ruff check runbook tests benchmarks
 
+# JupyterLab on the notebooks. More options: make lab LAB_ARGS='--port 8899'. As root (a container) it adds
+# --allow-root, which Jupyter asks for there.
 lab: setup
-	$(BIN)/jupyter lab --no-browser --ip 127.0.0.1 --ServerApp.root_dir=notebooks
+	$(BIN)/jupyter lab --no-browser --ip 127.0.0.1 --ServerApp.root_dir=notebooks $(if $(filter 0,$(shell id -u)),--allow-root) $(LAB_ARGS)
 
 clean:
 	rm -rf $(VENV) archive test-artifacts

@@ -18,6 +18,7 @@ from runbook.errors import (
 from runbook.evidence.journal import intend
 from runbook.evidence.summary import read_summary, record
 from runbook.model import Check, ConnectionSpec, Outcome, Status, StepSummary, worst
+from runbook.orchestration.interactive import use_params
 from runbook.sandbox.handoff import connect
 from runbook.sandbox.seed import seed_sandbox
 from runbook.sandbox.throwaway import Sandbox
@@ -32,5 +33,5 @@ __all__ = [
     "Blocked", "ChangeFailed", "Check", "ConnectionSpec", "Inspection", "Outcome", "ParameterError",
     "PreconditionFailed", "RunbookError", "Sandbox", "Status", "StepSummary", "Target", "TargetUnreachable",
     "VerificationFailed", "WaitTimeout", "aof_on_disk", "connect", "identify", "inspect_target", "intend",
-    "mask_secrets", "parse_manifest", "read_config", "read_summary", "record", "seed_sandbox", "worst",
+    "mask_secrets", "parse_manifest", "read_config", "read_summary", "record", "seed_sandbox", "use_params", "worst",
 ]

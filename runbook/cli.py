@@ -3,21 +3,39 @@
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import logging
+import os
+import select
 import sys
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Callable, Mapping, Sequence
 
+import shtab
+
+from runbook import __version__
 from runbook.errors import ExitCode, ParameterError, RunbookError
+from runbook.evidence import change_report
 from runbook.evidence.archive import archive_root, check, read_index
+from runbook.evidence.filters import RowFilter, parse_since
 from runbook.evidence.journal import findings, listing
 from runbook.evidence.metrics import render, require_writable, write_atomically
 from runbook.evidence.prune import prune
-from runbook.model import Status, StepSummary
-from runbook.orchestration.plan import NOTEBOOKS, SEQUENCES
+from runbook.model import Outcome, Status, StepSummary
+from runbook.orchestration.params import load_files
+from runbook.orchestration.plan import (
+    NOTEBOOKS,
+    SEQUENCE_HELP,
+    SEQUENCES,
+    default_params_file,
+    notebooks_dir,
+    parameter_help,
+    title,
+)
 from runbook.orchestration.rehearse import rehearse
-from runbook.orchestration.runner import RunResult, run
+from runbook.orchestration.runner import RunResult, StepResult, run
+from runbook.orchestration.watch import TerminalWatch
 
 ARCHIVE_HELP = ("evidence archive: a directory or an fsspec URL such as s3://bucket/prefix, credentials from "
                 "the environment (default $RUNBOOK_ARCHIVE or ./archive)")
@@ -25,10 +43,13 @@ ARCHIVE_HELP = ("evidence archive: a directory or an fsspec URL such as s3://buc
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="runbook", description="Redis persistence runbook: notebooks with evidence.")
+    p.add_argument("--version", action="version", version=f"runbook {__version__}")
     sub = p.add_subparsers(dest="command", required=True)
 
     r = sub.add_parser("run", help="run notebooks through papermill into the evidence archive")
     r.add_argument("names", nargs="+", metavar="NAME", help=f"one of: {', '.join([*NOTEBOOKS, *SEQUENCES])}")
+    r.add_argument("--help-notebook", action="store_true",
+                   help="list the parameters of the notebooks NAME runs (type, default, help) and exit; runs nothing")
     r.add_argument("-f", "--file", dest="files", action="append", default=[], metavar="FILE",
                    help="YAML parameter file (repeatable; later files win)")
     r.add_argument("-p", "--parameter", dest="pairs", action="append", nargs=2, default=[],
@@ -41,13 +62,30 @@ def build_parser() -> argparse.ArgumentParser:
                    help="write a Prometheus text file (node_exporter textfile collector) from the last inspection")
     r.add_argument("--keep-going", action="store_true",
                    help="fleets: a target that fails stops only its own later steps, not the other targets'")
+    r.add_argument("--detailed-exitcode", action="store_true",
+                   help=f"exit {int(ExitCode.CHANGES_PENDING)} instead of 0 when the run completed and a plan found "
+                        "settings or a config file to change (as terraform plan -detailed-exitcode)")
+    r.add_argument("--diff", action="store_true",
+                   help="print the config-file diff (planned, or written with apply) after the table")
+    r.add_argument("--pdf", action="store_true",
+                   help="also print the change report to PDF (reports/<change id>.pdf) with Chromium, where installed")
 
-    a = sub.add_parser("archive", help="list, verify or prune the evidence archive")
-    a.add_argument("action", choices=("list", "verify", "prune"))
+    a = sub.add_parser("archive", help="list, verify, prune the evidence archive, or show one change")
+    a.add_argument("action", choices=("list", "verify", "prune", "show"))
+    a.add_argument("change_id", nargs="?", default="", metavar="CHANGE_ID",
+                   help="show: the change (its id or first characters; before the options, or as --change ID) "
+                        "whose summary and report to show")
     a.add_argument("--archive", help=ARCHIVE_HELP)
     a.add_argument("--keep-days", type=int, metavar="N",
                    help="prune: remove routine inspections (changes that only ran inspect) older than N days; "
                         "every other change's records stay")
+    a.add_argument("--json", action="store_true", help="list: print the runs as a JSON array of their records")
+    a.add_argument("--change", default="", metavar="ID", help="list: only this change (its id or first characters)")
+    a.add_argument("--target", default="", metavar="T",
+                   help="list: only targets that contain T (prod-1 matches redis://prod-1:6379/0)")
+    a.add_argument("--since", metavar="WHEN",
+                   help="list: only runs started since WHEN: an age (30m, 2h, 3d, 1w) or an ISO date or time "
+                        "(2026-12-01, 2026-12-01T14:00; UTC unless it carries an offset such as +02:00)")
 
     h = sub.add_parser("rehearse", help="run the whole change (all, apply) on a sandbox built from a target's "
                        "own config file, and say whether the target would pass")
@@ -60,22 +98,181 @@ def build_parser() -> argparse.ArgumentParser:
     h.add_argument("--archive", help=ARCHIVE_HELP)
     h.add_argument("--json", action="store_true", help="print the result as JSON")
     h.add_argument("--keep", action="store_true", help="keep the sandbox's dir (server stopped) to look at after")
+
+    sub.add_parser("list", help="the notebooks and sequences `runbook run` takes, one line each")
+    c = sub.add_parser("completion", help="print a shell completion script (bash: eval \"$(runbook completion bash)\" "
+                       "in ~/.bashrc; zsh: runbook completion zsh > a directory of $fpath, as _runbook)")
+    c.add_argument("shell", choices=("bash", "zsh"))
+    _add_completions(p)
     return p
 
 
-def _print_run(result: RunResult) -> None:
+#: What the shell completes an argument to (shtab's `.complete`), by the argument's dest: notebook and sequence
+#: names from a list written into the script (no runtime hook: nothing runs Python on a TAB), files and directories.
+_NAME_WORDS = " ".join([*NOTEBOOKS, *SEQUENCES])
+_COMPLETE: dict[str, Any] = {
+    "names": {"bash": "_runbook_names", "zsh": f"({_NAME_WORDS})"},
+    "files": shtab.FILE, "metrics_file": shtab.FILE, "archive": shtab.DIRECTORY,
+}
+_COMPLETION_PREAMBLE = {"bash": f'_runbook_names() {{\n  compgen -W "{_NAME_WORDS}" -- "$1"\n}}\n'}
+
+
+def _add_completions(parser: argparse.ArgumentParser) -> None:
+    """Mark the arguments of `parser` and its subcommands with what they complete to (see `_COMPLETE`)."""
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for subparser in action.choices.values():
+                _add_completions(subparser)
+        elif action.dest in _COMPLETE:
+            action.complete = _COMPLETE[action.dest]  # type: ignore[attr-defined]
+
+
+def _completion(shell: str) -> int:
+    """`runbook completion bash|zsh`: the static completion script shtab writes from the parser."""
+    print(shtab.complete(build_parser(), shell, preamble=_COMPLETION_PREAMBLE))
+    return ExitCode.OK
+
+
+def _table(rows: Sequence[Sequence[str]]) -> list[str]:
+    """Aligned columns (the first row is the header, if any): each as wide as its widest cell, two spaces apart,
+    the last one unpadded."""
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]) - 1)] if rows else []
+    return ["  ".join([*(f"{cell:<{w}}" for cell, w in zip(r, widths)), r[-1]]).rstrip() for r in rows]
+
+
+def _list_names() -> int:
+    """`runbook list`: every notebook and sequence `runbook run` takes, one line each."""
+    rows = [(name, file, title(notebooks_dir() / file)) for name, file in NOTEBOOKS.items()]
+    rows += [(name, f"{len(steps)} notebooks", f"{SEQUENCE_HELP.get(name, '')} ({', '.join(steps)})".lstrip())
+             for name, steps in SEQUENCES.items()]
+    for line in _table([("name", "runs", "what it does"), *rows]):
+        print(line)
+    return ExitCode.OK
+
+
+def _literal(value: Any) -> str:
+    """A default as a parameters cell writes it: strings in double quotes, the rest as Python literals."""
+    return json.dumps(value, ensure_ascii=False) if isinstance(value, str) else repr(value)
+
+
+def _help_notebook(names: Sequence[str], as_json: bool) -> int:
+    """`runbook run NAMES --help-notebook`: the parameters of the notebooks NAMES run, read from their parameters
+    cells; runs nothing, touches no server and no archive."""
+    steps, rows = parameter_help(names)
+    if as_json:
+        print(json.dumps([{"name": r.param.name, "type": r.param.type, "default": r.param.default,
+                           "help": r.param.help, "steps": list(r.steps)} for r in rows], indent=2))
+        return ExitCode.OK
+    label = ", ".join(names)
+    if len(steps) == 1:
+        print(f"{label}: {title(notebooks_dir() / NOTEBOOKS[steps[0]])} ({NOTEBOOKS[steps[0]]})")
+    else:
+        print(f"{label} runs {len(steps)} notebooks (a parameter given once goes to every notebook that declares it):")
+        for line in _table([(f"  {s}", NOTEBOOKS[s], title(notebooks_dir() / NOTEBOOKS[s])) for s in steps]):
+            print(line)
+    print("set with -p NAME VALUE, or NAME: VALUE in a -f params file (YAML); nothing was run\n")
+    every, many = set(steps), len(steps) > 1
+    table = [(r.param.name, r.param.type, _literal(r.param.default),
+              *(("every" if set(r.steps) == every else ",".join(r.steps),) if many else ()), r.param.help)
+             for r in rows if r.steps != ("fleet",)]
+    for line in _table([("name", "type", "default", *(("steps",) if many else ()), "help"), *table]):
+        print(line)
+    fleet = [(r.param.name, r.param.type, _literal(r.param.default), r.param.help) for r in rows
+             if r.steps == ("fleet",)]
+    if fleet:
+        print("\nwith `targets:` (a fleet), inspect and test-persistence run as one notebook over every target, "
+              "which also takes:")
+        for line in _table([("name", "type", "default", "help"), *fleet]):
+            print(line)
+    default = default_params_file()
+    if default is not None:
+        given = ", ".join(f"{k}={_literal(v)}" for k, v in load_files([default]).items())
+        print(f"\nwith no -f, a run reads {default} first: {given or 'nothing set'}")
+    return ExitCode.OK
+
+
+def _archive_list(root: Path | str, args: argparse.Namespace) -> int:
+    """`runbook archive list`: one line per run under a header (or --json), filtered by --change/--target/--since."""
+    wanted = RowFilter(args.change, args.target, parse_since(args.since) if args.since else None)
+    rows: list[Mapping[str, Any]] = wanted.apply(listing(read_index(root)))
+    if args.json:
+        print(json.dumps(rows, indent=2, default=str))
+        return ExitCode.OK
+    if not rows:
+        print(f"{root}: no runs" + (f" match {wanted.describe()}" if wanted.describe() else " archived"))
+        return ExitCode.OK
+    table = [(str(row.get("started", ""))[:19], str(row.get("change_id", "")), str(row.get("notebook", "")),
+              str(row.get("target", "")), str(row.get("status", "")),
+              str(row["file"]) + (f"  (was: {row['note']})" if row.get("note") else "")) for row in rows]
+    for line in _table([("started (UTC)", "change", "notebook", "target", "status", "file"), *table]):
+        print(line)
+    return ExitCode.OK
+
+
+def _pipe_closed(stream: Any) -> bool:
+    """True when `stream` writes to a pipe whose reader has gone (`| head` exited): poll() reports POLLERR or
+    POLLHUP on it (Linux and the BSDs alike)."""
+    try:
+        fd = stream.fileno()
+    except (AttributeError, OSError, ValueError):  # not a file (a test's capture): no pipe to close
+        return False
+    if not hasattr(select, "poll"):  # Windows: a BrokenPipeError here is the closed pipe
+        return True
+    poller = select.poll()
+    poller.register(fd, select.POLLOUT)
+    return any(events & (select.POLLERR | select.POLLHUP) for _, events in poller.poll(0))
+
+
+def _quiet_on_closed_pipe(command: Callable[..., int]) -> Callable[..., int]:
+    """A reader that hangs up (`runbook archive list | head -1`) ends the command with exit 141 (128 + SIGPIPE,
+    what the shell reports for `yes | head -1`) and no traceback. A BrokenPipeError from anything else is raised."""
+
+    @functools.wraps(command)
+    def wrapper(*args: Any, **kwargs: Any) -> int:
+        try:
+            try:
+                code = command(*args, **kwargs)
+            except SystemExit:  # argparse, after --help, --version or a usage line: its text is still buffered
+                sys.stdout.flush()
+                raise
+            sys.stdout.flush()  # here, not at interpreter exit, where a closed pipe is a traceback nobody catches
+            return code
+        except BrokenPipeError:
+            closed = [stream for stream in (sys.stdout, sys.stderr) if _pipe_closed(stream)]
+            if not closed:
+                raise
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            for stream in closed:  # the interpreter flushes them on exit: let that go nowhere
+                os.dup2(devnull, stream.fileno())
+            return 141
+
+    return wrapper
+
+
+def _print_run(result: RunResult, *, diff: bool = False, detailed: bool = False) -> None:
+    """The step table, evidence, failing lines and verdict; with `diff`, the config-file diffs after the table; with
+    `detailed` (--detailed-exitcode), the verdict's code is the one the command exits with (`exit_code`)."""
     print(f"change {result.change_id}")
     print(f"{'step':<16} {'target':<28} {'status':<8} {'changed':<8} key figures")
     for s in result.steps:
         figures = s.summary.error or _figures(s.summary)
         if s.status == Status.SKIPPED and s.summary.facts.get("reason"):
             figures = f"not run: {s.summary.facts['reason']}"
+        if s.expected:
+            names = ", ".join(s.expected)
+            figures += f" (after a plan: nothing was applied, so {names} is still what the change fixes)"
+        if _fixes(s):
+            figures += f" ({BEFORE_CHANGE})"
         print(f"{s.name:<16} {s.target[:28]:<28} {s.status:<8} {changed(s.summary):<8} {figures}")
+    for line in diffs(result) if diff else []:
+        print(line)
     for nb, html in dict.fromkeys((s.notebook, s.html) for s in result.steps if s.notebook is not None):
         print(f"evidence: {result.archive.location(nb)}")
         if html is not None:
             print(f"          {result.archive.location(html)}")
     print(f"index:    {result.archive.location()}")
+    if result.report is not None:
+        print(f"report:   {result.archive.location(result.report)}")
     for s in result.failing():
         print(f"failing:  {s.target} at {s.name}: {s.summary.error or _figures(s.summary)}")
     if result.archive_failure:
@@ -90,7 +287,79 @@ def _print_run(result: RunResult) -> None:
         return
     verdict = {ExitCode.OK: "OK", ExitCode.FAILED: "FAILED", ExitCode.USAGE: "USAGE ERROR",
                ExitCode.BLOCKED: "BLOCKED: a person must act"}[ExitCode(result.exit_code)]
-    print(f"verdict:  {verdict} (exit {result.exit_code})")
+    pending = result.pending() if result.exit_code == ExitCode.OK else []
+    if pending:
+        where = ", ".join(f"{s.name} on {s.target}" for s in pending)
+        verdict += f", plan only: {len(pending)} change(s) pending ({where}; -p apply true makes them)"
+    print(f"verdict:  {verdict} (exit {exit_code(result, detailed)})")
+
+
+def exit_code(result: RunResult, detailed: bool = False) -> int:
+    """The run's exit code; with `detailed` (--detailed-exitcode), CHANGES_PENDING (4) for a run that completed
+    (exit 0) with changes pending (`RunResult.pending`)."""
+    if detailed and result.exit_code == ExitCode.OK and result.pending():
+        return ExitCode.CHANGES_PENDING
+    return result.exit_code
+
+
+#: What the table says of the first inspection of a change that found something: the change is about to fix it.
+BEFORE_CHANGE = "before the change: this is what it fixes"
+
+
+def _fixes(s: StepResult) -> bool:
+    """Whether `s` is a change's first inspection whose findings the change fixes (they do not fail the run)."""
+    return s.before_change and s.status in (Status.FAIL, Status.WARN)
+
+
+def recap(result: RunResult) -> str:
+    """The run's last line: how many steps ended ok (changed ones included, as Ansible counts), changed, would
+    change (plan only), failed, were skipped, or blocked."""
+    failing = result.failing()
+    blocked = sum(1 for s in failing if s.exit_code == ExitCode.BLOCKED)
+    skipped = sum(1 for s in result.steps if s.status == Status.SKIPPED)
+    words = [changed(s.summary) for s in result.steps]
+    return (f"recap:    ok {len(result.steps) - len(failing) - skipped}, changed {words.count('yes')}, "
+            f"would change {words.count('would')}, failed {len(failing) - blocked}, skipped {skipped}, "
+            f"blocked {blocked}")
+
+
+def advisories(result: RunResult) -> list[str]:
+    """Each host advisory of the run (a sysctl of the host a server runs on), once per host: steps record them in
+    their facts, outside their checks and status."""
+    seen: dict[tuple[str, str], str] = {}
+    for s in result.steps:
+        for a in s.summary.facts.get("advisories", ()):
+            if a.get("status", "warn") != Status.PASS:
+                seen.setdefault((str(a.get("host", "")), str(a.get("name", ""))),
+                                f"{a.get('observed', '')}: {a.get('fix', '')}".rstrip(": "))
+    return [f"advisory: {host}: {text} (this host, for every server on it; not part of any step's status)"
+            for (host, _), text in seen.items()]
+
+
+def _print_recap(result: RunResult) -> None:
+    for line in [*advisories(result), recap(result)]:
+        print(line)
+
+
+def _step_ended(s: StepResult) -> str:
+    """How a step ended, for its line on a terminal (`TerminalWatch`)."""
+    word = changed(s.summary)
+    text = f"{s.status}" + (f", changed {word}" if word != "-" else "")
+    if _fixes(s):
+        return f"{text}: {BEFORE_CHANGE}"
+    if s.status == Status.SKIPPED:
+        return f"{text}: not run: {s.summary.facts.get('reason', '')}"
+    if s.summary.error:
+        return f"{text}: {s.summary.error[:300]}"
+    return text
+
+
+def _terminal_watch() -> TerminalWatch | None:
+    """Step lines and a status line on stderr when it is a terminal; nothing at all otherwise (cron)."""
+    try:
+        return TerminalWatch(sys.stderr, _step_ended) if sys.stderr.isatty() else None
+    except (AttributeError, ValueError):  # a replaced or closed stderr
+        return None
 
 
 def stopped_line(result: RunResult) -> str:
@@ -113,10 +382,28 @@ def stopped_line(result: RunResult) -> str:
 
 
 def changed(summary: StepSummary) -> str:
-    """yes / no for a step that may change something (it records a `result`), - for a read-only step."""
+    """For a step that may change something (it records a `result`): yes (it did), would (a plan: apply would
+    change or write something), no (nothing to do, blocked or skipped); - for a read-only step."""
     if summary.result is None:
         return "-"
+    if summary.result == Outcome.PLANNED:
+        return "would"
     return "yes" if summary.changed_something else "no"
+
+
+def diffs(result: RunResult) -> list[str]:
+    """The config-file diffs of the run, as `--diff` prints them: a header line per step, then its diff (the one
+    written with apply; else the planned one, `planned_diff` where the step records it)."""
+    out = []
+    for s in result.steps:
+        facts = s.summary.facts
+        text = facts.get("diff") if s.summary.changed_something else facts.get("planned_diff") or facts.get("diff")
+        if not text:
+            continue
+        how = ("written" if s.summary.changed_something else "planned (plan only: nothing written)"
+               if s.summary.result == Outcome.PLANNED else f"not written ({s.summary.result or s.status})")
+        out += [f"diff:     {s.name} on {s.target}, {how}:", str(text).rstrip("\n")]
+    return out
 
 
 def _figures(summary: StepSummary) -> str:
@@ -130,12 +417,15 @@ def _figures(summary: StepSummary) -> str:
         parts.append(f"skipped because: {facts['skip_reason']}")
     elif summary.step == "backup" and facts.get("location"):
         parts.append(f"to={facts['location']}")  # plan only: where it would go
+    if summary.result == Outcome.PLANNED and summary.setting_changes:
+        parts.append("would set " + ",".join(f"{c.setting}:{c.before}->{c.after}" for c in summary.setting_changes))
     if facts.get("drift"):
         parts.append("drift=" + ",".join(facts["drift"]))
     parts += [f"{c.name}={c.status}" for c in summary.not_passing]
     return " ".join(parts)
 
 
+@_quiet_on_closed_pipe
 def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     # nbconvert/jupyter_client chatter (alt text, zmq context teardown) is noise in cron mail.
@@ -144,21 +434,30 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if args.command == "rehearse":
             return _rehearse(args)
+        if args.command == "list":
+            return _list_names()
+        if args.command == "completion":
+            return _completion(args.shell)
         if args.command == "run":
+            if args.help_notebook:
+                return _help_notebook(args.names, as_json=args.json)
             if args.metrics_file:
                 require_writable(Path(args.metrics_file))
             result = run(args.names, args.files, [tuple(p) for p in args.pairs], archive_root(args.archive),
-                         args.fail_on, keep_going=args.keep_going)
+                         args.fail_on, keep_going=args.keep_going, watch=_terminal_watch(), pdf=args.pdf)
             if args.metrics_file:
                 # The last inspection of every target (a fleet: each of its members).
                 inspected = {s.target: s.summary for s in result.steps if s.name == "inspect" and s.summary.checks}
                 write_atomically(Path(args.metrics_file), render(inspected.items(), result.exit_code))
             if args.json:
                 print(json.dumps({
-                    "change_id": result.change_id, "exit_code": result.exit_code,
+                    "change_id": result.change_id, "exit_code": exit_code(result, args.detailed_exitcode),
+                    "report": result.archive.location(result.report) if result.report is not None else None,
                     "failing": [{"target": s.target, "notebook": s.name, "status": s.status} for s in result.failing()],
+                    "pending": [{"target": s.target, "notebook": s.name} for s in result.pending()],
                     "steps": [{"notebook": s.name, "target": s.target, "status": s.status,
                                "changed": changed(s.summary),
+                               **({"expected_after_plan": list(s.expected)} if s.expected else {}),
                                "exit_code": s.exit_code, "summary": s.summary.to_json(),
                                "ipynb": result.archive.location(s.notebook) if s.notebook else None,
                                "html": result.archive.location(s.html) if s.html else None,
@@ -169,19 +468,18 @@ def main(argv: Sequence[str] | None = None) -> int:
                        if result.archive_failure else {}),
                 }, indent=2))
             elif not result.stopped_by:
-                _print_run(result)
+                _print_run(result, diff=args.diff, detailed=args.detailed_exitcode)
+                _print_recap(result)
             if result.stopped_by:
                 print(stopped_line(result), file=sys.stderr)
-            return result.exit_code
+            return exit_code(result, args.detailed_exitcode)
         root = archive_root(args.archive)
         if args.action == "list":
-            for row in listing(read_index(root)):
-                note = f"  (was: {row['note']})" if row.get("note") else ""
-                print(f"{str(row.get('started', ''))[:19]}  {row.get('change_id', '')}  {row.get('notebook', ''):<10} "
-                      f"{row.get('target', ''):<28} {row.get('status', ''):<8} {row['file']}{note}")
-            return ExitCode.OK
+            return _archive_list(root, args)
         if args.action == "prune":
             return _prune(root, args.keep_days)
+        if args.action == "show":
+            return _archive_show(root, args.change_id or args.change)
         found = check(root)
         interrupted, closed = findings(read_index(root))
         for p in [*found.problems, *interrupted]:
@@ -201,6 +499,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         print("runbook: interrupted (SIGINT) before a step ran or after the run ended: no step was cut short",
               file=sys.stderr)
         return 130
+
+
+def _archive_show(root: Path | str, change_id: str) -> int:
+    """`runbook archive show CHANGE_ID`: the change's summary (verdict, targets, steps, what changed, commands) and
+    where its report is; ParameterError (exit 2) naming the archive for an id it does not hold."""
+    if not change_id:
+        raise ParameterError(f"archive show needs a CHANGE_ID: `runbook archive list --archive {root}` shows them")
+    found = change_report.load(root, change_id)
+    for line in found.report.terminal(change_report.location(root, found.file) if found.file else ""):
+        print(line)
+    return ExitCode.OK
 
 
 def _prune(root: Path | str, keep_days: int | None) -> int:

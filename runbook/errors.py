@@ -14,12 +14,13 @@ from runbook.model import Status
 
 
 class ExitCode(IntEnum):
-    """The `runbook` command's exit codes (README: Exit codes)."""
+    """The `runbook` command's exit codes (README and docs/run-all.md: Exit codes)."""
 
     OK = 0
     FAILED = 1  # a check failed, a guard refused, or a notebook raised
     USAGE = 2  # usage or parameter error; nothing was changed
     BLOCKED = 3  # a person must act; nothing was changed
+    CHANGES_PENDING = 4  # `run --detailed-exitcode` only: the plan completed and found something to change
 
 
 class RunbookError(Exception):

@@ -220,7 +220,7 @@ def _param(default: Any, help_text: str, *, per_target: bool = True) -> Any:
 @dataclass(frozen=True)
 class ConnectionSpec:
     """How to reach one server. The one source of the connection parameters: every notebook's
-    parameters block, `connect()`, fleet entries, rehearse and the README table derive from it.
+    parameters block, `connect()`, fleet entries, rehearse and the table in docs/parameters.md derive from it.
 
     Never holds a password: that comes from the environment variable named by `password_env`.
     """
@@ -236,8 +236,9 @@ class ConnectionSpec:
     connect_timeout_s: float = _param(5.0, "seconds to wait for the connection", per_target=False)
     command_timeout_s: float = _param(10.0, "seconds to wait for each reply", per_target=False)
     config_command: str = _param("CONFIG", "the CONFIG command's name, if it was renamed with rename-command")
-    sandbox_scenario: str = _param("rdb-only", "target sandbox only: rdb-only, or runtime-aof (AOF on at runtime, "
-                                               "off in redis.conf)", per_target=False)
+    # The state this runbook fixes, as `runbook run` with no -f starts it (params/sandbox.yaml): Lab and CLI agree.
+    sandbox_scenario: str = _param("runtime-aof", "target sandbox only: runtime-aof (AOF on at runtime, off in "
+                                                  "redis.conf), or rdb-only (AOF off in both)", per_target=False)
 
     @classmethod
     def names(cls) -> tuple[str, ...]:
@@ -268,7 +269,7 @@ class ConnectionSpec:
 
     @classmethod
     def markdown_rows(cls) -> list[str]:
-        """The README's table rows: | `name` | type | `default` | help |."""
+        """The rows of the table in docs/parameters.md: | `name` | type | `default` | help |."""
         return [f"| `{f.name}` | {f.type} | `{json.dumps(f.default)}` | {f.metadata['help']} |" for f in fields(cls)]
 
     def replace(self, **changes: Any) -> ConnectionSpec:

@@ -60,11 +60,11 @@ def test_a_drifted_parameters_block_is_caught(tmp_path: Path) -> None:
     assert lines[lines.index(expected[0]):][:len(expected)] != expected
 
 
-def test_the_readme_table_is_the_spec() -> None:
-    readme = (REPO / "README.md").read_text().splitlines()
+def test_the_parameters_page_table_is_the_spec() -> None:
+    page = (REPO / "docs" / "parameters.md").read_text().splitlines()
     rows = ConnectionSpec.markdown_rows()
-    start = readme.index(rows[0])
-    assert readme[start:start + len(rows)] == rows
+    start = page.index(rows[0])
+    assert page[start:start + len(rows)] == rows
 
 
 def test_connection_spec_from_notebook_parameters() -> None:

@@ -183,7 +183,7 @@ def test_runs_list_verify_and_rollback_survive_a_torn_last_line(tmp_path: Path) 
     assert second.returncode == 0, second.stdout + second.stderr
     listed = runbook_cli("archive", "list", "--archive", str(archive))
     assert listed.returncode == 0 and "Traceback" not in listed.stderr, listed.stderr
-    assert len(listed.stdout.splitlines()) == 1  # the second run; the first one's record was the torn line
+    assert len(listed.stdout.splitlines()) == 2  # the header and the second run; the first's record was the torn line
     checked = runbook_cli("archive", "verify", "--archive", str(archive))
     assert checked.returncode == 1 and "Traceback" not in checked.stderr, checked.stderr
     problems = checked.stderr.splitlines()

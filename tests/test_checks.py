@@ -6,7 +6,7 @@ import pytest
 
 from runbook.model import Status, worst
 from runbook.server.settings import Drift
-from runbook.steps.checks import persistence_checks
+from runbook.steps.checks import advisory_facts, host_advisories, persistence_checks
 
 NOW = 1_700_000_000.0
 MB = 1024**2
@@ -213,14 +213,25 @@ def test_stop_writes_on_bgsave_error_no_warns():
 
 
 @pytest.mark.parametrize(("value", "expected"), [(0, Status.WARN), (2, Status.WARN), (1, Status.PASS)])
-def test_overcommit(value, expected):
-    c = run(overcommit_memory=value)
-    assert c["vm_overcommit_memory"].status == expected
-    assert str(value) in c["vm_overcommit_memory"].observed
+def test_overcommit_is_a_host_advisory(value, expected):
+    (advice,) = host_advisories(overcommit_memory=value)
+    assert advice.name == "vm_overcommit_memory" and advice.status == expected
+    assert str(value) in advice.observed
+    assert bool(advice.fix) == (expected == Status.WARN)
+    (fact,) = advisory_facts([advice], "db-host-1")
+    assert fact == {"name": "vm_overcommit_memory", "host": "db-host-1", "status": str(expected),
+                    "observed": advice.observed, "fix": advice.fix}
 
 
-def test_overcommit_unknown_is_absent():
-    assert "vm_overcommit_memory" not in run(overcommit_memory=None)
+def test_overcommit_unknown_gives_no_advisory():
+    assert host_advisories(overcommit_memory=None) == []
+
+
+def test_the_host_setting_is_no_check_of_the_inspection():
+    """vm.overcommit_memory is the host's (issue 17): it no longer turns a clean server's checks into warn."""
+    with pytest.raises(TypeError):
+        run(overcommit_memory=0)
+    assert "vm_overcommit_memory" not in run(info(aof_enabled=1), runtime(appendonly="yes"))
 
 
 @pytest.mark.parametrize(

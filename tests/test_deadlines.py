@@ -169,8 +169,8 @@ def test_test_persistence_online_names_the_bgsave_deadline_on_a_frozen_server(de
     sb = make_sandbox(default_binary)
     _slow_saves(sb)
     with frozen(sb, when=lambda info: int(info.get("rdb_bgsave_in_progress", 0)) == 1, max_s=6) as freezer:
-        rc, out, err = run_json(tmp_path, "test-persistence", "-p", "target", sb.url, "-p", "timeout_s", "2",
-                                "-p", "keys", "10")
+        rc, out, err = run_json(tmp_path, "test-persistence", "-p", "target", sb.url, "-p", "apply", "true",
+                                "-p", "timeout_s", "2", "-p", "keys", "10")
         assert freezer.stopped_at
     assert rc == 1, err
     checks = out["steps"][0]["summary"]["checks"]

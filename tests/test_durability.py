@@ -102,7 +102,7 @@ def test_crash_measures_real_losses(server_binary: Path, make_sandbox, clean_env
     result = durability.crash_test(_as_runner_sandbox(clean_env, sb), crash_seconds=1.0)
     rows = {r["setup"]: r for r in result.crash_table}
     assert set(rows) == {s[0] for s in durability.CRASH_SETUPS}
-    rdb, always = rows["rdb-only (seed save policy)"], rows["aof always"]
+    rdb, always = rows["rdb-only (default save policy)"], rows["aof always"]
     # RDB only, no save rule fires within a second: nothing written since the start comes back.
     assert rdb["acknowledged"] > 0 and rdb["recovered"] == 0
     # appendfsync always: every acknowledged write comes back.
@@ -145,10 +145,11 @@ def test_notebook_modes_through_the_runner(default_binary: Path, make_sandbox, c
     assert summary["canaries_found"] == summary["canaries_written"] == 1000
     assert summary["dbsize_after"] == summary["dbsize_before"]
 
-    rc, out, err = run_json(tmp_path, "test-persistence", "-p", "mode", "crash", "-p", "crash_seconds", "0.5", env=env)
+    rc, out, err = run_json(tmp_path, "test-persistence", "-p", "mode", "crash", "-p", "crash_seconds", "0.5",
+                            "-p", "apply", "true", env=env)
     assert rc == 0, err
     crash = {r["setup"]: r for r in out["steps"][0]["summary"]["crash"]}
-    assert crash["aof always"]["lost"] == 0 and crash["rdb-only (seed save policy)"]["lost"] > 0
+    assert crash["aof always"]["lost"] == 0 and crash["rdb-only (default save policy)"]["lost"] > 0
 
     real = make_sandbox(default_binary)  # a live server that is not the runbook's sandbox
     rc, out, _ = run_json(tmp_path, "test-persistence", "-p", "target", real.url, "-p", "mode", "crash")

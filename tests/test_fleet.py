@@ -128,7 +128,7 @@ def test_unreachable_member_is_an_error_row_and_the_rest_are_inspected(default_b
 def test_online_test_covers_the_fleet(default_binary: Path, make_sandbox, tmp_path: Path) -> None:
     sbs = _fleet(make_sandbox, default_binary, 2)
     rc, out, err = run_json(tmp_path / "a", "test-persistence", "-f",
-                            str(_fleet_file(tmp_path, [s.url for s in sbs], keys=50)))
+                            str(_fleet_file(tmp_path, [s.url for s in sbs], keys=50)), "-p", "apply", "true")
     assert rc == 0, err
     for step in out["steps"]:
         assert step["summary"]["canaries_written"] == 50 and step["summary"]["canaries_left"] == 0
@@ -144,7 +144,8 @@ def test_fleet_change_is_applied_to_every_target(default_binary: Path, make_sand
     rc, out, err = run_json(archive, "all", "-p", "apply", "true", "-p", "destination", str(tmp_path / "bk"),
                             "-f", str(_fleet_file(tmp_path, [s.url for s in sbs])))
     assert rc == 0, err
-    assert [(s["notebook"], s["status"]) for s in out["steps"]][-2:] == [("inspect", "warn")] * 2  # overcommit only
+    # every check passes (the host's vm.overcommit_memory is an advisory, apart from the status: issue 17)
+    assert [(s["notebook"], s["status"]) for s in out["steps"]][-2:] == [("inspect", "pass")] * 2
     for sb in sbs:
         assert sb.client().config_get("appendonly")["appendonly"] == "yes"
         assert "appendonly yes" in sb.config_path.read_text()

@@ -24,6 +24,8 @@ SUMMARY = StepSummary.from_json({
     "settings": ["appendonly", "appendfsync"],
     "metrics": {"aof_enabled": 1, "rdb_last_bgsave_status": "err", "aof_last_write_status": "ok",
                 "rdb_last_save_time": 1795671402, "latest_fork_usec": 805},
+    "advisories": [{"name": "vm_overcommit_memory", "host": "db-1", "status": "warn",
+                    "observed": "vm.overcommit_memory = 0", "fix": "set vm.overcommit_memory = 1"}],
 }, "inspect")
 
 
@@ -40,6 +42,9 @@ def test_render_names_and_values() -> None:
     assert got[("runbook_check_status", (("check", "aof_enabled"), *t))] == 0
     assert got[("runbook_drift", (("setting", "appendonly"), *t))] == 1
     assert got[("runbook_drift", (("setting", "appendfsync"), *t))] == 0
+    # The host's setting is exported apart from the checks (issue 17: an advisory, not a check of the verdict).
+    assert got[("runbook_host_advisory_status", (("advisory", "vm_overcommit_memory"), *t))] == 1
+    assert ("runbook_check_status", (("check", "vm_overcommit_memory"), *t)) not in got
     assert got[("runbook_last_run_timestamp_seconds", ())] == 1795672000.5
     assert got[("runbook_last_run_exit_code", ())] == 1
 

@@ -80,7 +80,8 @@ def test_test_persistence_explains_noreplicas_online_and_restart(server_binary: 
     marker = tmp_path / "restarted"
     for mode in ("online", "restart"):
         rc, out, err = run_json(tmp_path / "archive", "test-persistence", "-p", "target", sb.url, "-p", "mode", mode,
-                                "-p", "allow_restart", "true", "-p", "restart_command", f"touch {marker}")
+                                "-p", "apply", "true", "-p", "allow_restart", "true",
+                                "-p", "restart_command", f"touch {marker}")
         assert rc == 1, (mode, err)
         summary = out["steps"][0]["summary"]
         assert "error" not in summary, summary  # a failed check, not a raw NOREPLICAS error

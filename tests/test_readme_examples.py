@@ -1,4 +1,4 @@
-"""The README's crontab and CI job, run as written against real servers."""
+"""The crontab and CI job of docs/cron-ci.md (linked from the README), run as written against real servers."""
 
 from __future__ import annotations
 
@@ -14,13 +14,13 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from runbook.sandbox.seed import seed_sandbox
 
-README = (REPO / "README.md").read_text()
+PAGE = REPO / "docs" / "cron-ci.md"
 _CRON_FIELD = re.compile(r"^(\*|\d+(-\d+)?)(/\d+)?(,(\*|\d+(-\d+)?)(/\d+)?)*$")
 
 
 def _block(lang: str) -> str:
-    blocks = re.findall(rf"```{lang}\n(.*?)```", README, re.S)
-    assert len(blocks) == 1, f"the README must hold exactly one ```{lang} block"
+    blocks = re.findall(rf"```{lang}\n(.*?)```", PAGE.read_text(), re.S)
+    assert len(blocks) == 1, f"{PAGE.relative_to(REPO)} must hold exactly one ```{lang} block"
     return blocks[0]
 
 
@@ -74,7 +74,7 @@ def test_crontab_command_runs_as_written(tmp_path: Path, scenario: str) -> None:
     if scenario == "rdb-only":  # healthy (warnings only): silent, so cron mails nothing
         assert (proc.returncode, proc.stdout, proc.stderr) == (0, "", "")
         assert drift["appendonly"] == 0
-    else:  # the seed's drift: the failure is printed, so cron mails it
+    else:  # AOF on at runtime but off in redis.conf: the failure is printed, so cron mails it
         assert proc.returncode == 1
         assert "FAILED" in proc.stdout and "config_drift=fail" in proc.stdout and sb.url in proc.stdout
         assert drift["appendonly"] == 1
@@ -96,7 +96,7 @@ def test_ci_job_runs_as_written(tmp_path: Path) -> None:
     steps = [s for s in only["steps"] if "run" in s]
     assert [s["run"] for s in steps][0] == "make setup"
     ws = _workspace(tmp_path)
-    prod = seed_sandbox("runtime-aof", keys=500)  # the seed's state: AOF on at runtime, `no` in the file
+    prod = seed_sandbox("runtime-aof", keys=500)  # AOF on at runtime, `no` in the file
     try:
         _params(ws / "params" / "gateway.yaml", prod.url, prod.config_path)
         env = {k: v for k, v in os.environ.items() if not k.startswith(("RUNBOOK_", "REDIS_"))}

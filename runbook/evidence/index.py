@@ -29,6 +29,9 @@ HEAD = "head.json"
 #: On an object store each append rewrites the last segment: this bounds what an append costs.
 SEGMENT_BYTES = 256 << 10
 CHECKPOINT = "checkpoint"
+#: The kind of the entry that lists a change's report (`runbook.evidence.change_report`): it chains and is verified
+#: like a record, and lists its files, but is not a run of a step (`records` leaves it out).
+REPORT = "report"
 _SEGMENT = re.compile(rf"{INDEX_DIR}/(\d{{10}})\.jsonl")
 TORN_SUFFIX = ".torn"
 
@@ -101,6 +104,10 @@ def is_checkpoint(entry: dict[str, Any]) -> bool:
     return entry.get("kind") == CHECKPOINT
 
 
+def is_report(entry: dict[str, Any]) -> bool:
+    return entry.get("kind") == REPORT
+
+
 @dataclass(frozen=True)
 class Tail:
     """Where the chain ends: the last seq, and the hash the next entry's prev_hash must be."""
@@ -156,11 +163,12 @@ def head_entry(tail: Tail, segment: str, updated: str) -> dict[str, Any]:
 
 
 def records(segments: Iterable[tuple[str, bytes]]) -> Iterator[dict[str, Any]]:
-    """The records (not checkpoints) of the segments, in order; lines that are not JSON are left out."""
+    """The records (not checkpoints, nor change reports) of the segments, in order; lines that are not JSON are
+    left out."""
     for _, data in segments:
         for line in lines(split_torn(data)[0]):
             entry = parse(line)
-            if entry is not None and not is_checkpoint(entry):
+            if entry is not None and not is_checkpoint(entry) and not is_report(entry):
                 yield entry
 
 
@@ -180,6 +188,7 @@ class Findings:
     notes: list[str] = field(default_factory=list)
     records: int = 0
     pruned: int = 0
+    reports: int = 0
 
 
 @dataclass
@@ -221,7 +230,8 @@ def _entry(found: Findings, walk: _Walk, where: str, line: bytes) -> None:
         walk.at_seq[walk.tail.seq] = walk.tail.prev_hash
         return
     checkpoint = is_checkpoint(entry)
-    who = f"{where} (checkpoint)" if checkpoint else f"{where} (run {entry.get('run_id')})"
+    who = f"{where} (checkpoint)" if checkpoint else f"{where} (report of change {entry.get('change_id')})" \
+        if is_report(entry) else f"{where} (run {entry.get('run_id')})"
     first = _range(entry)[0] if checkpoint else entry.get("seq", walk.tail.seq + 1)
     if entry.get("prev_hash") != walk.tail.prev_hash:
         found.problems.append(f"{who}: hash chain broken: a record before it was changed, removed or inserted")
@@ -232,7 +242,10 @@ def _entry(found: Findings, walk: _Walk, where: str, line: bytes) -> None:
         lo, hi = _range(entry)
         found.pruned += max(0, hi - lo + 1)
     else:
-        found.records += 1
+        if is_report(entry):
+            found.reports += 1
+        else:
+            found.records += 1
         sizes = entry.get("sizes", {})
         for rel, digest in entry.get("files", {}).items():
             walk.listed[rel] = (digest, sizes.get(rel) if isinstance(sizes, dict) else None, who)

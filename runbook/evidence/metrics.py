@@ -66,6 +66,10 @@ def render(targets: Iterable[tuple[str, StepSummary]], exit_code: int, now: floa
         for check in summary.checks:
             add("runbook_check_status", "gauge", "Runbook check: 0 pass, 1 warn, 2 fail",
                 {**base, "check": check.name}, _STATUS_VALUE.get(check.status, 2))
+        for advisory in summary.facts.get("advisories", ()):
+            add("runbook_host_advisory_status", "gauge", "Advice on the server's host, not part of any verdict "
+                "(vm.overcommit_memory): 0 pass, 1 warn", {**base, "advisory": str(advisory.get("name", ""))},
+                _STATUS_VALUE.get(advisory.get("status"), 1))
         drifted = set(summary.facts.get("drift", []))
         for setting in summary.facts.get("settings", sorted(drifted)):
             add("runbook_drift", "gauge", "Setting differs between runtime and config file (1) or not (0)",

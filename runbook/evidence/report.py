@@ -6,16 +6,20 @@ results (an Inspection, LatencyStats, a FleetResult) by their shape, so it stays
 
 from __future__ import annotations
 
+import os
 import time
+import warnings
 from datetime import datetime, timezone
 from html import escape
 from typing import Any, Sequence
 
 import matplotlib.pyplot as plt
 import pandas as pd
+from IPython.display import Markdown
 from matplotlib.figure import Figure
 from pandas.io.formats.style import Styler
 
+from runbook.evidence.journal import RUN_ID_ENV
 from runbook.model import Check
 from runbook.server.settings import save_rules
 
@@ -126,31 +130,34 @@ def checks_table(checks: Sequence[Check]) -> Styler:
     return styled(df)
 
 
-def plot_persistence(insp: Any) -> Figure:
-    """Left: time since the last save against each save-policy window. Right: files on disk."""
-    fig, (left, right) = plt.subplots(1, 2, figsize=(11, 3.4), constrained_layout=True)
+def plot_persistence(insp: Any) -> Figure | Markdown:
+    """Time since the last save against each save-policy window, and the files on disk: the panels that have
+    something to show, or a sentence when neither has."""
     rules = save_rules(insp.runtime.get("save", ""))
-    since = max(0, insp.at - int(insp.info.get("rdb_last_save_time", insp.at)))
-    changes = int(insp.info.get("rdb_changes_since_last_save", 0))
+    sizes: dict[str, float] = {}
+    for f in insp.files:
+        sizes[f.role] = sizes.get(f.role, 0) + f.size / 1024
+    if not rules and not sizes:
+        return Markdown("No persistence plot: the server has no save policy, and its data dir cannot be read from "
+                        "here.")
+    panels = int(bool(rules)) + int(bool(sizes))
+    fig, axes = plt.subplots(1, panels, figsize=(5.5 * panels, 3.2), squeeze=False, constrained_layout=True)
     if rules:
+        left = axes[0][0]
+        since = max(0, insp.at - int(insp.info.get("rdb_last_save_time", insp.at)))
+        changes = int(insp.info.get("rdb_changes_since_last_save", 0))
         labels = [f"save {s} {c}" for s, c in rules]
         colours = ["#d9534f" if changes >= c and since > s else "#5bc0de" for s, c in rules]
         left.barh(labels, [s for s, _ in rules], color=colours)
         left.axvline(since, color="black", linestyle="--", label=f"last save {age(since)} ago, {changes} changes since")
         left.set_xscale("log")
         left.legend(loc="lower right", fontsize=8)
-    else:
-        left.text(0.5, 0.5, "no save policy", ha="center", va="center")
-    left.set_title("RDB: time since last save vs save policy (s)")
-    sizes: dict[str, float] = {}
-    for f in insp.files:
-        sizes[f.role] = sizes.get(f.role, 0) + f.size / 1024
+        left.set_title("RDB: time since last save vs save policy (s)")
     if sizes:
+        right = axes[0][-1]
         right.bar(list(sizes), list(sizes.values()), color="#5cb85c")
         right.set_ylabel("KiB")
-    else:
-        right.text(0.5, 0.5, "data dir not readable from here", ha="center", va="center")
-    right.set_title("Persistence files on disk")
+        right.set_title("Persistence files on disk")
     plt.close(fig)
     return fig
 
@@ -163,12 +170,21 @@ def plan_table(rows: Sequence[Any]) -> Styler:
                         subset=["status"]).hide(axis="index")
 
 
-def progress(total_s: float, label: str = "waiting for the AOF rewrite") -> Any:
-    """A progress callback(elapsed_s, info) drawing a text bar against the deadline.
+def progress(total_s: float, label: str = "waiting for the AOF rewrite", done: str = "AOF rewrite finished") -> Any:
+    """A progress callback(elapsed_s, info) for the AOF wait, shown only once there is something to wait for
+    (never in a plan-only run).
 
-    The bar appears only once there is something to wait for (never in a plan-only run).
+    Under `runbook run` (the runner names the step's run in the kernel's environment) nothing moves in the
+    evidence: one line, shown when the wait starts and replaced in place when it ends ("AOF rewrite finished in
+    0.4 s (deadline 300 s)"). Opened by hand (JupyterLab): tqdm.auto's bar against the deadline.
     """
-    from tqdm.std import tqdm  # noqa: PLC0415  (only when there is something to wait for)
+    if os.environ.get(RUN_ID_ENV):
+        return _line_progress(total_s, label, done)
+    from tqdm import TqdmWarning  # noqa: PLC0415  (only when there is something to wait for)
+
+    with warnings.catch_warnings():  # without ipywidgets tqdm.auto falls back to its text bar, saying so
+        warnings.simplefilter("ignore", TqdmWarning)
+        from tqdm.auto import tqdm  # noqa: PLC0415
 
     bars: list[Any] = []
 
@@ -180,11 +196,41 @@ def progress(total_s: float, label: str = "waiting for the AOF rewrite") -> Any:
         bar.n = round(min(elapsed, total_s), 1)
         bar.set_postfix_str(f"rewrite_in_progress:{info.get('aof_rewrite_in_progress')}", refresh=False)
         bar.refresh()
-        if int(info.get("aof_enabled", 0)) and not int(info.get("aof_rewrite_in_progress", 0)) \
-                and not int(info.get("aof_rewrite_scheduled", 0)):
+        if _aof_wait_over(info):
             bar.close()
 
     return update
+
+
+#: Seconds between updates of the one line `progress` shows under `runbook run` (a killed run's saved notebook
+#: says how long it had waited).
+LINE_EVERY_S = 5.0
+
+
+def _line_progress(total_s: float, label: str, done: str) -> Any:
+    from IPython.display import display  # noqa: PLC0415  (only inside a kernel)
+
+    handles: list[Any] = []
+    shown = [0.0]
+
+    def update(elapsed: float, info: Any) -> None:
+        if _aof_wait_over(info):
+            line = f"{done} in {elapsed:.1f} s (deadline {total_s:g} s)"
+        elif not handles or elapsed - shown[0] >= LINE_EVERY_S:
+            line, shown[0] = f"{label}: {elapsed:.0f} s of {total_s:g} s", elapsed
+        else:
+            return
+        if handles:
+            handles[0].update({"text/plain": line}, raw=True)
+        else:
+            handles.append(display({"text/plain": line}, raw=True, display_id=True))
+
+    return update
+
+
+def _aof_wait_over(info: Any) -> bool:
+    return bool(int(info.get("aof_enabled", 0)) and not int(info.get("aof_rewrite_in_progress", 0))
+                and not int(info.get("aof_rewrite_scheduled", 0)))
 
 
 def latency_table(stats: Any, latest_fork_usec: int, rewrite_s: float | None, seconds: float) -> pd.DataFrame:
@@ -202,16 +248,17 @@ def latency_table(stats: Any, latest_fork_usec: int, rewrite_s: float | None, se
     return pd.DataFrame(rows, columns=["figure", "value"]).set_index("figure")
 
 
-def plot_latency(stats: Any, title: str = "PING latency on a second connection during the change") -> Figure:
+def plot_latency(stats: Any, title: str = "PING latency on a second connection during the change") -> Figure | Markdown:
+    """The probe's samples against time, with their p99; a sentence when there are none."""
+    if not stats.count:
+        return Markdown(f"No latency plot: all {stats.errors} PINGs of the probe failed." if stats.errors else
+                        "No latency plot: no change was made, so nothing was probed.")
     fig, ax = plt.subplots(figsize=(11, 3), constrained_layout=True)
-    if stats.count:
-        t = [x for x, _ in stats.samples]
-        ms = [y for _, y in stats.samples]
-        ax.plot(t, ms, ".", markersize=3, color="#337ab7")
-        ax.axhline(stats.percentile(99), color="#d9534f", linestyle="--", label=f"p99 {stats.percentile(99):.2f} ms")
-        ax.legend(loc="upper right", fontsize=8)
-    else:
-        ax.text(0.5, 0.5, "no change was made, so nothing was probed", ha="center", va="center")
+    t = [x for x, _ in stats.samples]
+    ms = [y for _, y in stats.samples]
+    ax.plot(t, ms, ".", markersize=3, color="#337ab7")
+    ax.axhline(stats.percentile(99), color="#d9534f", linestyle="--", label=f"p99 {stats.percentile(99):.2f} ms")
+    ax.legend(loc="upper right", fontsize=8)
     ax.set_xlabel("seconds since the first CONFIG SET")
     ax.set_ylabel("ms")
     ax.set_title(title)
@@ -252,26 +299,28 @@ def show_diff(diff: str, empty: str = "(no change to the file)") -> Any:
     return Diff()
 
 
-def crash_table(rows: Sequence[dict[str, Any]]) -> pd.DataFrame:
-    """Acknowledged writes lost per setup, beside the loss each setup is expected to allow."""
+def crash_table(rows: Sequence[dict[str, Any]]) -> pd.DataFrame | Markdown:
+    """Acknowledged writes lost per setup, beside the loss each setup is expected to allow; a sentence when the
+    mode crashed nothing."""
     if not rows:
-        return pd.DataFrame([("(mode is not crash)",)], columns=["setup"])
+        return Markdown("No server was crashed in this run, so there are no lost writes to count (the crash test "
+                        "runs only in mode `crash`).")
     return pd.DataFrame(rows).rename(columns={
         "acknowledged": "acknowledged writes", "recovered": "after restart", "lost": "lost",
         "lost_pct": "lost %", "expected_process_crash": "expected: process crash (measured here)",
         "expected_os_crash": "expected: OS crash / power loss (not measured)"}).set_index("setup")
 
 
-def plot_crash(rows: Sequence[dict[str, Any]]) -> Figure:
+def plot_crash(rows: Sequence[dict[str, Any]]) -> Figure | None:
+    """Writes lost per setup, as bars; None (nothing shown) when nothing was crashed: `crash_table` says so."""
+    if not rows:
+        return None
     fig, ax = plt.subplots(figsize=(9, 3), constrained_layout=True)
-    if rows:
-        names = [r["setup"] for r in rows]
-        lost = [r["lost"] for r in rows]
-        bars = ax.bar(names, lost, color=["#d9534f" if v else "#5cb85c" for v in lost])
-        ax.bar_label(bars, labels=[f"{r['lost']} of {r['acknowledged']}" for r in rows], fontsize=8)
-        ax.set_ylabel("acknowledged writes lost")
-    else:
-        ax.text(0.5, 0.5, "mode is not crash: nothing was crashed", ha="center", va="center")
+    names = [r["setup"] for r in rows]
+    lost = [r["lost"] for r in rows]
+    bars = ax.bar(names, lost, color=["#d9534f" if v else "#5cb85c" for v in lost])
+    ax.bar_label(bars, labels=[f"{r['lost']} of {r['acknowledged']}" for r in rows], fontsize=8)
+    ax.set_ylabel("acknowledged writes lost")
     ax.set_title("kill -9 during a write load: acknowledged writes lost per setup")
     plt.close(fig)
     return fig
@@ -299,6 +348,8 @@ def fleet_sections(result: Any) -> None:
         if m.error:
             display(Markdown(f"Could not be checked: `{m.error}`"))
             continue
+        if getattr(m.detail, "would", ""):  # the online test's plan (no apply)
+            display(Markdown(f"Plan only, nothing was written; with `apply = True` it would: {m.detail.would}"))
         display(checks_table(m.detail.checks))
         if getattr(m.detail, "drift", None):
             drifted = [d for d in m.detail.drift if d.status == "drift"]

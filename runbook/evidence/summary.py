@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-import json
 import os
+from dataclasses import replace
 from typing import Any
 
 from runbook.model import StepSummary
+from runbook.server.commandlog import COMMANDS_SENT, sent_in_step
 
 SUMMARY_MIME = "application/vnd.runbook.summary+json"
 #: The change id of the run, set by the runner for its kernel: what a step leaves behind (a config backup) carries it.
@@ -19,11 +20,26 @@ def change_id() -> str:
 
 
 def record(summary: StepSummary) -> None:
-    """Show `summary` in the notebook, tagged so the runner can find it in the executed file."""
+    """Show `summary` in the notebook, tagged so the runner can find it in the executed file: the whole summary
+    in its own mime type, and one line for a reader (the verdict is in the page's header, the rest in the record)."""
     from IPython.display import display  # noqa: PLC0415  (only inside a kernel)
 
-    data = summary.to_json()
-    display({SUMMARY_MIME: data, "text/plain": json.dumps(data, indent=2)}, raw=True)
+    summary = with_commands(summary, sent_in_step())
+    display({SUMMARY_MIME: summary.to_json(), "text/plain": summary_line(summary)}, raw=True)
+
+
+def with_commands(summary: StepSummary, lines: list[str]) -> StepSummary:
+    """`summary` with the write commands its step sent (`commands_sent`, `runbook.server.commandlog`), unless it
+    lists them already."""
+    if COMMANDS_SENT in summary.facts:
+        return summary
+    return replace(summary, facts={**summary.facts, COMMANDS_SENT: list(lines)})
+
+
+def summary_line(summary: StepSummary) -> str:
+    """The one line a notebook shows for its recorded summary."""
+    result = f", result {summary.result}" if summary.result is not None else ""
+    return f"summary recorded: {summary.step} {summary.verdict}{result} ({len(summary.checks)} checks)"
 
 
 def read_summary(nb: Any, step: str = "") -> StepSummary | None:

@@ -7,14 +7,13 @@ one notebook (`07-fleet`); changing steps run per target, one after another (see
 
 from __future__ import annotations
 
-import atexit
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, Mapping, Sequence
 
 from runbook.errors import ParameterError, RunbookError
 from runbook.model import ConnectionSpec, Status, StepSummary, worst
-from runbook.sandbox.handoff import connect
+from runbook.sandbox.handoff import connect, start_own
 from runbook.server.target import check_target_parameter
 from runbook.steps import inspect, test_persistence
 
@@ -101,9 +100,9 @@ def _check_one(entry: Mapping[str, str], check: str, defaults: ConnectionSpec, o
             if check == "inspect":
                 member.detail = inspect.inspect_target(server, config_file=config_file)
                 member.summary = member.detail.summary()
-            else:
-                member.detail = test_persistence.online_test(server, keys=opts["keys"], ttl_s=opts["ttl_s"],
-                                                             timeout_s=opts["timeout_s"])
+            else:  # without apply, only what the online test would write (`plan_test`)
+                test = test_persistence.online_test if opts["apply"] else test_persistence.plan_test
+                member.detail = test(server, keys=opts["keys"], ttl_s=opts["ttl_s"], timeout_s=opts["timeout_s"])
                 member.summary = member.detail.summary(server.identify())
         finally:
             server.client.close()
@@ -115,8 +114,10 @@ def _check_one(entry: Mapping[str, str], check: str, defaults: ConnectionSpec, o
 
 
 def check_fleet(targets: Sequence[Any], defaults: ConnectionSpec, *, check: str = "inspect", parallel: int = 16,
-                keys: int = 1000, ttl_s: int = 3600, timeout_s: float = 120.0) -> FleetResult:
+                keys: int = 1000, ttl_s: int = 3600, timeout_s: float = 120.0, apply: bool = False) -> FleetResult:
     """Inspect (read-only) or online-test every target, `parallel` at a time; one target's error stays its own.
+
+    The online test writes its canaries only with `apply`; without it, each target's plan says what it would write.
 
     `defaults` is the connection (username, password_env, timeouts, ...) for entries that do not set their own.
     """
@@ -125,7 +126,7 @@ def check_fleet(targets: Sequence[Any], defaults: ConnectionSpec, *, check: str 
     if parallel < 1:
         raise ParameterError(f"parallel must be at least 1, got {parallel}")
     entries = normalize_targets(list(targets))
-    opts = {"keys": keys, "ttl_s": ttl_s, "timeout_s": timeout_s}
+    opts = {"keys": keys, "ttl_s": ttl_s, "timeout_s": timeout_s, "apply": apply}
     with ThreadPoolExecutor(max_workers=min(parallel, len(entries)), thread_name_prefix="fleet") as pool:
         members = list(pool.map(lambda e: _check_one(e, check, defaults, opts), entries))
     return FleetResult(check, members)
@@ -134,13 +135,7 @@ def check_fleet(targets: Sequence[Any], defaults: ConnectionSpec, *, check: str 
 def demo_targets() -> list[str]:
     """Two throwaway sandboxes, the second with AOF on at runtime but off in its file, removed when the kernel exits.
 
-    What the fleet notebook checks when it is opened without `targets` (in JupyterLab, or by nbval).
+    What the fleet notebook checks when it is opened without `targets` (in JupyterLab, or by nbval). Run again,
+    it stops the two it started before.
     """
-    from runbook.sandbox.seed import seed_sandbox  # noqa: PLC0415  (only when opened without a fleet)
-
-    urls = []
-    for scenario in ("rdb-only", "runtime-aof"):
-        sb = seed_sandbox(scenario, keys=300)
-        atexit.register(sb.cleanup)
-        urls.append(sb.url)
-    return urls
+    return [sb.url for sb in start_own("fleet-demo", ("rdb-only", "runtime-aof"), keys=300)]

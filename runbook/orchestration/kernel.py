@@ -7,7 +7,13 @@ import signal
 import subprocess
 import threading
 from contextlib import contextmanager
-from typing import Any, Iterator, Mapping
+from typing import Any, Callable, Iterator, Mapping
+
+from runbook.evidence import step_page
+from runbook.orchestration.signals import StoppedBetweenCells
+
+#: IPython's history off in the kernel (no sqlite file, nothing to clash between notebooks).
+NO_HISTORY = ["--HistoryManager.enabled=False"]
 
 
 class SharedKernel:
@@ -26,11 +32,17 @@ class SharedKernel:
         self._warm: threading.Thread | None = None
 
     def start(self) -> None:
-        """Start the kernel and, in the background, import the runbook and its report module in it."""
+        """Start the kernel and, in the background, import the runbook and its report module in it (and, in this
+        process, the HTML renderer the first step's page needs).
+
+        The kernel keeps no history database: every notebook numbers its cells from 1 again in the same session,
+        which IPython's history would refuse ("Session/line number was not unique in database", under the first
+        cell of every notebook after the first)."""
         # The kernel's stderr is noise for cron (a TCP-without-encryption warning); outputs are in the notebooks.
-        self.km.start_kernel(env=dict(os.environ), stderr=subprocess.DEVNULL)
+        self.km.start_kernel(env=dict(os.environ), stderr=subprocess.DEVNULL, extra_arguments=NO_HISTORY)
         self._warm = threading.Thread(target=self._warm_up, name="kernel-warm-up", daemon=True)
         self._warm.start()
+        step_page.warm_up()
 
     def _execute(self, code: str, timeout_s: float = 60) -> None:
         """Run `code` in the kernel on a client of our own, discarding its output."""
@@ -52,15 +64,19 @@ class SharedKernel:
         except (RuntimeError, TimeoutError):
             pass  # a cold first notebook is slower, nothing worse
 
-    def ready(self, env: Mapping[str, str] | None = None) -> Any:
+    def ready(self, env: Mapping[str, str] | None = None, stopped: Callable[[], bool] = lambda: False) -> Any:
         """The kernel manager, alive, with an empty namespace and `env` set in its environment (the step's
-        run id, for the journal)."""
+        run id, for the journal). StoppedBetweenCells as soon as `stopped()` (a signal came): the notebook is not
+        to start, and a kernel still warming up (an interrupt may reach it before it runs anything) is not waited
+        for."""
         if not self.km.has_kernel or not self.km.is_alive():
             self.start()
             self._used = False
-        if self._warm is not None:
-            self._warm.join()
-            self._warm = None
+        while self._warm is not None and self._warm.is_alive() and not stopped():
+            self._warm.join(0.05)
+        if stopped():
+            raise StoppedBetweenCells("stopped before the notebook started: nothing of it ran")
+        self._warm = None
         code = []
         if self._used:
             # An empty namespace, and cell numbers from 1 again, as in a fresh kernel.

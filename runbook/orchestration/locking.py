@@ -26,11 +26,12 @@ CHANGING = ("backup", "enable-aof", "persist-config", "rollback")
 
 def may_change(step: Step) -> bool:
     """Whether `step` may change its target: a changing step with apply (a backup skipped with a reason does
-    not), or the restart test. Fleet steps only inspect or test online."""
+    not), or the restart test with apply. Fleet steps only inspect or test online; without apply (a plan) no
+    step changes anything."""
     if step.fleet:
         return False
     if step.name == "test-persistence":
-        return effective(step, "mode") == "restart"
+        return effective(step, "mode") == "restart" and bool(effective(step, "apply"))
     if step.name == "backup" and str(effective(step, "skip_backup") or "").strip():
         return False
     return step.name in CHANGING and bool(effective(step, "apply"))

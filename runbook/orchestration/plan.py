@@ -5,6 +5,7 @@ Everything here runs before any server is touched; every error is a ParameterErr
 
 from __future__ import annotations
 
+import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -39,6 +40,10 @@ NOTEBOOKS: dict[str, str] = {
 #: procedure for switching AOF on, before anything is changed), the change, its proof, the picture after.
 SEQUENCES: dict[str, list[str]] = {
     "all": ["inspect", "backup", "enable-aof", "persist-config", "test-persistence", "inspect"],
+}
+#: One line per sequence for `runbook list` (a notebook's line is its title: see `title`).
+SEQUENCE_HELP: dict[str, str] = {
+    "all": "The whole change: look, back up, switch AOF on, write it to the config file, prove it, look again",
 }
 
 
@@ -153,3 +158,43 @@ def effective(step: Step, key: str) -> Any:
         return step.parameters[key]
     declared = notebook_parameters(step.path)
     return declared[key].default if key in declared else None
+
+
+def title(path: Path) -> str:
+    """A notebook's one line for `runbook list`: the `# ` title of its first markdown cell ("" when it has none)."""
+    cells = json.loads(path.read_text(encoding="utf-8"))["cells"]
+    first = next((c for c in cells if c["cell_type"] == "markdown"), None)
+    source = "" if first is None else "".join(first["source"]) if isinstance(first["source"], list) else first["source"]
+    return next((line[2:].strip() for line in source.splitlines() if line.startswith("# ")), "")
+
+
+@dataclass(frozen=True)
+class ParameterHelp:
+    """One row of `runbook run NAMES --help-notebook`: a parameter line and the steps whose notebooks declare it."""
+
+    param: Param
+    steps: tuple[str, ...]
+
+
+def parameter_help(names: Sequence[str]) -> tuple[list[str], list[ParameterHelp]]:
+    """The steps `names` expand to (each once, in order) and the union of their notebooks' parameter lines.
+
+    A name declared the same way by several notebooks is one row; declared differently (another default or
+    help), one row per variant, next to each other. When the steps include one a fleet runs as one notebook
+    (a `targets` list), the parameters only the fleet notebook declares follow, under the step name `fleet`;
+    `check` is left out (the runner sets it).
+    """
+    steps = list(dict.fromkeys(expand(names)))
+    declared = [(name, notebook_parameters(notebooks_dir() / NOTEBOOKS[name])) for name in steps]
+    if any(name in FLEET_CHECKS for name in steps):
+        fleet = notebook_parameters(notebooks_dir() / FLEET_NOTEBOOK)
+        known = {key for path in NOTEBOOKS.values() for key in notebook_parameters(notebooks_dir() / path)}
+        declared.append(("fleet", {k: v for k, v in fleet.items() if k not in known and k != "check"}))
+    variants: dict[str, dict[tuple[str, str, str], list[Any]]] = {}
+    for name, spec in declared:
+        for param in spec.values():
+            entry = variants.setdefault(param.name, {}).setdefault(
+                (param.type, repr(param.default), param.help), [param, []])
+            entry[1].append(name)
+    rows = [ParameterHelp(param, tuple(used)) for by_line in variants.values() for param, used in by_line.values()]
+    return steps, rows

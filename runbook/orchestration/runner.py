@@ -7,7 +7,6 @@ a person must act.
 
 from __future__ import annotations
 
-import functools
 import logging
 import os
 import subprocess
@@ -23,16 +22,22 @@ from typing import Any, Iterator, Sequence
 
 from runbook import __version__
 from runbook.errors import ArchiveError, ExitCode, RunbookError, exit_code_for, exit_code_for_status
+from runbook.evidence import change_report
 from runbook.evidence.archive import ARCHIVE_ENV, Archive
 from runbook.evidence.journal import AtomicSaves, Journal, notice, read_intent, recent_records
-from runbook.evidence.summary import CHANGE_ID_ENV, read_summary
-from runbook.model import Status, StepSummary
+from runbook.evidence.step_page import StepHeader, operator
+from runbook.evidence.step_page import render as render_step
+from runbook.evidence.summary import CHANGE_ID_ENV, read_summary, with_commands
+from runbook.model import Outcome, Status, StepSummary, worst
 from runbook.orchestration.kernel import SharedKernel, shared_kernel
 from runbook.orchestration.locking import RunLocks, may_change
 from runbook.orchestration.plan import Step, effective, plan
-from runbook.orchestration.signals import GRACE_S, Stop
+from runbook.orchestration.signals import GRACE_S, Stop, StoppedBetweenCells, engine
+from runbook.orchestration.watch import Tail, Watch
 from runbook.sandbox.handoff import SANDBOX_FILE_ENV, SANDBOX_URL_ENV, share
+from runbook.server.commandlog import COMMAND_LOG_ENV, by_server, step_lines
 from runbook.server.configfile import mask_secrets
+from runbook.server.progress import PROGRESS_ENV
 
 log = logging.getLogger(__name__)
 
@@ -48,6 +53,7 @@ class StepResult:
     html: Path | None
     record: dict[str, Any]
     before_change: bool = False  # the first inspection of a change: its findings are what the change fixes
+    expected: tuple[str, ...] = ()  # the closing inspection of a plan: checks still failing as planned (_after_plan)
 
     @property
     def counts(self) -> bool:
@@ -64,6 +70,7 @@ class RunResult:
     stop_code: int = 0  # 143 for SIGTERM, 130 for SIGINT
     archive_failure: str = ""  # the evidence archive failed: the run stopped at a safe point
     kept: str = ""  # where the evidence is after an archive failure
+    report: Path | None = None  # the change report (`runbook.evidence.change_report`), when the run wrote one
 
     def changes(self) -> list[str]:
         """What the run changed on its targets, step by step, and what a step cut short may have changed."""
@@ -74,6 +81,11 @@ class RunResult:
             elif s.summary.facts.get("unfinished"):
                 out.append(f"{s.name} on {s.target} may have changed it ({s.summary.facts['unfinished']})")
         return out
+
+    def pending(self) -> list[StepResult]:
+        """The steps whose plan found settings or a config file to change (`PENDING`): what `--detailed-exitcode`
+        reports as changes pending."""
+        return [s for s in self.steps if s.name in PENDING and s.summary.result == Outcome.PLANNED]
 
     def failing(self) -> list[StepResult]:
         """The results that made the run fail or block, in order."""
@@ -135,12 +147,17 @@ def run(
     fail_on: str = "fail",
     record_extra: dict[str, Any] | None = None,
     keep_going: bool = False,
+    watch: Watch | None = None,
+    pdf: bool = False,
 ) -> RunResult:
     """Run the named notebooks in order under one change id; stop at the first that fails.
 
     The steps after a failure are recorded as skipped. One exception: when a change follows,
     failed checks of the first inspection do not stop the run (they are what the change fixes,
     like the seed's drift); it still stops when that inspection cannot run at all.
+
+    `watch` (a terminal) is told of each step as it starts and ends, and of the waits inside it.
+    The run ends with its change report (`change_report`; with `pdf`, also printed to PDF by Chromium).
     """
     skip_slow_optional_imports()
     steps = plan(names, files, pairs)
@@ -160,27 +177,53 @@ def run(
                 shared_kernel() as kernel:
             handoff = Path(tmp) / "sandbox.json"
             os.environ[SANDBOX_FILE_ENV] = str(handoff)
+            os.environ[COMMAND_LOG_ENV] = str(Path(tmp) / "commands.jsonl")  # what the runner and kernel send
             kernel.start()  # boots (and imports the runbook) while the sandbox is seeded
             locks = RunLocks(result.change_id)  # released before the sandbox goes, however the run ends
             journal = Journal(store, result.change_id, {**extra, "runbook_version": __version__, "git_commit": commit},
                               per_target=lambda t: {"lock": fact} if (fact := locks.fact(t)) else {})
-            ctx = RunContext(journal, fail_on, kernel, keep_going, locks, stop)
+            ctx = RunContext(journal, fail_on, kernel, keep_going, locks, stop, watch,
+                             Path(tmp) / "progress.jsonl" if watch is not None else None)
             with shared_sandbox(steps, handoff), locks, atomic_saves(journal):
                 _run_steps(steps, result, ctx)
+            runner_commands = by_server(os.environ[COMMAND_LOG_ENV])  # the server lock: taken, renewed, released
     except BaseException:  # a render failure: a step may have changed the target, keep its evidence
         store.abandon()
         raise
     finally:
         os.environ.pop(SANDBOX_FILE_ENV, None)
         os.environ.pop(CHANGE_ID_ENV, None)
+        os.environ.pop(COMMAND_LOG_ENV, None)
     if stop.signum:
         result.stopped_by, result.stop_code = stop.name, stop.exit_code
+    result.report = write_change_report(result, journal, runner_commands, pdf=pdf)
     if journal.failure:
         result.archive_failure, result.kept = journal.failure, journal.kept()
         store.abandon()  # keeps a remote archive's staging dir when it holds what was not uploaded
     else:
         store.close()
     return result
+
+
+def write_change_report(result: RunResult, journal: Journal, runner_commands: dict[str, list[str]], *,
+                        pdf: bool = False) -> Path | None:
+    """The run's change report, written into the archive (`change_report.write`): for every run but a read-only
+    inspection that passed. None when there is none, or the archive did not take it (then the run reports the
+    archive failure)."""
+    records = [s.record or {"notebook": s.name, "target": s.target, "status": str(s.status), "exit_code":
+                            int(s.exit_code), "summary": s.summary.to_json(), "change_id": result.change_id}
+               for s in result.steps]  # a result the archive did not take has no record: its summary, unhashed
+    exit_code = ExitCode.FAILED if journal.failure else result.exit_code
+    if not change_report.wanted(records, exit_code, bool(result.stopped_by)):
+        return None
+    facts = change_report.RunFacts(exit_code, result.stopped_by, journal.failure, operator(), runner_commands,
+                                   [(None if s.status == Status.SKIPPED else int(s.exit_code), s.counts)
+                                    for s in result.steps])
+    try:
+        return change_report.write(journal, records, facts, pdf=pdf)
+    except ArchiveError as err:
+        log.warning("the change report of %s was not archived: %s", result.change_id, err)
+        return None
 
 
 def warn_interrupted(store: Archive) -> None:
@@ -218,6 +261,8 @@ class RunContext:
     keep_going: bool = False
     locks: RunLocks | None = None
     stop: Stop = field(default_factory=Stop)
+    watch: Watch | None = None  # a terminal following the run
+    progress_file: Path | None = None  # where the kernel's waits report to the watch (`runbook.server.progress`)
 
     @property
     def change_id(self) -> str:
@@ -239,7 +284,7 @@ def _run_steps(steps: Sequence[Step], result: RunResult, ctx: RunContext) -> Non
     last_stage = steps[-1].stage if steps else 0
     stopped_by: StepResult | None = None
     failed: dict[str, StepResult] = {}  # target -> the result that stopped it
-    for step in steps:
+    for number, step in _announced(steps, result, ctx):
         halt = _halted(ctx)
         if halt or stopped_by is not None:
             result.steps.extend(_skip(step, t, ctx, halt or _ended(stopped_by, t)) for t in step.targets)
@@ -253,16 +298,65 @@ def _run_steps(steps: Sequence[Step], result: RunResult, ctx: RunContext) -> Non
             step = replace(step, fleet=tuple(todo), parameters={**step.parameters, "targets": entries})
         before_change = step.stage == 0 and step.name == "inspect" and last_stage > 0
         try:
-            results = _refused(step, ctx) or _run_step(step, ctx, before_change)
+            with _watched(step, ctx, number, len(steps)):
+                results = _refused(step, ctx) or _run_step(step, ctx, before_change)
         except ArchiveError as err:  # the refusal could not be recorded
             target = str(effective(step, "target"))
             results = [_unrecorded(target, StepSummary(step.name, Status.ERROR, error=str(err)))]
         for res in results:
+            if step.name == "inspect" and 0 < step.stage == last_stage:
+                res = _after_plan(res, result.steps, fail_on_warn=ctx.fail_on == "warn")
             result.steps.append(res)
             if res.counts and res.exit_code != ExitCode.OK:
                 failed[res.target] = res
                 if not ctx.keep_going:
                     stopped_by = res
+
+
+#: The steps whose plan changes the server's persistence settings or its config file: a plan of one that found
+#: something to do is a change pending (`RunResult.pending`). A backup and the online test run on every applied
+#: change, so their plans alone are none (`all` on a server with nothing to fix has none pending).
+PENDING = ("enable-aof", "persist-config", "rollback")
+#: The inspection checks each planned step would make pass: the closing inspection of a plan (nothing applied)
+#: still sees them fail, as expected.
+FIXED_BY = {"enable-aof": ("aof_enabled", "appendfsync"), "persist-config": ("config_drift",)}
+
+
+def _after_plan(res: StepResult, earlier: Sequence[StepResult], *, fail_on_warn: bool) -> StepResult:
+    """The closing inspection of a run that changed nothing on `res.target`: the checks a planned step would fix
+    still fail or warn, as planned, and count no more than in the first inspection; its other checks decide its
+    exit code as usual."""
+    mine = [s for s in earlier if s.target == res.target]
+    if res.summary.error or res.status not in (Status.FAIL, Status.WARN) \
+            or any(s.summary.changed_something for s in mine):
+        return res
+    fixes = {c for s in mine if s.summary.result == Outcome.PLANNED for c in FIXED_BY.get(s.name, ())}
+    expected = tuple(c.name for c in res.summary.not_passing if c.name in fixes)
+    if not expected:
+        return res
+    rest = worst(c.status for c in res.summary.checks if c.name not in fixes)
+    return replace(res, exit_code=exit_code_for_status(rest, fail_on_warn=fail_on_warn), expected=expected)
+
+
+def _announced(steps: Sequence[Step], result: RunResult, ctx: RunContext) -> Iterator[tuple[int, Step]]:
+    """The steps in order, numbered from 1; after each, its results (skipped ones too) go to the run's watch."""
+    for number, step in enumerate(steps, 1):
+        before = len(result.steps)
+        yield number, step
+        for res in result.steps[before:] if ctx.watch is not None else ():
+            ctx.watch.finished(number, len(steps), res)
+
+
+@contextmanager
+def _watched(step: Step, ctx: RunContext, number: int, total: int) -> Iterator[None]:
+    """While `step` runs: the watch is told it started, and reads the progress of its waits."""
+    if ctx.watch is None or ctx.progress_file is None:
+        yield
+        return
+    ctx.watch.started(number, total, step.name, f"fleet-{len(step.fleet)}" if step.fleet else
+                      str(effective(step, "target")))
+    with Tail(ctx.progress_file, ctx.watch):
+        yield
 
 
 def _halted(ctx: RunContext) -> str:
@@ -350,11 +444,14 @@ def _run_step(step: Step, ctx: RunContext, before_change: bool = False) -> list[
     error: dict[str, str] | None = None
     t0 = time.perf_counter()
     try:
-        extra = {"km": ctx.kernel.ready(journal.kernel_env(run_id, step.name, target))} if ctx.kernel else {}
-        with ctx.stop.notebook(ctx.kernel):
+        env = {**journal.kernel_env(run_id, step.name, target),
+               PROGRESS_ENV: str(ctx.progress_file or "")}  # empty: the waits report nothing
+        with ctx.stop.notebook(ctx.kernel):  # a signal while the kernel is made ready interrupts that too
+            extra = {"km": ctx.kernel.ready(env, lambda: bool(ctx.stop.signum))} if ctx.kernel else {}
             pm.execute_notebook(
                 str(step.path), str(out), parameters=step.parameters, progress_bar=False, log_output=False,
-                request_save_on_cell_execute=True, autosave_cell_every=AUTOSAVE_S, **extra,
+                request_save_on_cell_execute=True, autosave_cell_every=AUTOSAVE_S, engine_name=engine(),
+                stop=ctx.stop, **extra,
             )
     except PapermillExecutionError as err:
         error = {"ename": err.ename, "evalue": err.evalue, "cell": str(err.cell_index)}
@@ -376,7 +473,9 @@ def _run_step(step: Step, ctx: RunContext, before_change: bool = False) -> list[
     if error and ctx.stop.signum:
         code, status = ExitCode.FAILED, Status.INTERRUPTED
         how = ("the kernel did not stop, and was killed: nothing more was put back" if ctx.stop.killed
-               else f"{error['ename']}: {error['evalue']}")
+               else error["evalue"] if error["ename"] == StoppedBetweenCells.__name__
+               else f"{error['ename']}: {error['evalue']}" if error["evalue"]
+               else f"{error['ename']} in cell {error['cell']}")
         summary = (summary or StepSummary(step.name, status)).with_error(status, f"stopped by {ctx.stop.name}: {how}")
         if error["ename"] != "ChangeInterrupted":
             summary = _unfinished(summary, intent)
@@ -386,13 +485,17 @@ def _run_step(step: Step, ctx: RunContext, before_change: bool = False) -> list[
         summary = (summary or StepSummary(step.name, status)).with_error(status, f"{error['ename']}: {error['evalue']}")
     elif summary is None:
         summary = StepSummary(step.name, Status.ERROR, error="the notebook recorded no summary")
+    if os.environ.get(COMMAND_LOG_ENV):  # a notebook that raised before its summary: what it sent, from the log
+        summary = with_commands(summary, step_lines(os.environ[COMMAND_LOG_ENV], run_id))
 
     per_target = {target: summary} if not step.fleet else _per_member(step, summary)
     if error:  # a notebook that raised ended in error for every target it covers
         per_target = {t: s.with_error(summary.verdict, summary.error) for t, s in per_target.items()}
     html = out.with_suffix(".html")
     try:
-        journal.write_text(html, render_html(nb))
+        journal.write_text(html, render_html(nb, StepHeader(
+            step.name, target, summary, journal.change_id, run_id, started, ended,
+            commit=str(journal.fields.get("git_commit", "unknown")), error=error, intent=intent)))
         common = {
             "started": started.isoformat(),
             "ended": ended.isoformat(),
@@ -479,14 +582,7 @@ def _per_member(step: Step, summary: StepSummary) -> dict[str, StepSummary]:
             for t in step.fleet}
 
 
-@functools.lru_cache(maxsize=1)
-def _exporter() -> Any:
-    from nbconvert import HTMLExporter  # noqa: PLC0415  (heavy: only when rendering)
-
-    return HTMLExporter()
-
-
-def render_html(nb: Any) -> str:
-    """The executed notebook as standalone HTML, rendered in this process (no second nbconvert process)."""
-    body, _ = _exporter().from_notebook_node(nb)
-    return str(body)
+def render_html(nb: Any, header: StepHeader | None = None) -> str:
+    """The executed notebook as a standalone page read as a report (`runbook.evidence.step_page`: `header` on top,
+    no code), rendered in this process (no second nbconvert process)."""
+    return render_step(nb, header)

@@ -3,13 +3,15 @@
 The kernel runs in a session of its own, so a Ctrl-C at the terminal reaches only the runner; the runner
 passes it on. The first signal is noted and, while a notebook runs, sent to the kernel as an interrupt: a
 KeyboardInterrupt in the running cell, so the notebook's own code puts back what it had started (the wait
-for the AOF rewrite puts the settings back). The run then stops after that step. A second signal, or a
-notebook still running `GRACE_S` after the interrupt, kills the kernel: nothing more is put back, and the
-step's record says so.
+for the AOF rewrite puts the settings back). An idle kernel ignores an interrupt, so a signal that comes
+between two cells (or while the kernel is made ready) stops the notebook before its next cell instead
+(`ENGINE`). The run then stops after that step. A second signal, or a notebook still running `GRACE_S`
+after the interrupt, kills the kernel: nothing more is put back, and the step's record says so.
 """
 
 from __future__ import annotations
 
+import functools
 import signal
 import threading
 from contextlib import contextmanager
@@ -18,6 +20,13 @@ from typing import Any, Iterator, Protocol
 #: Seconds a notebook has, after the interrupt, to put back what it started and end.
 GRACE_S = 20.0
 SIGNALS = (signal.SIGTERM, signal.SIGINT)
+#: The papermill engine of a run's notebooks (`engine`): nbclient's, stopping before the next cell once a signal
+#: came.
+ENGINE = "runbook"
+
+
+class StoppedBetweenCells(Exception):
+    """A signal came while no cell ran: the notebook stopped before its next cell (a safe point)."""
 
 
 class Interruptible(Protocol):
@@ -87,3 +96,33 @@ class Stop:
         finally:
             for s, handler in previous.items():
                 signal.signal(s, handler)
+
+
+@functools.lru_cache(maxsize=1)
+def engine() -> str:
+    """Register `ENGINE` with papermill (once) and return its name. `execute_notebook(..., engine_name=engine(),
+    stop=stop)` runs the notebook as nbclient does, and raises StoppedBetweenCells before a cell once `stop` has a
+    signal: the interrupt that signal sent reached no cell (an idle kernel ignores it)."""
+    from papermill.engines import NBClientEngine, papermill_engines  # noqa: PLC0415  (heavy: only when running)
+
+    class StoppableEngine(NBClientEngine):  # type: ignore[misc]
+        @classmethod
+        def execute_managed_notebook(cls, nb_man: Any, kernel_name: str, stop: Stop | None = None,
+                                     **kwargs: Any) -> Any:
+            if stop is not None:
+                nb_man.cell_start = _stop_before(nb_man.cell_start, stop)
+            return super().execute_managed_notebook(nb_man, kernel_name, **kwargs)
+
+    papermill_engines.register(ENGINE, StoppableEngine)
+    return ENGINE
+
+
+def _stop_before(cell_start: Any, stop: Stop) -> Any:
+    """papermill's `cell_start`, refusing to start a cell once `stop` has a signal."""
+
+    def start(cell: Any, cell_index: int | None = None, **kwargs: Any) -> Any:
+        if stop.signum:
+            raise StoppedBetweenCells(f"stopped before cell {cell_index}, at a safe point (no cell was running)")
+        return cell_start(cell, cell_index, **kwargs)
+
+    return start

@@ -32,7 +32,7 @@ log = logging.getLogger(__name__)
 
 #: The production settings this runbook was written for: RDB on, AOF off and only a commented fsync line.
 SEED_CONFIG = """\
-# Sandbox mirroring the seed's production server (Debian's /etc/redis/redis.conf, trimmed).
+# Sandbox mirroring a production server: Debian's /etc/redis/redis.conf, trimmed.
 bind 127.0.0.1
 protected-mode yes
 daemonize no
@@ -136,8 +136,9 @@ class Sandbox:
         self._proc: subprocess.Popen[bytes] | None = None
 
     # -- lifecycle -------------------------------------------------------------------
-    def start(self, timeout_s: float = 20.0) -> "Sandbox":
-        """Write the config (first start only), start the server and wait until it answers PING."""
+    def start(self, timeout_s: float = 20.0, *, what: str = "server start") -> "Sandbox":
+        """Write the config (first start only), start the server and wait until it answers PING (a wait named
+        `what` on a watching terminal)."""
         for attempt in range(3):
             if not self.port:
                 self.port = free_port()
@@ -153,7 +154,7 @@ class Sandbox:
                     preexec_fn=_die_with_parent,
                 )
             try:
-                self._wait_ready(timeout_s)
+                self._wait_ready(timeout_s, what)
                 return self
             except _PortTaken:
                 self.port = 0
@@ -276,9 +277,9 @@ class Sandbox:
                 cmd += [f"--{k}", v]
         return cmd + list(self.extra_args)
 
-    def _wait_ready(self, timeout_s: float) -> None:
+    def _wait_ready(self, timeout_s: float, what: str = "server start") -> None:
         """Until the server answers PING; each PING waits no longer than the time left."""
-        deadline = Deadline(timeout_s)
+        deadline = Deadline(timeout_s, what)
         client = self.client(socket_timeout=2, socket_connect_timeout=1)
         while True:
             assert self._proc is not None

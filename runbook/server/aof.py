@@ -129,6 +129,16 @@ def aof_ready(info: dict[str, object], rewrites_before: int | None = None) -> bo
 
 #: Called while waiting with (seconds waited, INFO persistence): a progress bar, a log line.
 Progress = Callable[[float, Mapping[str, Any]], None]
+#: INFO persistence counters a wait says it saw, besides READY_CONDITION.
+COUNTERS = ("aof_rewrites", "aof_rewrites_consecutive_failures")
+#: INFO persistence fields (7.0+) saying how far the fork child has got, shown while waiting.
+FORK_PROGRESS = ("current_fork_perc", "current_save_keys_processed", "current_save_keys_total")
+
+
+def fork_progress(info: Mapping[str, Any]) -> dict[str, Any]:
+    """How far a running save or rewrite has got, as the server reports it (empty before 7.0 or when none runs)."""
+    busy = int(info.get("aof_rewrite_in_progress", 0)) or int(info.get("rdb_bgsave_in_progress", 0))
+    return {k: info[k] for k in FORK_PROGRESS if k in info} if busy else {}
 
 
 def wait_aof_complete(client: redis.Redis, before: Mapping[str, Any], *, turning_on: bool, timeout_s: float = 300.0,
@@ -141,7 +151,7 @@ def wait_aof_complete(client: redis.Redis, before: Mapping[str, Any], *, turning
     wait past it. ChangeFailed as soon as a rewrite fails; WaitTimeout naming the deadline and what was last
     seen, and when, once it has passed.
     """
-    deadline = deadline or Deadline(timeout_s)
+    deadline = deadline or Deadline(timeout_s, "AOF rewrite")
     rewrites_before = int(before["aof_rewrites"]) if turning_on and before.get("aof_rewrites") is not None else None
     failures_before = before.get("aof_rewrites_consecutive_failures")
     while True:
@@ -149,7 +159,8 @@ def wait_aof_complete(client: redis.Redis, before: Mapping[str, Any], *, turning
             info = deadline.call(client, lambda c: c.info("persistence"), "INFO persistence")
         except NoReply as err:
             raise deadline.missed("the initial AOF rewrite did not complete") from err
-        deadline.saw({k: info.get(k) for k in (*READY_CONDITION, "aof_rewrites", "aof_rewrites_consecutive_failures")})
+        deadline.saw({"aof_rewrite_in_progress": info.get("aof_rewrite_in_progress"), **fork_progress(info),
+                      **{k: info.get(k) for k in (*READY_CONDITION, *COUNTERS)}})
         if progress:
             progress(deadline.elapsed, info)
         if aof_ready(info, rewrites_before):
@@ -177,7 +188,7 @@ def apply_runtime(client: redis.Redis, changes: Sequence[SettingChange], config_
     opened before the change (`WayBack`: bounded too), and ChangeFailed says what was put back; an interrupt
     (KeyboardInterrupt) ends the wait the same way, as ChangeInterrupted. Returns INFO persistence.
     """
-    deadline = Deadline(timeout_s)
+    deadline = Deadline(timeout_s, "initial AOF rewrite")
     turning_on = any(c.setting == "appendonly" and normalize("appendonly", c.after) == "yes" for c in changes)
     sent: list[SettingChange] = []
     way_back: WayBack | None = None

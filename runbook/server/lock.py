@@ -42,10 +42,11 @@ MEMORY_MS = 24 * 3600 * 1000
 #: The lock's connection waits at most this long for a reply (a renewal never hangs the runner).
 LOCK_TIMEOUT_S = 5.0
 
-# Every script: KEYS[1] the lock; the value is "<lease end, server ms> <token> <holder json>".
+# Every script: its name in its first line (the command log shows it); KEYS[1] the lock; the value is
+# "<lease end, server ms> <token> <holder json>".
 _NOW = "local t = redis.call('TIME') local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000) "
 #: ARGV: token, holder json, lease ms, memory ms. Returns {1, previous value or ''} when taken, {0, value, ms left}.
-_TAKE = _NOW + """
+_TAKE = "-- runbook: take the server lock\n" + _NOW + """
 local v = redis.call('GET', KEYS[1])
 if v then
   local ends, token = string.match(v, '^(%d+) (%S+) ')
@@ -56,7 +57,7 @@ redis.call('SET', KEYS[1], (now + lease) .. ' ' .. ARGV[1] .. ' ' .. ARGV[2], 'P
 return {1, v or '', 0}
 """
 #: ARGV: token, holder json, lease ms, memory ms. 1 renewed, 2 taken again (the key was gone), 0 someone else's.
-_RENEW = _NOW + """
+_RENEW = "-- runbook: renew the server lock\n" + _NOW + """
 local v = redis.call('GET', KEYS[1])
 local lease = tonumber(ARGV[3])
 if v then
@@ -68,7 +69,7 @@ if v then return 1 end
 return 2
 """
 #: ARGV: token. 1 deleted, 0 not ours (or gone).
-_RELEASE = """
+_RELEASE = """-- runbook: release the server lock
 local v = redis.call('GET', KEYS[1])
 if not v then return 0 end
 local ends, token = string.match(v, '^(%d+) (%S+) ')

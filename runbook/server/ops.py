@@ -19,7 +19,7 @@ import redis
 
 from runbook.errors import NoReply, PreconditionFailed, WaitTimeout
 from runbook.model import Check, Status
-from runbook.server.aof import aof_on_disk, aof_ready
+from runbook.server.aof import aof_on_disk, aof_ready, fork_progress
 from runbook.server.configfile import mask_secrets, read_config
 from runbook.server.poll import Deadline
 from runbook.server.settings import config_get
@@ -42,7 +42,7 @@ def bgsave_and_wait(client: redis.Redis, timeout_s: float = 120.0) -> tuple[floa
     from the first call, bounds every call: WaitTimeout naming it and what was last seen.
     See https://redis.io/docs/latest/commands/bgsave/
     """
-    deadline = Deadline(timeout_s)
+    deadline = Deadline(timeout_s, "BGSAVE")
     try:
         return _bgsave_and_wait(client, deadline)
     except NoReply as err:
@@ -56,7 +56,7 @@ BGSAVE_FIELDS = ("rdb_bgsave_in_progress", "rdb_last_bgsave_status", "rdb_saves"
 def _bgsave_and_wait(client: redis.Redis, deadline: Deadline) -> tuple[float, dict[str, Any]]:
     def persistence() -> dict[str, Any]:
         info = deadline.call(client, lambda c: c.info("persistence"), "INFO persistence")
-        deadline.saw({k: info[k] for k in BGSAVE_FIELDS if k in info})
+        deadline.saw({**{k: info[k] for k in BGSAVE_FIELDS if k in info}, **fork_progress(info)})
         return dict(info)
 
     def lastsave() -> int:

@@ -12,6 +12,7 @@ from redis.backoff import NoBackoff
 from redis.retry import Retry
 
 from runbook.errors import NoReply, WaitTimeout
+from runbook.server.progress import INTERVAL_S, report
 
 T = TypeVar("T")
 
@@ -24,11 +25,14 @@ SILENCE_S = 1.0
 
 
 class Deadline:
-    """A deadline `timeout_s` from now, on the monotonic clock."""
+    """A deadline `timeout_s` from now, on the monotonic clock, for a wait named `what` (shown on a watching
+    terminal, `runbook.server.progress`)."""
 
-    def __init__(self, timeout_s: float) -> None:
+    def __init__(self, timeout_s: float, what: str = "waiting") -> None:
         self.timeout_s = timeout_s
+        self.what = what
         self.start = time.monotonic()
+        self.reported_at = self.start  # when `saw` last reported progress
         self.at = self.start + timeout_s
         self.last_reply = self.start  # when the server last answered a call of this deadline
         self.unanswered = ""  # the call that got no reply, if the last one did not
@@ -78,8 +82,11 @@ class Deadline:
         self.unanswered = ""
 
     def saw(self, seen: object) -> None:
-        """Note what the wait sees now, for `missed` to say."""
+        """Note what the wait sees now, for `missed` to say; every `INTERVAL_S`, report it as progress."""
         self.seen, self.seen_at = seen, time.monotonic()
+        if self.seen_at - self.reported_at >= INTERVAL_S:
+            self.reported_at = self.seen_at
+            report(self.what, self.seen_at - self.start, self.timeout_s, seen)
 
     def missed(self, what: str) -> WaitTimeout:
         """The WaitTimeout of a wait for which `what` did not happen by the deadline: the deadline, what it last

@@ -20,6 +20,7 @@ import redis
 
 from runbook.errors import NoReply, ParameterError, PreconditionFailed, TargetUnreachable
 from runbook.model import ConnectionSpec
+from runbook.server.commandlog import CommandLog, attach
 from runbook.server.poll import Deadline
 from runbook.server.settings import config_get, config_set, runtime_settings
 from runbook.server.tls import TLS_FILES, check_tls_parameters, tls_failure, tls_options
@@ -63,6 +64,11 @@ class Target:
     config_command: str = "CONFIG"
     sandbox_dir: Path | None = None
     owner: object | None = field(default=None, repr=False)  # the sandbox this process started for it, if any
+    #: The write commands sent to it, by this client and every client made from it (`runbook.server.commandlog`).
+    commands: CommandLog = field(init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        self.commands = attach(self.client, self.name, self.config_command)
 
     @property
     def is_sandbox(self) -> bool:
@@ -273,7 +279,7 @@ def wait_loaded(client: redis.Redis, timeout_s: float, what: str, *, while_down:
 
     `while_down`: a refused connection counts as not yet up (the server is restarting).
     """
-    deadline = Deadline(timeout_s)
+    deadline = Deadline(timeout_s, what)
     while True:
         try:
             info = deadline.call(client, lambda c: c.info("persistence"), "INFO persistence")

@@ -43,6 +43,7 @@ class BackupResult:
     checks: tuple[Check, ...] = ()
     commands: str = ""
     skip_reason: str = ""  # skip_backup: why no backup was taken, as the operator said it
+    would: str = ""  # plan only: what the backup would do; nothing was sent or written
 
     @property
     def verdict(self) -> Status:
@@ -61,7 +62,7 @@ def rewrites_held(target: Target, timeout_s: float = 300.0) -> Iterator[None]:
     with WayBack(target.client) as way_back:
         target.config_set("auto-aof-rewrite-percentage", "0")
         try:
-            _wait_for_rewrite(target, Deadline(timeout_s))
+            _wait_for_rewrite(target, Deadline(timeout_s, "running AOF rewrite (before the backup)"))
             yield
         except WaitTimeout as err:
             raise WaitTimeout(f"{str(err).rstrip('.')}. {_send_back(way_back, put_back)[1]}") from err
@@ -156,7 +157,8 @@ def take_backup(target: Target, destination: str, *, include_aof: bool | None = 
             + (f"-{cid}" if cid else ""))
     location = f"{destination.rstrip('/')}/{name}"
     if not apply:
-        return BackupResult(Outcome.PLANNED, location)
+        return BackupResult(Outcome.PLANNED, location, would=_would(target, data_dir, runtime, include_aof, location,
+                                                                    retention, verify_restore))
     fs, root = _filesystem(destination)
     checks: list[Check] = []
     with tempfile.TemporaryDirectory(prefix="runbook-backup-") as tmp:
@@ -210,10 +212,37 @@ def take_backup(target: Target, destination: str, *, include_aof: bool | None = 
     return BackupResult(Outcome.DONE, location, manifest, tuple(pruned), (*checks, apart))
 
 
+def _would(target: Target, data_dir: Path, runtime: dict[str, str], include_aof: bool, location: str, retention: int,
+           verify_restore: bool) -> str:
+    """What `take_backup` would do with apply, from the data dir as it is now (plan only: nothing is sent or written;
+    the backups this one would prune are counted where the destination is a local directory)."""
+    rdb = data_dir / runtime.get("dbfilename", "dump.rdb")
+    files = f"{rdb.name} ({rdb.stat().st_size} bytes now)" if rdb.is_file() else f"{rdb.name} (none yet)"
+    if include_aof:
+        disk = aof_on_disk(data_dir, runtime.get("appendfilename", "appendonly.aof"),
+                           runtime.get("appenddirname", "appendonlydir"))
+        files += (f" and the AOF ({len(disk.files)} file(s), {sum(f.size for f in disk.files)} bytes now; "
+                  "auto-aof-rewrite-percentage 0 while it is copied, put back after)")
+    root = location.rpartition("/")[0]
+    pruned = ""
+    if "://" not in root and Path(root).is_dir():
+        pattern = _names_of(slug(target.name))
+        ours = sum(1 for p in Path(root).iterdir() if pattern.fullmatch(p.name))
+        pruned = f" (prune {max(ours + 1 - max(retention, 1), 0)} of the {ours} there)"
+    return (f"BGSAVE, then copy {files} to {location}, with a manifest, validated"
+            + (", and boot a throwaway server from the copy (restore drill)" if verify_restore else "")
+            + f"; keep this target's newest {retention}{pruned}")
+
+
+def _names_of(prefix: str) -> re.Pattern[str]:
+    """The names of one target's backups (`<target slug>-<UTC time>[-<change id>]`)."""
+    return re.compile(re.escape(prefix) + r"-\d{8}T\d{6}\.\d{3}Z(-[0-9a-z]+)?")
+
+
 def prune(fs: Any, root: str, prefix: str, retention: int, keep: str) -> list[str]:
     """Remove this target's backups beyond the newest `retention` (never `keep`)."""
     names = sorted((p.rstrip("/").rsplit("/", 1)[-1] for p in fs.ls(root, detail=False)), reverse=True)
-    pattern = re.compile(re.escape(prefix) + r"-\d{8}T\d{6}\.\d{3}Z(-[0-9a-z]+)?")
+    pattern = _names_of(prefix)
     ours = [n for n in names if pattern.fullmatch(n)]
     doomed = [n for n in ours[max(retention, 1):] if n != keep]
     for n in doomed:
@@ -239,7 +268,7 @@ def restore_drill(ident: Identity, stage: Path, runtime: dict[str, str], manifes
     sb = Sandbox(config=config, binary=binary)
     try:
         shutil.copytree(stage, sb.data_dir, dirs_exist_ok=True)
-        sb.start(timeout_s=120)
+        sb.start(timeout_s=120, what="restore drill")
         got = data_dbsize(sb.client())
     except Exception as err:  # noqa: BLE001  (any failure is the finding of the drill)
         return Check("restore_drill", Status.FAIL, f"a server could not start from the backup: {err}")
@@ -265,5 +294,5 @@ def backup_summary(ident: Identity, result: BackupResult) -> StepSummary:
     return StepSummary(STEP, result.verdict, result.result, ident.server, ident.version, result.checks, facts={
         "location": result.location, "dbsize": result.manifest.get("dbsize"),
         "files": result.manifest.get("files", {}), "pruned": list(result.pruned), "commands": result.commands,
-        "skip_reason": result.skip_reason,
+        "skip_reason": result.skip_reason, **({"would": result.would} if result.would else {}),
     })

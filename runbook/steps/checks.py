@@ -25,12 +25,12 @@ def persistence_checks(
     config_file: str,
     config_read_error: str = "",
     now: float,
-    overcommit_memory: int | None = None,
     free_disk_bytes: int | None = None,
     used_memory_bytes: int | None = None,
     replicas: ReplicaQuorum | None = None,
 ) -> list[Check]:
-    """Every check of the inspection, in the order an SRE reads them."""
+    """Every check of the inspection, in the order an SRE reads them (the host's settings are advice, apart:
+    `host_advisories`)."""
     checks: list[Check] = []
     add = checks.append
 
@@ -83,7 +83,7 @@ def persistence_checks(
     age = max(0, int(now) - last)
     if not rules and not aof_on:
         add(Check("save_policy", Status.FAIL, "no save rules and AOF off: nothing is persisted",
-                  "set a save policy (the seed's: save 3600 1 300 100 60 10000) or enable AOF"))
+                  "set a save policy (Redis's default: save 3600 1 300 100 60 10000) or enable AOF"))
     elif not rules:
         add(Check("save_policy", Status.WARN, "no save rules: RDB snapshots only on demand", "set a save policy"))
     else:
@@ -100,11 +100,6 @@ def persistence_checks(
               f"stop-writes-on-bgsave-error {stop}",
               "" if stop == "yes" else "with no, failed saves go unnoticed by clients: set it to yes"))
 
-    if overcommit_memory is not None:
-        add(Check("vm_overcommit_memory", Status.PASS if overcommit_memory == 1 else Status.WARN,
-                  f"vm.overcommit_memory = {overcommit_memory}",
-                  "" if overcommit_memory == 1
-                  else "set vm.overcommit_memory = 1 (sysctl), or BGSAVE/rewrites may fail to fork"))
     if free_disk_bytes is not None and used_memory_bytes is not None:
         need = used_memory_bytes
         status = Status.FAIL if free_disk_bytes < need else Status.WARN if free_disk_bytes < 2 * need else Status.PASS
@@ -112,6 +107,22 @@ def persistence_checks(
                   "" if status == Status.PASS
                   else "free disk in the data dir: a save or rewrite needs room for a full copy"))
     return checks
+
+
+def host_advisories(*, overcommit_memory: int | None = None) -> list[Check]:
+    """Advice on the host a server runs on (a sysctl, the same for every server there): reported once per host,
+    outside every step's checks and status (a run cannot fix it, and it is not what the change is about)."""
+    if overcommit_memory is None:
+        return []
+    return [Check("vm_overcommit_memory", Status.PASS if overcommit_memory == 1 else Status.WARN,
+                  f"vm.overcommit_memory = {overcommit_memory}",
+                  "" if overcommit_memory == 1
+                  else "set vm.overcommit_memory = 1 (sysctl), or BGSAVE/rewrites may fail to fork")]
+
+
+def advisory_facts(advisories: Sequence[Check], host: str) -> list[dict[str, str]]:
+    """Advisories as a summary records them (`advisories` in its facts): name, host and the check's fields."""
+    return [{"name": a.name, "host": host, **a.to_json()} for a in advisories]
 
 
 def min_replicas(quorum: ReplicaQuorum) -> Check:

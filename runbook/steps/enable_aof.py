@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import os
 import shutil
+import socket
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -35,6 +36,7 @@ from runbook.server.poll import Deadline, stopped_answering
 from runbook.server.probe import LatencyProbe, LatencyStats
 from runbook.server.settings import normalize
 from runbook.server.target import Identity, Target
+from runbook.steps.checks import advisory_facts, host_advisories
 
 log = logging.getLogger(__name__)
 
@@ -52,6 +54,7 @@ class Preflight:
     info: dict[str, Any]
     dbsize: int
     checks: tuple[Check, ...]
+    advisories: tuple[Check, ...] = ()  # the host's settings (`host_advisories`): not part of the verdict
 
     @property
     def ok(self) -> bool:
@@ -77,7 +80,7 @@ def preflight(target: Target, *, allow_replica: bool = False, busy_wait_s: float
         checks.append(Check("role", Status.FAIL, f"the target is a {ident.role}",
                             "run against the master, or pass allow_replica true if you mean it"))
     info = client.info("persistence")
-    deadline = Deadline(busy_wait_s)
+    deadline = Deadline(busy_wait_s, "running save or rewrite")
     while _busy(info) and not deadline.expired:
         deadline.saw({k: info.get(k) for k in ("rdb_bgsave_in_progress", "aof_rewrite_in_progress")})
         deadline.sleep(0.1)
@@ -102,18 +105,14 @@ def preflight(target: Target, *, allow_replica: bool = False, busy_wait_s: float
         checks.append(Check("free_disk", Status.PASS if free >= used else Status.FAIL,
                             f"{free / 1024**2:,.0f} MiB free in {data_dir}, dataset {used / 1024**2:,.1f} MiB",
                             "" if free >= used else "free disk in the data dir: the rewrite writes a full copy"))
-        overcommit = read_overcommit()
-        if overcommit is not None:
-            checks.append(Check("vm_overcommit_memory", Status.PASS if overcommit == 1 else Status.WARN,
-                                f"vm.overcommit_memory = {overcommit}",
-                                "" if overcommit == 1
-                                else "set vm.overcommit_memory = 1, or the rewrite's fork may fail"))
     if may_run(target, target.config_command, "SET", "appendonly", "yes") is False:
         checks.append(Check("acl_config_set", Status.WARN, f"the ACL user {acl_user(target)!r} may not run "
                             f"{target.config_command} SET (ACL DRYRUN): applying will be blocked",
                             f"ACL SETUSER {acl_user(target)} '+{target.config_command.lower()}|set' (as an admin), "
                             "or run as an ACL user that may"))
-    return Preflight(ident, runtime, dict(info), data_dbsize(client), tuple(checks))  # without the runbook's lock
+    advisories = host_advisories(overcommit_memory=read_overcommit() if target.local else None)
+    return Preflight(ident, runtime, dict(info), data_dbsize(client), tuple(checks),  # without the runbook's lock
+                     tuple(advisories))
 
 
 def require(pre: Preflight) -> None:
@@ -310,6 +309,7 @@ def enable_summary(pre: Preflight, plan: EnablePlan, result: EnableResult, verif
                            "latency": result.latency.summary() if result.latency.count else {},
                            "latest_fork_usec": result.latest_fork_usec,
                            "drift_after": drift_after,
+                           "advisories": advisory_facts(pre.advisories, socket.gethostname()),
                        })
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import socket
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,7 +19,7 @@ from runbook.server.ops import read_overcommit
 from runbook.server.replicas import replica_quorum
 from runbook.server.settings import Drift, compare
 from runbook.server.target import Identity, Target
-from runbook.steps.checks import persistence_checks
+from runbook.steps.checks import advisory_facts, host_advisories, persistence_checks
 
 STEP = "inspect"
 
@@ -48,6 +49,7 @@ class Inspection:
     aof: AofOnDisk | None
     checks: tuple[Check, ...]
     at: float = field(default_factory=time.time)
+    advisories: tuple[Check, ...] = ()  # the host's settings (`host_advisories`): not part of the verdict
 
     @property
     def verdict(self) -> Status:
@@ -69,6 +71,7 @@ class Inspection:
                                "aof_enabled": int(self.info.get("aof_enabled", 0)),
                                "drift": self.drifted,
                                "settings": [d.setting for d in self.drift if d.status != "unknown"],
+                           "advisories": advisory_facts(self.advisories, socket.gethostname()),
                                "metrics": {**{k: self.info[k] for k in METRIC_FIELDS if k in self.info},
                                            "latest_fork_usec": self.latest_fork_usec},
                            })
@@ -114,7 +117,6 @@ def inspect_target(target: Target, config_file: str = "") -> Inspection:
         config_file=path,
         config_read_error=config_error,
         now=time.time(),
-        overcommit_memory=read_overcommit() if target.local else None,
         free_disk_bytes=shutil.disk_usage(data_dir).free if readable else None,
         used_memory_bytes=int(memory.get("used_memory", 0)) if readable else None,
         replicas=replica_quorum(target),
@@ -124,4 +126,5 @@ def inspect_target(target: Target, config_file: str = "") -> Inspection:
         used_memory=int(memory.get("used_memory", 0)), latest_fork_usec=int(stats.get("latest_fork_usec", 0)),
         config_file=path, config_error=config_error, drift=tuple(drift), data_dir=data_dir,
         data_dir_readable=readable, files=tuple(files), aof=aof, checks=tuple(checks),
+        advisories=tuple(host_advisories(overcommit_memory=read_overcommit() if target.local else None)),
     )

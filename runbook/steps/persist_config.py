@@ -25,6 +25,7 @@ from runbook.errors import Blocked, ChangeFailed, ParameterError, PreconditionFa
 from runbook.evidence.summary import change_id as run_change_id
 from runbook.model import Check, Outcome, SettingChange, Status, StepSummary, worst
 from runbook.sandbox.binaries import BinaryChoice, for_server
+from runbook.sandbox.defaults import server_defaults
 from runbook.sandbox.isolation import private_file, sandbox_config
 from runbook.sandbox.throwaway import Sandbox
 from runbook.server.aof import AofOnDisk, aof_on_disk, aof_ready
@@ -40,6 +41,7 @@ from runbook.server.configedit import (
 )
 from runbook.server.configfile import ConfigFile, read_config
 from runbook.server.ops import acl_user, may_run, may_write_dir, read_only_mount, server_ids
+from runbook.server.rewrite import RewritePrediction, changed_directives, differences, predict_rewrite, read_inputs
 from runbook.server.settings import PERSISTENCE_SETTINGS, Drift, compare, normalize, runtime_settings
 from runbook.server.target import Identity, Target
 
@@ -62,7 +64,7 @@ class PersistPlan:
     desired: dict[str, str]
     method: str  # rewrite, edit, blocked, none
     reason: str
-    diff: str  # masked
+    diff: str  # masked: what the write will change (for CONFIG REWRITE: every line the server will rewrite)
     commands: str  # for a person with the rights, when blocked
     new_text: str = field(repr=False, default="")
     edit_file: str = ""
@@ -70,6 +72,9 @@ class PersistPlan:
     boot: BinaryChoice | None = None  # the binary the boot check runs: the one search's choice, made at plan time
     fallback: str = ""  # "edit" when auto chose rewrite and the server may refuse it for rights (no ACL DRYRUN)
     stamp: str = ""  # UTC time of the plan: in the edit's header and the backup's name, so the intent can name it
+    directives: tuple[str, ...] = ()  # the directives whose lines `diff` changes
+    edit_diff: str = ""  # the edit's diff (masked): the patch for a person with the rights, and the fallback's
+    rewrite: RewritePrediction | None = field(default=None, repr=False)  # what CONFIG REWRITE will write
 
     @property
     def unchanged(self) -> bool:
@@ -90,6 +95,8 @@ class PersistResult:
     reason: str = ""  # why, when it differs from the plan's (blocked or edited instead at apply time)
     commands: str = ""  # for a person with the rights, when blocked
     sha256_before: str = ""  # of the file as it was right before the write (the bytes of the backup)
+    directives: tuple[str, ...] = ()  # the directives whose lines the write changed, read back from the file
+    unpredicted: tuple[str, ...] = ()  # those CONFIG REWRITE wrote otherwise than the plan said
 
 
 def desired_values(runtime: Mapping[str, str], drift: list[Drift],
@@ -293,9 +300,9 @@ def plan_persist(target: Target, *, config_file: str = "", method: str = "auto",
         if refusal:
             raise PreconditionFailed(f"{target.name}: {refusal} (CONFIG REWRITE would write the runtime "
                                      "appendonly). The config file was not touched.")
-        reason += "; CONFIG REWRITE writes every runtime setting, the diff after it shows what it changed"
+        reason += "; CONFIG REWRITE writes every runtime setting: the diff is every line it will change"
 
-    new_text, diff, edit_file, before_sha = "", "", "", ""
+    new_text, diff, edit_file, before_sha, directives = "", "", "", "", ()
     stamp = utc_stamp()
     if changes and config is not None and path is not None:
         # The edit goes to the file where each setting is effectively defined (an include may hold it).
@@ -309,6 +316,7 @@ def plan_persist(target: Target, *, config_file: str = "", method: str = "auto",
         new_text = edit_text(before, {c.setting: str(c.runtime) for c in changes},
                              single_save_rule=major < 7, stamp=stamp)
         diff = unified_diff(before, new_text, str(edit_path))
+        directives = changed_directives(before, new_text)
         edit_file = str(edit_path)
     boot: BinaryChoice | None = None
     note = ""
@@ -323,8 +331,39 @@ def plan_persist(target: Target, *, config_file: str = "", method: str = "auto",
         note = _acl_note(target, "REWRITE") if "may not run CONFIG REWRITE" in reason \
             else _read_only_note(path.resolve()) if target.local else ""
     commands = blocked_commands(edit_file or path_str, diff, desired, note) if chosen == "blocked" else ""
+    edit_diff, rewrite = diff, None
+    if chosen == "rewrite" and path is not None:
+        rewrite = _predict_rewrite(target, ident, path.resolve(), boot)
+        if rewrite is not None:
+            diff = unified_diff(read_raw(path.resolve()), rewrite.text, str(path.resolve()))
+            directives = rewrite.directives
     return PersistPlan(ident, path_str, tuple(changes), desired, chosen, reason, diff, commands, new_text,
-                       edit_file, before_sha, boot, fallback, stamp)
+                       edit_file, before_sha, boot, fallback, stamp, directives, edit_diff, rewrite)
+
+
+def _predict_rewrite(target: Target, ident: Identity, path: Path,
+                     boot: BinaryChoice | None) -> RewritePrediction | None:
+    """What CONFIG REWRITE will write to `path` (`runbook.server.rewrite`): every runtime setting against the file,
+    with the defaults of a throwaway of the boot check's binary (its product and major.minor); None when the file
+    is not readable here."""
+    if not os.access(path, os.R_OK):
+        return None
+    text = read_raw(path)
+    inputs = read_inputs(target, text)
+    defaults: dict[str, str] = {}
+    if boot is not None and boot.match in ("exact", "major.minor"):
+        try:
+            defaults = server_defaults(boot.binary.path)
+        except PreconditionFailed as err:
+            log.warning("%s: the defaults of %s were not measured (%s): the plan assumes the documented ones",
+                        target.name, boot.binary.path, err)
+    try:
+        return predict_rewrite(text, inputs.runtime, server=ident.server, version=ident.version, defaults=defaults,
+                               acl_users=inputs.acl_users)
+    except (ValueError, KeyError) as err:  # a value this prediction cannot read: plan with the edit's diff instead
+        log.warning("%s: what CONFIG REWRITE will write was not predicted (%r): the plan shows the edit's diff",
+                    target.name, err)
+        return None
 
 
 #: How a server or the OS says that rights are missing (CONFIG REWRITE's reply, or an OSError's text).
@@ -376,7 +415,8 @@ def intent(plan: PersistPlan, *, apply: bool = False, make_backup: bool = True,
 
 def _blocked(plan: PersistPlan, reason: str, note: str = "") -> PersistResult:
     return PersistResult(Outcome.BLOCKED, "blocked", reason=reason,
-                         commands=blocked_commands(plan.edit_file or plan.config_file, plan.diff, plan.desired, note))
+                         commands=blocked_commands(plan.edit_file or plan.config_file, plan.edit_diff or plan.diff,
+                                                   plan.desired, note))
 
 
 def _backup(path: Path, stamp: str, change_id: str, current: str) -> tuple[str, str]:
@@ -424,8 +464,10 @@ def _rewrite(target: Target, plan: PersistPlan, make_backup: bool, stamp: str, c
                               "nothing was written", note)
     after = read_raw(path) if before else ""
     _keep_mode_and_owner(path, st)
+    unpredicted = differences(plan.rewrite, after) if plan.rewrite is not None and before else ()
     return PersistResult(Outcome.CHANGED, "rewrite", saved, unified_diff(before, after, str(path)),
-                         sha256_before=sha_before)
+                         sha256_before=sha_before, directives=changed_directives(before, after),
+                         unpredicted=unpredicted)
 
 
 def _edit(target: Target, plan: PersistPlan, make_backup: bool, stamp: str, change_id: str) -> PersistResult:
@@ -448,8 +490,9 @@ def _edit(target: Target, plan: PersistPlan, make_backup: bool, stamp: str, chan
         raise ChangeFailed(f"{target.name}: writing {path} failed: {err}. The file was not changed (it is replaced "
                            "only by a complete temp file).") from err
     # The evidence is what really changed on disk, read back.
-    return PersistResult(Outcome.CHANGED, "edit", saved, unified_diff(current, read_raw(path), str(path)),
-                         sha256_before=sha_before)
+    written = read_raw(path)
+    return PersistResult(Outcome.CHANGED, "edit", saved, unified_diff(current, written, str(path)),
+                         sha256_before=sha_before, directives=changed_directives(current, written))
 
 
 def _keep_mode_and_owner(path: Path, before: os.stat_result) -> None:
@@ -494,7 +537,7 @@ def boot_check(target: Target, plan: PersistPlan, *, timeout_s: float = 30.0) ->
         copy = sandbox_config(read_config(path), root)
         private_file(root / "redis.conf")  # it keeps requirepass: readable by this user only
         sb = Sandbox(config=copy.text, binary=binary, root=root)
-        sb.start(timeout_s)
+        sb.start(timeout_s, what="boot check")
         creds = target.client.connection_pool.connection_kwargs  # the same user and password as the target
         client = sb.client(username=creds.get("username"), password=creds.get("password"))
         booted = runtime_settings(client, target.config_command)
@@ -542,6 +585,12 @@ def verify_persist(target: Target, plan: PersistPlan, result: PersistResult) -> 
                             or "every persistence setting in the file matches the runtime"))
     except PreconditionFailed as err:
         checks.append(Check("no_drift", Status.WARN, f"file not re-read: {err}"))
+    if result.unpredicted:
+        checks.append(Check("rewrite_as_planned", Status.WARN,
+                            f"CONFIG REWRITE wrote the lines of {', '.join(result.unpredicted)} otherwise than the "
+                            "plan said (the summary's planned_diff and diff show both)",
+                            "nothing to undo for it (the file was checked as written); report the two diffs so the "
+                            "prediction (runbook.server.rewrite) learns this server's rule"))
     booted = boot_check(target, plan)
     if booted.status == Status.FAIL and result.result == Outcome.CHANGED:
         restored = restore_backup(plan, result)
@@ -590,6 +639,10 @@ def persist_summary(plan: PersistPlan, result: PersistResult, checks: tuple[Chec
         "config_sha256_after": sha256_text(read_raw(Path(_written_file(plan, result)))) if changed else "",
         "edited_file": _written_file(plan, result),
         "diff": result.diff or plan.diff,
+        "planned_diff": plan.diff,
+        "planned_directives": list(plan.directives),
+        "applied_directives": list(result.directives),
+        "planned_notes": list(plan.rewrite.notes) if plan.rewrite is not None else [],
         "commands": result.commands or plan.commands,
         "restored_from_backup": result.backup if restored else "",
         "boot_binary": f"{plan.boot.binary.label} ({plan.boot.binary.path}, {plan.boot.match} match)"

@@ -17,7 +17,7 @@ from typing import Any, Mapping
 import redis
 
 from runbook.errors import ParameterError, PreconditionFailed, WaitTimeout
-from runbook.model import Check, Status, StepSummary, worst
+from runbook.model import Check, Outcome, Status, StepSummary, worst
 from runbook.sandbox.binaries import for_server
 from runbook.sandbox.throwaway import SEED_CONFIG, Sandbox, restart_sandbox
 from runbook.server.lock import data_dbsize
@@ -76,18 +76,24 @@ def canary_room(memory: Mapping[str, Any], count: int) -> str:
             + (f"lower keys to at most {fits}" if fits else f"free memory or raise {name} first (then lower keys)"))
 
 
-def write_canaries(client: redis.Redis, prefix: str, count: int, ttl_s: int, *, name: str = "the server"
-                   ) -> dict[str, str]:
-    """SET `count` canary keys with a TTL (they expire by themselves if the run dies), CANARY_BATCH per pipeline.
-
-    ParameterError before anything is written when the count or TTL is not positive or the canaries would not
-    fit the server's free memory (`canary_room`).
-    """
+def require_canaries_fit(client: redis.Redis, count: int, ttl_s: int, *, name: str = "the server") -> None:
+    """ParameterError when the count or TTL is not positive or `count` canaries would not fit the server's free
+    memory (`canary_room`); reads INFO memory only."""
     if count < 1 or ttl_s < 1:
         raise ParameterError(f"{name}: canaries need keys >= 1 and ttl_s >= 1 (got keys {count}, ttl_s {ttl_s})")
     problem = canary_room(client.info("memory"), count)
     if problem:
         raise ParameterError(f"{name}: {problem}. No canary was written.")
+
+
+def write_canaries(client: redis.Redis, prefix: str, count: int, ttl_s: int, *, name: str = "the server"
+                   ) -> dict[str, str]:
+    """SET `count` canary keys with a TTL (they expire by themselves if the run dies), CANARY_BATCH per pipeline.
+
+    ParameterError before anything is written when the count or TTL is not positive or the canaries would not
+    fit the server's free memory (`require_canaries_fit`).
+    """
+    require_canaries_fit(client, count, ttl_s, name=name)
     values = {f"{prefix}{i}": uuid.uuid4().hex for i in range(count)}
     items = list(values.items())
     try:
@@ -129,15 +135,19 @@ class TestResult:
     checks: tuple[Check, ...]
     figures: dict[str, Any] = field(default_factory=dict)
     crash_table: tuple[dict[str, Any], ...] = ()
+    would: str = ""  # plan only (`plan_test`): what the test would do; nothing was written
 
     @property
     def verdict(self) -> Status:
         return worst([c.status for c in self.checks])
 
     def summary(self, ident: Identity) -> StepSummary:
-        """The record of this notebook: mode, checks, canary counts, load time, the lost-write table."""
-        return StepSummary(STEP, self.verdict, server=ident.server, version=ident.version, checks=self.checks,
-                           facts={"mode": self.mode, **self.figures, "crash": list(self.crash_table)})
+        """The record of this notebook: mode, checks, canary counts, load time, the lost-write table; a plan is
+        `planned`, with what it would do (`would`)."""
+        planned = {"would": self.would} if self.would else {}
+        return StepSummary(STEP, self.verdict, Outcome.PLANNED if self.would else None, ident.server, ident.version,
+                           self.checks, facts={"mode": self.mode, **self.figures, **planned,
+                                               "crash": list(self.crash_table)})
 
 
 def online_test(target: Target, *, keys: int = 1000, ttl_s: int = 3600, timeout_s: float = 120.0) -> TestResult:
@@ -264,11 +274,8 @@ def loaded_from(target: Target) -> str:
 def restart_test(target: Target, *, allow_restart: bool, restart_command: str = "", config_file: str = "",
                  keys: int = 1000, ttl_s: int = 3600, timeout_s: float = 120.0) -> TestResult:
     """Canaries, refuse the trap, a real restart, then compare DBSIZE and every canary."""
-    if not allow_restart:
-        raise ParameterError("mode restart restarts the server: pass allow_restart true to confirm")
-    trap = restart_trap(target, config_file)
-    if trap:
-        raise PreconditionFailed(f"{target.name}: refusing to restart: {trap}")
+    _require_restartable(target, allow_restart=allow_restart, restart_command=restart_command,
+                         config_file=config_file)
     refused = _writes_refused(target)
     if refused:
         return TestResult("restart", (refused,), {"restarted": False})
@@ -300,11 +307,24 @@ def restart_test(target: Target, *, allow_restart: bool, restart_command: str = 
     return TestResult("restart", tuple(checks), figures)
 
 
+def _require_restartable(target: Target, *, allow_restart: bool, restart_command: str, config_file: str) -> None:
+    """The restart test's refusals, before anything is written: no allow_restart, a host without restart_command
+    (ParameterError), the restart trap (PreconditionFailed)."""
+    if not allow_restart:
+        raise ParameterError("mode restart restarts the server: pass allow_restart true to confirm")
+    if not target.is_sandbox and not restart_command:
+        raise ParameterError("mode restart needs restart_command for a target that is not the sandbox "
+                             "(for example: sudo systemctl restart redis-server)")
+    trap = restart_trap(target, config_file)
+    if trap:
+        raise PreconditionFailed(f"{target.name}: refusing to restart: {trap}")
+
+
 # -- crash ---------------------------------------------------------------------------------------
 
 #: (name, config lines, expected loss on a process crash, expected loss on an OS crash / power loss)
 CRASH_SETUPS: tuple[tuple[str, str, str, str], ...] = (
-    ("rdb-only (seed save policy)", "appendonly no\n", "every write since the last save",
+    ("rdb-only (default save policy)", "appendonly no\n", "every write since the last save",
      "every write since the last save"),
     ("aof always", "appendonly yes\nappendfsync always\n", "none", "none"),
     ("aof everysec", "appendonly yes\nappendfsync everysec\n", "~none (up to ~2 s if fsync stalls)", "up to ~1 s"),
@@ -359,22 +379,65 @@ def crash_test(target: Target, *, crash_seconds: float = 2.0, binary: Path | Non
 
 
 def intent(target: Target, *, mode: str = "online", allow_restart: bool = False, restart_command: str = "",
-           keys: int = 1000) -> dict[str, Any] | None:
-    """What the restart test is about to do, for `runbook.intend` (None for the other modes: the online test
-    changes nothing that stays, the crash test only its own throwaway servers)."""
-    if mode != "restart" or not allow_restart:
+           keys: int = 1000, apply: bool = False) -> dict[str, Any] | None:
+    """What the restart test is about to do, for `runbook.intend` (None for a plan, and for the other modes: the
+    online test changes nothing that stays, the crash test only its own throwaway servers)."""
+    if mode != "restart" or not allow_restart or not apply:
         return None
     how = restart_command or "the sandbox restarts itself"
     return {"summary": f"write {keys} canary keys, then restart {target.name} ({how})", "mode": mode,
             "restart_command": restart_command, "keys": keys}
 
 
-def run_test(target: Target, *, mode: str = "online", allow_restart: bool = False, restart_command: str = "",
-             config_file: str = "", keys: int = 1000, ttl_s: int = 3600, crash_seconds: float = 2.0,
-             timeout_s: float = 120.0) -> TestResult:
-    """The test `mode` asks for (online, restart or crash)."""
+def plan_test(target: Target, *, mode: str = "online", allow_restart: bool = False, restart_command: str = "",
+              config_file: str = "", keys: int = 1000, ttl_s: int = 3600, crash_seconds: float = 2.0,
+              timeout_s: float = 120.0) -> TestResult:
+    """What the test `mode` asks for would do, without doing it: no canary, no BGSAVE, no restart, no server of
+    its own (only INFO, CONFIG GET and the restart trap's file reads). It refuses what the test would refuse
+    (restart without allow_restart or restart_command, the restart trap, crash off the sandbox, canaries that do
+    not fit), and a master that would refuse the canaries (min-replicas-to-write) is its failed check."""
     if mode not in MODES:
         raise ParameterError(f"mode must be one of {', '.join(MODES)}, got {mode!r}")
+    if mode == "crash":
+        if target.name != "sandbox":
+            raise ParameterError(f"mode crash kills the server: it runs only against target sandbox, not "
+                                 f"{target.name}")
+        setups = ", ".join(name for name, *_ in CRASH_SETUPS)
+        return TestResult("crash", (), {"crash_seconds": crash_seconds},
+                          would=f"for each of {len(CRASH_SETUPS)} setups ({setups}): a fresh throwaway server, "
+                                f"{crash_seconds:g} s of writes, kill -9, a restart and the acknowledged writes "
+                                "lost counted; the target is not touched")
+    if mode == "restart":
+        _require_restartable(target, allow_restart=allow_restart, restart_command=restart_command,
+                             config_file=config_file)
+    refused = _writes_refused(target)
+    if refused:
+        return TestResult(mode, (refused,), {"canaries_written": 0},
+                          would=f"write {keys} canary keys, which the server refuses now (writes_accepted)")
+    require_canaries_fit(target.client, keys, ttl_s, name=target.name)
+    canaries = f"write {keys} canary keys (TTL {ttl_s} s, about {keys * CANARY_BYTES // 1024} KiB)"
+    if mode == "restart":
+        how = restart_command or "the sandbox restarts itself"
+        would = (f"{canaries}, restart {target.name} ({how}; deadline {timeout_s:g} s), compare DBSIZE and every "
+                 "canary after it, then remove the canaries")
+    else:
+        aof = int(target.client.info("persistence").get("aof_enabled", 0)) == 1
+        would = (f"{canaries}, BGSAVE and wait for it (deadline {timeout_s:g} s), "
+                 + ("check the AOF write, " if aof else "")
+                 + "validate copies of the files with the server's own checkers, then remove the canaries")
+    return TestResult(mode, (), {"canaries_written": 0}, would=would)
+
+
+def run_test(target: Target, *, mode: str = "online", allow_restart: bool = False, restart_command: str = "",
+             config_file: str = "", keys: int = 1000, ttl_s: int = 3600, crash_seconds: float = 2.0,
+             timeout_s: float = 120.0, apply: bool = False) -> TestResult:
+    """The test `mode` asks for (online, restart or crash) with `apply`; else only what it would do (`plan_test`)."""
+    if mode not in MODES:
+        raise ParameterError(f"mode must be one of {', '.join(MODES)}, got {mode!r}")
+    if not apply:
+        return plan_test(target, mode=mode, allow_restart=allow_restart, restart_command=restart_command,
+                         config_file=config_file, keys=keys, ttl_s=ttl_s, crash_seconds=crash_seconds,
+                         timeout_s=timeout_s)
     if mode == "online":
         return online_test(target, keys=keys, ttl_s=ttl_s, timeout_s=timeout_s)
     if mode == "restart":
