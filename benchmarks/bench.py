@@ -25,6 +25,8 @@ import nbformat
 import papermill as pm
 from archive_costs import archive_costs
 from archive_costs import rows as archive_rows
+from ctrl_c import ctrl_c_costs
+from ctrl_c import rows as ctrl_c_rows
 from nbformat.v4 import new_code_cell, new_notebook
 
 import runbook
@@ -294,7 +296,7 @@ def main() -> int:
     ap.add_argument("--repeat", type=int, default=5)
     ap.add_argument("--sizes", default="10000,100000,1000000")
     ap.add_argument("--fleets", default="1,10,50")
-    ap.add_argument("--only", choices=("fleet", "lock", "archive", "report"),
+    ap.add_argument("--only", choices=("fleet", "lock", "archive", "report", "ctrlc"),
                     help="measure only this (the table shows it alone)")
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args()
@@ -315,6 +317,13 @@ def main() -> int:
         r["report"] = report_cost(work / "all0", args.repeat)
         shutil.rmtree(work, ignore_errors=True)
         _print_table(report_rows(r["report"]), max(args.repeat, 20), "")
+        if args.json:
+            print(json.dumps(r, indent=2, default=str))
+        return 0
+    if args.only == "ctrlc":
+        r["ctrl_c"] = ctrl_c_costs(args.repeat)
+        shutil.rmtree(work, ignore_errors=True)
+        _print_table(ctrl_c_rows(r["ctrl_c"]), args.repeat, "")
         if args.json:
             print(json.dumps(r, indent=2, default=str))
         return 0
@@ -352,6 +361,7 @@ def main() -> int:
     r["p99_quiet_ms"], r["p99_inspecting_ms"] = benchmark_impact(args.repeat)
     r["rss_runner_mib"], r["rss_kernel_mib"] = peak_rss(work)
     r["archive"] = archive_costs(work, args.repeat)
+    r["ctrl_c"] = ctrl_c_costs(args.repeat)
     shutil.rmtree(work, ignore_errors=True)
 
     with Sandbox() as sb:
@@ -387,6 +397,7 @@ def main() -> int:
         *lock_rows,
         *fleet_rows,
         *archive_rows(r["archive"]),
+        *ctrl_c_rows(r["ctrl_c"]),
     ]
     _print_table(rows, args.repeat, server)
     if args.json:

@@ -533,6 +533,7 @@ def _rehearse(args: argparse.Namespace) -> int:
             "verdict": done.verdict, "exit_code": done.exit_code, "rehearsal": r.record(),
             "timings": {"prepare_s": r.prepare_s, "run_s": done.run_s},
             "change_id": result.change_id, "run_exit_code": result.exit_code,
+            "report": result.archive.location(result.report) if result.report is not None else None,
             "steps": [{"notebook": s.name, "target": s.target, "status": s.status, "exit_code": s.exit_code,
                        "summary": s.summary.to_json(),
                        "ipynb": result.archive.location(s.notebook) if s.notebook else None,

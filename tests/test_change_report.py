@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import re
 import shutil
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -191,6 +192,19 @@ def test_archive_show_reads_the_change_back_and_an_unknown_id_exits_2(tmp_path: 
     assert str(tmp_path) in line and "no change 'deadbeef'" in line and "runbook archive list" in line
 
 
+def test_a_remote_archive_uploads_the_report_and_show_gives_its_url(tmp_path: Path) -> None:
+    url = f"memory://reports-{tmp_path.name}/archive"
+    archive = Archive(url)
+    path = change_report.write(Journal(archive, "c0ffee000001", {}), [archive.add(_record("enable-aof", ENABLED, 0))],
+                               change_report.RunFacts(0))
+    assert archive.location(path) == f"{url}/reports/c0ffee000001.html"
+    archive.close()  # the local staging dir goes: what is left is at the URL
+    assert not path.exists() and check(url).problems == []
+    found = change_report.load(url, "c0ffee000001")
+    assert found.report.terminal(change_report.location(url, found.file))[-1] == \
+        f"report:   {url}/reports/c0ffee000001.html"
+
+
 def test_a_routine_inspection_gets_no_report_and_prune_takes_a_failed_ones_with_it(tmp_path: Path) -> None:
     inspect = StepSummary("inspect", Status.FAIL, checks=(Check("config_drift", Status.FAIL, "appendonly drifts"),))
     rec = _record("inspect", inspect, 1, started="2020-01-01T00:00:00+00:00")
@@ -222,6 +236,34 @@ def test_plan_and_applied_diff_side_by_side_with_secrets_masked(tmp_path: Path) 
     assert "hunter2" not in html and f"requirepass {MASK}" in html
     assert "/etc/redis/redis.conf.bak" in html and "ab" * 32 in html  # the config backup with its sha256
     assert '<span class="verdict pass">OK</span>' in html
+
+
+def test_a_signed_archive_says_so_and_the_report_entry_is_signed_too(tmp_path: Path,
+                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    if shutil.which("ssh-keygen") is None:
+        pytest.skip("ssh-keygen is not installed (apt-get install openssh-client)")
+    from runbook.evidence.signing import ALLOWED_SIGNERS_ENV, NAMESPACE, SIGNING_KEY_ENV
+
+    key = tmp_path / "keys" / "signer"
+    key.parent.mkdir()
+    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", "ops", "-f", str(key)], check=True)
+    allowed = key.parent / "allowed_signers"
+    allowed.write_text(f'ops@example.com namespaces="{NAMESPACE}" {key.with_suffix(".pub").read_text()}')
+    monkeypatch.setenv(SIGNING_KEY_ENV, str(key))
+    monkeypatch.setenv(ALLOWED_SIGNERS_ENV, str(allowed))
+    root = tmp_path / "archive"
+    archive = Archive(root)
+    records = [archive.add(_record("enable-aof", ENABLED, 0)), archive.add(_record("persist-config", FAILED, 1))]
+    path = change_report.write(Journal(archive, "c0ffee000001", {}), records, change_report.RunFacts(1))
+    assert "signed: all 2 records carry an OpenSSH signature" in path.read_text()
+    assert read_entries(root)[-1]["signature"].startswith("-----BEGIN SSH SIGNATURE-----")
+    assert check(root).problems == []
+    monkeypatch.delenv(SIGNING_KEY_ENV)
+    unsigned = tmp_path / "unsigned"
+    plain = Archive(unsigned)
+    path = change_report.write(Journal(plain, "c0ffee000002", {}), [plain.add(_record("enable-aof", ENABLED, 0))],
+                               change_report.RunFacts(0))
+    assert "not signed (no RUNBOOK_SIGNING_KEY)" in path.read_text()
 
 
 def test_the_pdf_is_printed_beside_the_report_when_asked(tmp_path: Path) -> None:

@@ -34,7 +34,8 @@ from runbook.steps import backup, test_persistence
 #: (SET, UNLINK, BGSAVE, CONFIG SET or REWRITE, EVAL/EVALSHA of the lock, ...) fails the test, named.
 READS = frozenset({
     "ping", "hello", "auth", "select", "info", "dbsize", "exists", "mget", "get", "type", "ttl", "pttl", "lastsave",
-    "role", "config|get", "acl|dryrun", "acl|whoami", "client|setinfo", "client|setname", "client|info",
+    "role", "config|get", "acl|dryrun", "acl|whoami", "acl|list", "acl|users", "acl|getuser", "acl|cat",
+    "client|setinfo", "client|setname", "client|info",
     "command", "command|docs", "command|info", "command|count", "cluster|info", "cluster|myid", "cluster|slots",
 })
 

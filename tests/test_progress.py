@@ -143,9 +143,11 @@ def _env() -> dict[str, str]:
 
 
 def _run_all(sb: Sandbox, tmp_path: Path) -> list[str]:
+    """`run all -p apply true` on `sb`; persist-config edits the file (CONFIG REWRITE would also write the test's
+    rdb-key-save-delay into it)."""
     return [sys.executable, "-m", "runbook", "run", "all", "-p", "target", sb.url, "-p", "config_file",
             str(sb.config_path), "-p", "apply", "true", "-p", "destination", str(tmp_path / "backups"),
-            "--archive", str(tmp_path / "archive")]
+            "-p", "method", "edit", "--archive", str(tmp_path / "archive")]
 
 
 def _on_a_terminal(cmd: list[str], ctrl_c_when: Callable[[], bool] | None = None,

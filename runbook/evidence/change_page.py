@@ -217,7 +217,7 @@ def _steps(r: ChangeReport) -> str:
         record = (f'seq {s.seq}<br><span class="hash">{_e(s.record_hash)}</span>' if s.record_hash
                   else "not archived")
         said = s.summary.error or what_it_did(s) or ", ".join(f"{c.name} {c.status}" for c in s.summary.not_passing)
-        note = "" if s.counts else " (before the change: what it fixes)"
+        note = " (before the change: what it fixes)" if s.fixes else ""
         rows.append(f'<tr><td class="num">{s.n}</td><td>{_e(s.step)}</td><td>{_e(s.target)}</td>'
                     f'<td class="{_e(s.status)}">{_e(s.status)}</td><td>{_e(s.changed)}</td>'
                     f"<td>{_e(utc(s.started)[11:])} ({_e(_duration(s.started, s.ended))})</td>"

@@ -86,6 +86,11 @@ class StepLine:
     counts: bool = True  # decides the verdict (a change's first inspection's findings are what it fixes: no)
 
     @property
+    def fixes(self) -> bool:
+        """A change's first inspection that found what the change fixes (it does not decide the verdict)."""
+        return not self.counts and self.step == "inspect" and self.status in (Status.FAIL, Status.WARN)
+
+    @property
     def html(self) -> str:
         return next((f for f in self.files if f.endswith(".html")), "")
 
@@ -266,16 +271,16 @@ class ChangeReport:
             lines.append(f"failed:   {s.step} on {s.target}: {s.summary.error or _not_passing(s.summary)}")
         lines.append("steps:")
         for s in self.steps:
-            note = "" if s.counts else " (before the change: this is what it fixes)"
+            note = " (before the change: this is what it fixes)" if s.fixes else ""
             lines.append(f"  {s.n:>2} {s.step:<16} {s.target[:28]:<28} {s.status:<11} {s.changed:<6}"
                          f"{what_it_did(s) or s.summary.error[:120]}{note}".rstrip())
         head = "would set:" if self.planned_only else "changed:"
         rows = self.changes if self.planned_only else self.done
         for c in rows or ([] if self.changed_lines() else [None]):
-            lines.append(f"{head:<10}{c.setting} {c.before} -> {c.after} ({c.where}; {c.step} on {c.target})"
-                         if c is not None else f"{head:<10}nothing")
+            lines.append(f"{head:<9} {c.setting} {c.before} -> {c.after} ({c.where}; {c.step} on {c.target})"
+                         if c is not None else f"{head:<9} nothing")
         for line in [] if rows else self.changed_lines():
-            lines.append(f"{head:<10}{line}")
+            lines.append(f"{head:<9} {line}")
         for target, groups in self.commands().items():
             lines.append(f"commands: {target}" + ("" if groups else ": no write command"))
             for who, sent in groups:

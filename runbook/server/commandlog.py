@@ -79,6 +79,11 @@ LONGEST_ARG = 64
 SCRIPT_ARG = 16
 
 
+_DIGIT = re.compile(r"\d")
+_STARS = re.compile(r"\*(?::\*)+")
+_PLAIN = re.compile(r'[^\s"\'\\]+')
+
+
 def _text(arg: Any) -> str:
     if isinstance(arg, (bytes, bytearray, memoryview)):
         return bytes(arg).decode("utf-8", errors="replace")
@@ -87,7 +92,7 @@ def _text(arg: Any) -> str:
 
 def _quoted(arg: str) -> str:
     """`arg` as redis-cli takes it: bare when it is one plain word, else in double quotes."""
-    if arg and not re.search(r'[\s"\'\\]', arg) and arg.isprintable():
+    if _PLAIN.fullmatch(arg) and arg.isprintable():
         return arg
     return json.dumps(arg, ensure_ascii=False)
 
@@ -99,12 +104,7 @@ def _short(arg: str, longest: int = LONGEST_ARG) -> str:
 def key_pattern(key: str) -> str:
     """The key with each `:`-separated part that holds a digit as `*`, runs of `*` folded into one:
     runbook:canary:20261201T233326:{23d684fc}:17 -> runbook:canary:*."""
-    parts: list[str] = []
-    for part in key.split(":"):
-        part = "*" if any(ch.isdigit() for ch in part) else part
-        if not (part == "*" and parts and parts[-1] == "*"):
-            parts.append(part)
-    return ":".join(parts)
+    return _STARS.sub("*", ":".join("*" if _DIGIT.search(part) else part for part in key.split(":")))
 
 
 def _script(source: str) -> str:
@@ -132,9 +132,9 @@ def describe(command: Sequence[Any], password: str | None = None, config_command
     if name in READ_ONLY or sub in READ_ONLY_SUB.get(name, ()) or (name in READ_ONLY_SUB and not sub) \
             or (name == "CLIENT" and sub not in CLIENT_WRITES):
         return None  # decided on the first two words: a read-only pipeline costs no decoding
+    if name in DATA_WRITES and len(head) == 1 and rest:  # only the key is read: values are never decoded
+        return f"{name} {_quoted(key_pattern(_text(rest[0])))}", 1
     words = [*head, *(_text(a) for a in rest)]
-    if name in DATA_WRITES and len(words) > 1:
-        return f"{name} {_quoted(key_pattern(words[1]))}", 1
     if name in MULTI_KEY or name in KEY_VALUE_PAIRS:
         keys = words[1:] if name in MULTI_KEY else words[1::2]
         if not keys:
