@@ -128,10 +128,13 @@ def exporter() -> Any:
                         exclude_output_prompt=True, anchor_link_text="")
 
 
-def warm_up() -> threading.Thread:
+def warm_up(after: threading.Thread | None = None) -> threading.Thread:
     """Import nbconvert and compile its templates in the background (about 1 s, once per process), so the first
-    step's page is rendered as fast as the next."""
+    step's page is rendered as fast as the next; `after`: a thread to wait for first (the kernel's own warm-up,
+    which should not share the cores with this one)."""
     def work() -> None:
+        if after is not None:
+            after.join()
         import nbformat  # noqa: PLC0415  (heavy: only when rendering)
 
         warm = nbformat.v4.new_notebook(cells=[nbformat.v4.new_markdown_cell("# warm-up\n\n*a* `b`")])

@@ -70,7 +70,7 @@ class TerminalWatch:
     def __init__(self, stream: TextIO, describe: Callable[[StepResult], str]) -> None:
         self.stream, self.describe = stream, describe
         self._lock = threading.Lock()
-        self._step = ""  # `name on target` of the running step
+        self._name, self._step = "", ""  # the running step's name, and `name on target`
         self._step_at = 0.0
         self._wait: WaitProgress | None = None
         self._wait_at = 0.0
@@ -79,7 +79,7 @@ class TerminalWatch:
 
     def started(self, number: int, total: int, name: str, target: str) -> None:
         with self._lock:
-            self._step, self._step_at, self._wait = f"{name} on {target}", time.monotonic(), None
+            self._name, self._step, self._step_at, self._wait = name, f"{name} on {target}", time.monotonic(), None
             self._line(f"[{number}/{total}] {self._step} ...")
             self._draw()
 
@@ -103,7 +103,7 @@ class TerminalWatch:
             return ""
         now = time.monotonic()
         if self._wait is not None and now - self._wait_at < STALE_S:
-            return f"      {self._step.split(' on ')[0]}: {self._wait.line(now - self._wait_at)}"
+            return f"      {self._name}: {self._wait.line(now - self._wait_at)}"
         return f"      {self._step}: {now - self._step_at:.1f} s"
 
     def _draw(self) -> None:
