@@ -42,7 +42,7 @@ class SharedKernel:
         self.km.start_kernel(env=dict(os.environ), stderr=subprocess.DEVNULL, extra_arguments=NO_HISTORY)
         self._warm = threading.Thread(target=self._warm_up, name="kernel-warm-up", daemon=True)
         self._warm.start()
-        step_page.warm_up()
+        step_page.warm_up(after=self._warm)  # once the kernel has its imports: not competing for the cores
 
     def _execute(self, code: str, timeout_s: float = 60) -> None:
         """Run `code` in the kernel on a client of our own, discarding its output."""
