@@ -46,7 +46,8 @@ if DEFAULT_LABEL:
 NOT_SERVER_BEHAVIOUR = ("test_bad_input.py", "test_archive_integrity.py", "test_remote_archive.py", "test_browser.py",
                         "test_readme_examples.py", "test_packaging.py", "test_architecture.py",
                         "test_runner_notebooks.py", "test_fleet.py", "test_rehearse.py", "test_journal.py",
-                        "test_cli_help.py")
+                        "test_cli_help.py", "test_docs.py", "test_step_evidence.py", "test_change_report.py",
+                        "test_progress.py", "test_interactive.py")
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:

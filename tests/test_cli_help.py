@@ -213,7 +213,7 @@ def test_bash_completion_offers_commands_notebook_names_and_options(tmp_path: Pa
     assert complete_in_bash(script, "run", "inspect", "te") == ["test-persistence"]  # NAME is repeatable
     assert complete_in_bash(script, "run", "inspect", "--help-n") == ["--help-notebook"]
     assert complete_in_bash(script, "run", "inspect", "-f", "params/sand") == ["params/sandbox.yaml"]
-    assert complete_in_bash(script, "archive", "") == ["list", "verify", "prune"]
+    assert complete_in_bash(script, "archive", "") == ["list", "verify", "prune", "show"]
 
 
 def test_zsh_completion_is_a_compdef_with_the_notebook_names(tmp_path: Path) -> None:

@@ -305,8 +305,10 @@ def test_password_protected_production_leaves_no_secret_in_evidence(start_produc
     persist = next(s for s in out["steps"] if s["notebook"] == "persist-config")
     assert persist["summary"]["checks"]["file_boots"]["status"] == "pass"  # a copy booted with the password
     files = [p for p in archive.rglob("*") if p.is_file()]
-    # An executed notebook and its HTML for each of the six steps of `all` (the index files besides).
-    assert len([p for p in files if p.suffix in (".ipynb", ".html")]) == 12
+    # An executed notebook and its HTML for each of the six steps of `all`, and the change's report (the index files
+    # besides): the secret is in none of them.
+    assert len([p for p in files if p.suffix in (".ipynb", ".html") and p.parent.name != "reports"]) == 12
+    assert [p.name for p in files if p.parent.name == "reports"] == [f"{out['change_id']}.html"]
     assert [p for p in files if secret in p.read_text(errors="replace")] == []
     assert secret not in stdout and secret not in err
     # The kept sandbox holds the secret (so the checks above could fail), readable by this user only.
