@@ -362,6 +362,15 @@ def _terminal_watch() -> TerminalWatch | None:
         return None
 
 
+#: What is left by a step cut short whose change `runbook run rollback` does not put back (enable-aof's and
+#: persist-config's it does).
+UNDO = {
+    "backup": "at most a partial copy at the destination; the step puts auto-aof-rewrite-percentage back itself "
+              "unless its kernel was killed: check it with CONFIG GET auto-aof-rewrite-percentage",
+    "test-persistence": "at most canary keys under runbook:canary:, which expire by their TTL (ttl_s)",
+}
+
+
 def stopped_line(result: RunResult) -> str:
     """The one line of a run a signal stopped: where, what was put back or is left, and where the evidence is."""
     cut = next((s for s in result.steps if s.status == Status.INTERRUPTED), None)
@@ -372,7 +381,8 @@ def stopped_line(result: RunResult) -> str:
             error = error.removeprefix(prefix)
         where = f"during {cut.name} on {cut.target}: {error}"
         left = cut.summary.facts.get("unfinished")
-        where += f"; may be left: {left} (see its intent; `runbook run rollback` undoes it)" if left else ""
+        undo = UNDO.get(cut.name, "`runbook run rollback` undoes it")
+        where += f"; may be left: {left} (see its intent; {undo})" if left else ""
     else:
         where = f"after {done[-1].name} on {done[-1].target}" if done else "before any step ran"
     changes = result.changes()
