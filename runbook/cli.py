@@ -20,7 +20,16 @@ from runbook.evidence import change_report
 from runbook.evidence.archive import archive_root, check, read_index
 from runbook.evidence.filters import RowFilter, parse_since
 from runbook.evidence.journal import findings, listing
-from runbook.evidence.metrics import render, require_writable, write_atomically
+from runbook.evidence.metrics import (
+    archive_changes,
+    inspections,
+    metrics_job,
+    read_previous,
+    render,
+    render_verify,
+    require_writable,
+    write_atomically,
+)
 from runbook.evidence.prune import prune
 from runbook.model import Outcome, Status, StepSummary
 from runbook.orchestration.params import load_files
@@ -60,6 +69,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="exit 1 on failed checks only (default) or on warnings too")
     r.add_argument("--metrics-file", metavar="PATH",
                    help="write a Prometheus text file (node_exporter textfile collector) from the last inspection")
+    r.add_argument("--metrics-job", metavar="NAME",
+                   help="the runbook_job label of the --metrics-file series (default: the first -f file's name "
+                        "without .yaml, or sandbox)")
     r.add_argument("--keep-going", action="store_true",
                    help="fleets: a target that fails stops only its own later steps, not the other targets'")
     r.add_argument("--detailed-exitcode", action="store_true",
@@ -83,6 +95,11 @@ def build_parser() -> argparse.ArgumentParser:
     a.add_argument("--change", default="", metavar="ID", help="list: only this change (its id or first characters)")
     a.add_argument("--target", default="", metavar="T",
                    help="list: only targets that contain T (prod-1 matches redis://prod-1:6379/0)")
+    a.add_argument("--metrics-file", metavar="PATH",
+                   help="verify: also write the verdict as a Prometheus text file (node_exporter textfile collector)")
+    a.add_argument("--metrics-job", metavar="NAME", default="sandbox",
+                   help="verify: the runbook_job label of the --metrics-file series (default: sandbox; give the "
+                        "one your runs use, the params file's name)")
     a.add_argument("--since", metavar="WHEN",
                    help="list: only runs started since WHEN: an age (30m, 2h, 3d, 1w) or an ISO date or time "
                         "(2026-12-01, 2026-12-01T14:00; UTC unless it carries an offset such as +02:00)")
@@ -453,12 +470,16 @@ def main(argv: Sequence[str] | None = None) -> int:
                 return _help_notebook(args.names, as_json=args.json)
             if args.metrics_file:
                 require_writable(Path(args.metrics_file))
+                job = metrics_job(args.metrics_job, args.files)
             result = run(args.names, args.files, [tuple(p) for p in args.pairs], archive_root(args.archive),
                          args.fail_on, keep_going=args.keep_going, watch=_terminal_watch(), pdf=args.pdf)
             if args.metrics_file:
-                # The last inspection of every target (a fleet: each of its members).
-                inspected = {s.target: s.summary for s in result.steps if s.name == "inspect" and s.summary.checks}
-                write_atomically(Path(args.metrics_file), render(inspected.items(), result.exit_code))
+                # The last inspection of every target (a fleet: each of its members); an unreachable one keeps
+                # its last known series from the file the previous run wrote.
+                path = Path(args.metrics_file)
+                write_atomically(path, render(inspections((s.name, s.target, s.summary) for s in result.steps),
+                                              result.exit_code, job=job, previous=read_previous(path),
+                                              changes=archive_changes(archive_root(args.archive))))
             if args.json:
                 print(json.dumps({
                     "change_id": result.change_id, "exit_code": exit_code(result, args.detailed_exitcode),
@@ -484,23 +505,15 @@ def main(argv: Sequence[str] | None = None) -> int:
                 print(stopped_line(result), file=sys.stderr)
             return exit_code(result, args.detailed_exitcode)
         root = archive_root(args.archive)
+        if args.metrics_file and args.action != "verify":
+            raise ParameterError(f"--metrics-file goes with archive verify, not archive {args.action}")
         if args.action == "list":
             return _archive_list(root, args)
         if args.action == "prune":
             return _prune(root, args.keep_days)
         if args.action == "show":
             return _archive_show(root, args.change_id or args.change)
-        found = check(root)
-        interrupted, closed = findings(read_index(root))
-        for p in [*found.problems, *interrupted]:
-            print(p, file=sys.stderr)
-        if not found.problems:
-            pruned = f" ({found.pruned} pruned, see the checkpoints)" if found.pruned else ""
-            open_runs = f"; {len(interrupted)} interrupted run(s) nothing closed yet" if interrupted else ""
-            print(f"{root}: {found.records} record(s){pruned}, chain and files intact{open_runs}")
-        for note in [*found.notes, *closed]:
-            print(f"note: {note}")
-        return ExitCode.FAILED if found.problems or interrupted else ExitCode.OK
+        return _archive_verify(root, args.metrics_file, args.metrics_job)
     except RunbookError as err:
         prefix = "parameter error: " if isinstance(err, ParameterError) else ""
         print(f"runbook: {prefix}{err}", file=sys.stderr)
@@ -509,6 +522,33 @@ def main(argv: Sequence[str] | None = None) -> int:
         print("runbook: interrupted (SIGINT) before a step ran or after the run ended: no step was cut short",
               file=sys.stderr)
         return 130
+
+
+def _archive_verify(root: Path | str, metrics_file: str | None, job: str) -> int:
+    """`runbook archive verify`: one line per problem on stderr, the verdict and notes; with `metrics_file`, the
+    verdict as a text file too (0 when the archive could not be read at all)."""
+    path = Path(metrics_file) if metrics_file else None
+    if path is not None:
+        require_writable(path)
+        job = metrics_job(job)
+    try:
+        found = check(root)
+        interrupted, closed = findings(read_index(root))
+    except RunbookError:
+        if path is not None:
+            write_atomically(path, render_verify(root, False, None, job=job))
+        raise
+    for p in [*found.problems, *interrupted]:
+        print(p, file=sys.stderr)
+    if not found.problems:
+        pruned = f" ({found.pruned} pruned, see the checkpoints)" if found.pruned else ""
+        open_runs = f"; {len(interrupted)} interrupted run(s) nothing closed yet" if interrupted else ""
+        print(f"{root}: {found.records} record(s){pruned}, chain and files intact{open_runs}")
+    for note in [*found.notes, *closed]:
+        print(f"note: {note}")
+    if path is not None:
+        write_atomically(path, render_verify(root, not (found.problems or interrupted), found.records, job=job))
+    return ExitCode.FAILED if found.problems or interrupted else ExitCode.OK
 
 
 def _archive_show(root: Path | str, change_id: str) -> int:

@@ -39,15 +39,17 @@ if DEFAULT_LABEL:
 
 #: Left out of that second pass too, to keep CI under 30 minutes: files whose tests touch no server, or one only on
 #: the way to what they test (input refused before any server is touched, the archive's own integrity and stores,
-#: the JupyterLab page, the cron and CI commands of docs/cron-ci.md, the CLI's help, listings and completion), and the
-#: runner-level suites that run whole notebook sequences (runner, fleet, rehearse, journal: their server operations
-#: are the ones the files kept here exercise).
+#: the JupyterLab page, the cron and CI commands of docs/cron-ci.md, the CLI's help, listings and completion, the
+#: Grafana dashboard's JSON, the alert rules' tests and the monitoring end to end, whose servers only feed the
+#: metrics), and the runner-level suites that run whole notebook sequences (runner, fleet, rehearse, journal: their
+#: server operations are the ones the files kept here exercise).
 #: The first pass runs them all; every one of them also passed with Valkey as the default (2026-12-01).
 NOT_SERVER_BEHAVIOUR = ("test_bad_input.py", "test_archive_integrity.py", "test_remote_archive.py", "test_browser.py",
                         "test_readme_examples.py", "test_packaging.py", "test_architecture.py",
                         "test_runner_notebooks.py", "test_fleet.py", "test_rehearse.py", "test_journal.py",
                         "test_cli_help.py", "test_docs.py", "test_step_evidence.py", "test_change_report.py",
-                        "test_progress.py", "test_interactive.py")
+                        "test_progress.py", "test_interactive.py", "test_dashboard.py", "test_monitoring_e2e.py",
+                        "test_alert_rules.py")
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -75,3 +76,54 @@ def switch_aof_on(client: object) -> dict:
     fsync = config_get(client, ["appendfsync"])["appendfsync"]  # type: ignore[arg-type]
     return apply_runtime(client, [SettingChange("appendfsync", fsync, "everysec"),  # type: ignore[arg-type]
                                   SettingChange("appendonly", "no", "yes")])
+
+
+DASHBOARD = REPO / "monitoring" / "grafana" / "redis-persistence.json"
+_VARIABLE = re.compile(r"\$\{?(\w+)\}?")
+_LABEL_VALUES = re.compile(r"^label_values\((.+),\s*(\w+)\)$", re.S)
+
+
+def dashboard_queries(dashboard: dict) -> list[tuple[str, str]]:
+    """Every PromQL expression of a Grafana dashboard, as (where, expr): the panels' targets, the annotations and
+    the selector inside each variable's `label_values(...)`."""
+    found = [(f"panel {p['id']} {p['title']!r} {t['refId']}", t["expr"])
+             for p in dashboard["panels"] if p["type"] != "row" for t in p["targets"]]
+    found += [(f"annotation {a['name']!r}", a["expr"]) for a in dashboard["annotations"]["list"] if "expr" in a]
+    for var in dashboard["templating"]["list"]:
+        if var["type"] == "query":
+            m = _LABEL_VALUES.match(var["query"]["query"])
+            assert m, f"variable {var['name']}: not a label_values(selector, label) query"
+            found.append((f"variable {var['name']}", m.group(1)))
+    return found
+
+
+def dashboard_variables(expr: str) -> set[str]:
+    """The dashboard variables an expression uses ($name or ${name})."""
+    return set(_VARIABLE.findall(expr))
+
+
+def with_all_selected(expr: str) -> str:
+    """`expr` as Grafana sends it with "All" chosen in every variable (their allValue is `.*`)."""
+    return _VARIABLE.sub(".*", expr)
+
+
+def with_selected(expr: str, chosen: dict[str, str]) -> str:
+    """`expr` as Grafana sends it with one value chosen in each variable of `chosen`: regex-escaped, inside a PromQL
+    string (so `.` becomes `\\.`), as Grafana's Prometheus data source does for a multi-value variable."""
+    def escaped(m: re.Match[str]) -> str:
+        return re.sub(r"([$^*+?.()|{}\[\]\\])", r"\\\\\1", chosen[m.group(1)])
+
+    return _VARIABLE.sub(escaped, expr)
+
+
+def tool_or_skip(path: str, package: str) -> Path:
+    """A Debian tool the test runs (`.ci/run` installs `package`): skipped with a reason where absent, but a
+    failure under CI, which must run everything (as conftest.binary_or_skip)."""
+    import pytest
+
+    if Path(path).is_file() and os.access(path, os.X_OK):
+        return Path(path)
+    reason = f"{path} not found on this machine (apt-get install {package}; .ci/run installs it)"
+    if os.environ.get("CI"):
+        pytest.fail(f"CI must run the monitoring tests: {reason}")
+    pytest.skip(reason)

@@ -114,7 +114,7 @@ def test_a_metrics_file_in_a_writable_directory_is_written(untouched: Sandbox, t
     proc = runbook_cli("run", "inspect", "-p", "target", untouched.url, "--metrics-file", str(path),
                        "--archive", str(tmp_path / "a"))
     assert proc.returncode in (0, 1), proc.stderr
-    assert "redis_aof_enabled" in path.read_text()
+    assert "runbook_redis_aof_enabled{" in path.read_text()
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []  # no probe or temp file left
 
 

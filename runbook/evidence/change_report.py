@@ -370,22 +370,26 @@ def _verdict(facts: RunFacts, steps: Sequence[StepLine]) -> tuple[str, str]:
 
 
 def _changes(s: StepLine) -> list[Change]:
-    summary, facts = s.summary, s.summary.facts
+    return _summary_changes(s.summary, s.target)
+
+
+def _summary_changes(summary: StepSummary, target: str) -> list[Change]:
+    facts, step = summary.facts, summary.step
     done = summary.changed_something
     if summary.result not in (Outcome.CHANGED, Outcome.DONE, Outcome.PLANNED):
         return []
-    if s.step == "enable-aof":
-        return [Change(s.step, s.target, c.setting, "runtime", str(c.before), str(c.after), done)
+    if step == "enable-aof":
+        return [Change(step, target, c.setting, "runtime", str(c.before), str(c.after), done)
                 for c in summary.setting_changes]
-    if s.step == "persist-config":
+    if step == "persist-config":
         where = f"file {facts.get('edited_file') or facts.get('config_file') or '?'}"
-        return [Change(s.step, s.target, c.setting, where, str(c.before), str(c.after), done)
+        return [Change(step, target, c.setting, where, str(c.before), str(c.after), done)
                 for c in summary.setting_changes]
-    if s.step == "rollback":
-        out = [Change(s.step, s.target, str(c.get("setting")), "runtime", str(c.get("from")), str(c.get("to")), done)
+    if step == "rollback":
+        out = [Change(step, target, str(c.get("setting")), "runtime", str(c.get("from")), str(c.get("to")), done)
                for c in facts.get("runtime") or []]
         if facts.get("backup"):
-            out.append(Change(s.step, s.target, "(the whole file)", f"file {facts.get('config_file', '?')}",
+            out.append(Change(step, target, "(the whole file)", f"file {facts.get('config_file', '?')}",
                               "as the change left it", f"restored from {facts['backup']}", done))
         return out
     return []
@@ -393,21 +397,28 @@ def _changes(s: StepLine) -> list[Change]:
 
 def what_it_did(s: StepLine) -> str:
     """A step's change in a few words: settings before -> after, the file written, the backup taken."""
-    summary, facts = s.summary, s.summary.facts
-    settings = ", ".join(f"{c.setting} {c.before} -> {c.after}" for c in _changes(s) if c.before != c.after)
-    if s.step == "backup" and facts.get("location") and summary.result in (Outcome.DONE, Outcome.PLANNED):
+    return describe(s.summary)
+
+
+def describe(summary: StepSummary) -> str:
+    """What a step did (or, planned, would do) in a few words, from its summary: the one wording of the run's table,
+    the change report, `archive show` and a step's page."""
+    facts, step = summary.facts, summary.step
+    settings = ", ".join(f"{c.setting} {c.before} -> {c.after}" for c in _summary_changes(summary, "")
+                         if c.before != c.after)
+    if step == "backup" and facts.get("location") and summary.result in (Outcome.DONE, Outcome.PLANNED):
         return f"{'a backup taken to' if summary.changed_something else 'would back up to'} {facts['location']}"
-    if s.step == "backup" and facts.get("skip_reason"):
+    if step == "backup" and facts.get("skip_reason"):
         return f"no backup: {facts['skip_reason']}"
-    if s.step == "persist-config" and summary.file_change is not None and summary.changed_something:
+    if step == "persist-config" and summary.file_change is not None and summary.changed_something:
         return f"wrote {summary.file_change.written_file} ({settings}); backup {summary.file_change.backup or 'none'}"
-    if s.step == "rollback" and summary.changed_something:
+    if step == "rollback" and summary.changed_something:
         return f"rolled back change {facts.get('change_id', '?')}" + (f" ({settings})" if settings else "")
-    if s.step == "test-persistence" and facts.get("mode"):
+    if step == "test-persistence" and facts.get("mode"):
         return f"{facts['mode']} test" + (f": {facts.get('canaries_found')} of {facts.get('canaries_written')} "
                                           "canaries back" if facts.get("canaries_written") else "")
     if settings:
-        return f"{settings} ({'runtime' if s.step == 'enable-aof' else 'file'})"
+        return f"{settings} ({'runtime' if step == 'enable-aof' else 'file'})"
     return str(summary.result or "")
 
 

@@ -20,6 +20,7 @@ from datetime import datetime
 from html import escape
 from typing import Any, Mapping
 
+from runbook.evidence.change_report import describe
 from runbook.evidence.page import page
 from runbook.model import Outcome, Status, StepSummary
 
@@ -64,20 +65,11 @@ class StepHeader:
 
 
 def changes(summary: StepSummary) -> str:
-    """What the step changed (or, planned, would change) in a few words; "" when nothing."""
-    settings = ", ".join(f"{c.setting} {c.before} -> {c.after}" for c in summary.setting_changes)
-    written = summary.file_change
-    facts = summary.facts
-    if summary.step == "rollback" and summary.changed_something:
-        return f"rolled back change {facts.get('change_id', '?')}"
-    if summary.step == "backup" and facts.get("location") and summary.changed_something:
-        return f"a backup taken to {facts['location']}"
-    parts = []
-    if settings:
-        parts.append(f"{settings} ({'runtime' if summary.step == 'enable-aof' else 'config file'})")
-    if written is not None and written.backup and summary.changed_something:
-        parts.append(f"wrote {written.written_file}, backup {written.backup}")
-    return "; ".join(parts)
+    """What the step changed (or, planned, would change) in a few words; "" when nothing (the change report's
+    wording, `runbook.evidence.change_report.describe`)."""
+    if not (summary.changed_something or summary.result == Outcome.PLANNED):
+        return ""
+    return describe(summary)
 
 
 def what_had_changed(header: StepHeader) -> str:

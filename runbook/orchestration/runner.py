@@ -77,7 +77,7 @@ class RunResult:
         out = []
         for s in self.steps:
             if s.summary.changed_something:
-                out.append(f"{s.name} on {s.target}: {_what_changed(s.summary)}")
+                out.append(f"{s.name} on {s.target}: {change_report.describe(s.summary)}")
             elif s.summary.facts.get("unfinished"):
                 out.append(f"{s.name} on {s.target} may have changed it ({s.summary.facts['unfinished']})")
         return out
@@ -555,21 +555,6 @@ def _settle(kernel: SharedKernel | None) -> None:
         kernel.settle(GRACE_S)
     except (RuntimeError, TimeoutError):
         kernel.kill()
-
-
-def _what_changed(summary: StepSummary) -> str:
-    """A step's change in a few words: the settings from -> to, the file written, the backup taken."""
-    settings = ", ".join(f"{c.setting} {c.before} -> {c.after}" for c in summary.setting_changes)
-    written = summary.file_change
-    if summary.step == "enable-aof":
-        return f"{settings} (runtime)"
-    if summary.step == "persist-config" and written is not None:
-        return f"wrote {written.written_file} ({settings}); backup {written.backup or 'none'}"
-    if summary.step == "rollback":
-        return f"rolled back change {summary.facts.get('change_id', '?')}"
-    if summary.step == "backup" and summary.facts.get("location"):
-        return f"a backup taken to {summary.facts['location']}"
-    return str(summary.result)
 
 
 def _per_member(step: Step, summary: StepSummary) -> dict[str, StepSummary]:

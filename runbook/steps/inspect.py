@@ -17,7 +17,7 @@ from runbook.server.configfile import read_config
 from runbook.server.lock import data_dbsize
 from runbook.server.ops import read_overcommit
 from runbook.server.replicas import replica_quorum
-from runbook.server.settings import Drift, compare
+from runbook.server.settings import Drift, compare, save_rules
 from runbook.server.target import Identity, Target
 from runbook.steps.checks import advisory_facts, host_advisories, persistence_checks
 
@@ -26,7 +26,8 @@ STEP = "inspect"
 #: INFO persistence fields recorded in the summary for monitoring (see runbook.evidence.metrics).
 METRIC_FIELDS = ("aof_enabled", "aof_rewrite_in_progress", "aof_last_bgrewrite_status", "aof_last_write_status",
                  "aof_delayed_fsync", "rdb_bgsave_in_progress", "rdb_last_bgsave_status", "rdb_last_save_time",
-                 "rdb_changes_since_last_save", "loading")
+                 "rdb_changes_since_last_save", "loading", "aof_current_size", "aof_base_size",
+                 "rdb_last_bgsave_time_sec", "aof_last_rewrite_time_sec")
 
 
 @dataclass(frozen=True)
@@ -62,6 +63,8 @@ class Inspection:
 
     def summary(self) -> StepSummary:
         """The record the runner reads back from the executed notebook."""
+        rules = save_rules(self.runtime.get("save", ""))
+        rdb = next((f.size for f in self.files if f.role == "rdb"), None)  # the dump file, when dir is readable
         return StepSummary(STEP, self.verdict, server=self.identity.server, version=self.identity.version,
                            checks=self.checks, facts={
                                "target": self.target,
@@ -73,7 +76,11 @@ class Inspection:
                                "settings": [d.setting for d in self.drift if d.status != "unknown"],
                            "advisories": advisory_facts(self.advisories, socket.gethostname()),
                                "metrics": {**{k: self.info[k] for k in METRIC_FIELDS if k in self.info},
-                                           "latest_fork_usec": self.latest_fork_usec},
+                                           "latest_fork_usec": self.latest_fork_usec,
+                                           **({"rdb_file_size": rdb} if rdb is not None else {})},
+                               # The longest window of the runtime save policy (none for `save ""`).
+                               **({"save_policy_window_s": max(s for s, _ in rules)} if rules else {}),
+                               "inspected_at": self.at,
                            })
 
 
