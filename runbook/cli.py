@@ -39,7 +39,9 @@ from runbook.orchestration.plan import (
     SEQUENCES,
     default_params_file,
     notebooks_dir,
+    expand,
     parameter_help,
+    sequence_size,
     title,
 )
 from runbook.orchestration.rehearse import rehearse
@@ -160,7 +162,7 @@ def _table(rows: Sequence[Sequence[str]]) -> list[str]:
 def _list_names() -> int:
     """`runbook list`: every notebook and sequence `runbook run` takes, one line each."""
     rows = [(name, file, title(notebooks_dir() / file)) for name, file in NOTEBOOKS.items()]
-    rows += [(name, f"{len(steps)} notebooks", f"{SEQUENCE_HELP.get(name, '')} ({', '.join(steps)})".lstrip())
+    rows += [(name, sequence_size(steps), f"{SEQUENCE_HELP.get(name, '')} ({', '.join(steps)})".lstrip())
              for name, steps in SEQUENCES.items()]
     for line in _table([("name", "runs", "what it does"), *rows]):
         print(line)
@@ -184,7 +186,8 @@ def _help_notebook(names: Sequence[str], as_json: bool) -> int:
     if len(steps) == 1:
         print(f"{label}: {title(notebooks_dir() / NOTEBOOKS[steps[0]])} ({NOTEBOOKS[steps[0]]})")
     else:
-        print(f"{label} runs {len(steps)} notebooks (a parameter given once goes to every notebook that declares it):")
+        print(f"{label} runs {sequence_size(expand(names))}; a parameter given once goes to every notebook that "
+              "declares it:")
         for line in _table([(f"  {s}", NOTEBOOKS[s], title(notebooks_dir() / NOTEBOOKS[s])) for s in steps]):
             print(line)
     print("set with -p NAME VALUE, or NAME: VALUE in a -f params file (YAML); nothing was run\n")
@@ -444,8 +447,9 @@ def _figures(summary: StepSummary) -> str:
         parts.append(f"skipped because: {facts['skip_reason']}")
     elif summary.step == "backup" and facts.get("location"):
         parts.append(f"to={facts['location']}")  # plan only: where it would go
-    if summary.result == Outcome.PLANNED and summary.setting_changes:
-        parts.append("would set " + ",".join(f"{c.setting}:{c.before}->{c.after}" for c in summary.setting_changes))
+    differing = [c for c in summary.setting_changes if c.before != c.after]  # not a value only made explicit
+    if summary.result == Outcome.PLANNED and differing:
+        parts.append("would set " + ",".join(f"{c.setting}:{c.before}->{c.after}" for c in differing))
     if facts.get("drift"):
         parts.append("drift=" + ",".join(facts["drift"]))
     parts += [f"{c.name}={c.status}" for c in summary.not_passing]

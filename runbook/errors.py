@@ -69,6 +69,18 @@ class ChangeInterrupted(RunbookError):
     """Raised when an interrupt (SIGINT, or the runner passing on SIGTERM) stopped a change midway; the message
     says what was put back, or what is left."""
 
+    #: The sentences of a message whose change was put back in full, or never sent (`runbook.server.aof`).
+    LEFT_AS_FOUND = "The server was left as found: "
+    NOTHING_SENT = "Nothing had been changed."
+
+    @classmethod
+    def put_back(cls, message: str) -> str:
+        """The sentence of `message` (this error's) saying nothing is left to undo, or "" when something may be."""
+        for sentence in (cls.LEFT_AS_FOUND, cls.NOTHING_SENT):
+            if sentence in message:
+                return message[message.index(sentence):].strip()
+        return ""
+
 
 class ArchiveError(RunbookError):
     """Raised when evidence could not be written to, or read from, the evidence archive."""

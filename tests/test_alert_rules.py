@@ -29,10 +29,14 @@ MONITORING_PAGE = REPO / "docs" / "monitoring.md"
 #: The alert names agreed with the dashboard and the end-to-end test (/work/coord/METRICS-CONTRACT.md).
 ALERTS = {"RedisAofOffAtRuntime", "RedisAofNotInConfigFile", "RedisBgsaveFailed", "RedisAofRewriteFailed",
           "RedisAofWriteFailed", "RedisNoRecentSave", "RunbookInspectionStale", "RunbookCheckFailing",
-          "RunbookTargetUnreachable", "RunbookArchiveVerifyFailing"}
+          "RunbookTargetUnreachable", "RunbookArchiveVerifyFailing",
+          "RunbookConfigNotCompared", "RunbookMetricsMissing", "RunbookTextfileScrapeError"}
 #: Labels the scrape adds (node_exporter's address and job), and labels whose values the unit tests may choose.
 SCRAPE_LABELS = {"instance", "job"}
 FREE_LABELS = {"target", "archive"}
+#: node_exporter's own series the rules use (scrape labels only): tests/test_monitoring_e2e.py reads them from a real
+#: node_exporter (`node_textfile_scrape_error` 0 with three good files).
+NODE_EXPORTER_SERIES = {"node_textfile_scrape_error"}
 _SERIES = re.compile(r"^([a-zA-Z_:][a-zA-Z0-9_:]*)\{(.*)\}$")
 _LABEL = re.compile(r'\s*([a-zA-Z_]\w*)="([^"]*)"\s*(?:,|$)')
 
@@ -55,7 +59,8 @@ def real_files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     """runbook_job -> a text file that real runs wrote with that --metrics-job (see the module's docstring)."""
     tmp = tmp_path_factory.mktemp("alert-rules")
     archive, files = tmp / "archive", {job: tmp / "textfile" / f"{job}.prom"
-                                       for job in ("runtime-aof", "rdb-only", "unreachable", "archive")}
+                                       for job in ("runtime-aof", "rdb-only", "unreachable", "not-compared",
+                                                   "archive")}
 
     def run(job: str, *args: str) -> subprocess.CompletedProcess[str]:
         return runbook_cli("run", "inspect", *args, "--archive", str(archive), "--metrics-job", job,
@@ -75,6 +80,16 @@ def real_files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
         sb.cleanup()
     proc = run("unreachable", "-f", str(params))  # the same target, stopped: its port refuses the connection
     assert proc.returncode == 1 and "TargetUnreachable" in proc.stdout, proc.stdout + proc.stderr
+    # A config file the cron user cannot read: as root every file is readable, so one that is not there (the
+    # same path in read_config: PreconditionFailed, every setting unknown, config_drift warn).
+    sb = seed_sandbox("runtime-aof", keys=10)
+    try:
+        params = tmp / "not-compared.yaml"
+        params.write_text(yaml.safe_dump({"target": sb.url, "config_file": str(tmp / "no-such" / "redis.conf")}))
+        proc = run("not-compared", "-f", str(params))
+        assert proc.returncode == 0, proc.stdout + proc.stderr  # a warning: the run passes, nothing in cron's mail
+    finally:
+        sb.cleanup()
     proc = runbook_cli("archive", "verify", "--archive", str(archive), "--metrics-file", str(files["archive"]),
                        "--metrics-job", "archive")
     assert proc.returncode == 0, proc.stdout + proc.stderr
@@ -92,6 +107,16 @@ def test_real_files_hold_the_states_the_rules_alert_on(real_files: dict[str, Pat
     assert value(rdb, "runbook_drift", setting="appendonly") == 0
     assert value(rdb, "runbook_redis_rdb_last_bgsave_status") == 1
     assert value(rdb, "runbook_save_policy_window_seconds") == 3600  # Redis's default save 3600 1 300 100 60 10000
+    assert value(aof, "runbook_config_compared") == value(rdb, "runbook_config_compared") == 1
+
+
+def test_a_config_file_not_read_is_a_series_not_a_silence(real_files: dict[str, Path]) -> None:
+    """No runbook_drift at all when the file was not read: RunbookConfigNotCompared's series says so."""
+    got = samples(real_files["not-compared"].read_text())
+    assert value(got, "runbook_target_up") == 1
+    assert value(got, "runbook_config_compared") == 0
+    assert value(got, "runbook_check_status", check="config_drift") == 1
+    assert not [name for name, _ in got if name == "runbook_drift"]
 
 
 def test_an_unreachable_target_keeps_its_last_known_series(real_files: dict[str, Path]) -> None:
@@ -136,7 +161,8 @@ def _key(labels: dict[str, str]) -> tuple[tuple[str, str], ...]:
 def unknown_series(used: list[tuple[str, dict[str, str]]], real: Real) -> list[str]:
     """The series of `used` that no real file of their runbook_job holds (name, label names, label values)."""
     return [f"{name}{labels}" for name, labels in used
-            if _key(labels) not in real.get(labels.get("runbook_job", ""), {}).get(name, set())]
+            if not (name in NODE_EXPORTER_SERIES and set(labels) == SCRAPE_LABELS)
+            and _key(labels) not in real.get(labels.get("runbook_job", ""), {}).get(name, set())]
 
 
 def test_the_unit_tests_use_series_the_runbook_writes(real_files: dict[str, Path]) -> None:

@@ -199,7 +199,9 @@ def test_detailed_exitcode_is_4_with_changes_pending_and_0_without(default_binar
                             str(tmp_path / "bk"), "--detailed-exitcode")
     assert rc == ExitCode.CHANGES_PENDING == 4 == out["exit_code"], err
     assert_nothing_written(before, seen(drifted), also_absent=(tmp_path / "bk",))
-    assert out["pending"] == [{"target": drifted.url, "notebook": "enable-aof"}]
+    # persist-config's plan is made on top of what enable-aof plans (planned_runtime): its file change shows too.
+    assert out["pending"] == [{"target": drifted.url, "notebook": "enable-aof"},
+                              {"target": drifted.url, "notebook": "persist-config"}]
     assert out["failing"] == [] and all(s["exit_code"] == 0 for s in out["steps"][1:])
     assert out["steps"][-1]["expected_after_plan"] == ["aof_enabled"]
     # A server with nothing to change: 0, even with --detailed-exitcode.
@@ -210,6 +212,28 @@ def test_detailed_exitcode_is_4_with_changes_pending_and_0_without(default_binar
     assert rc == 0 == out["exit_code"], err
     assert [s["changed"] for s in out["steps"]] == ["no", "no"] and out["pending"] == []
     assert_nothing_written(before, seen(converged))
+
+
+@pytest.mark.notebook
+def test_a_plan_of_all_with_aof_off_everywhere_shows_the_file_change_the_apply_makes(
+        default_binary: Path, make_sandbox, clean_env, tmp_path: Path) -> None:
+    """AOF off at runtime and in redis.conf (how a server usually starts out): persist-config's plan is made as if
+    enable-aof's planned settings were set, so it names the directives the apply's CONFIG REWRITE then changes."""
+    sb = _server(make_sandbox, default_binary, "rdb-only")
+    before = seen(sb)
+    args = ("all", "-p", "target", sb.url, "-p", "destination", str(tmp_path / "bk"))
+    rc, out, err = run_json(tmp_path / "archive", *args)
+    assert rc == 0, err
+    assert_nothing_written(before, seen(sb), also_absent=(tmp_path / "bk",))
+    planned = next(s for s in out["steps"] if s["notebook"] == "persist-config")
+    assert planned["changed"] == "would" and planned["summary"]["result"] == "planned"
+    assert "appendonly" in planned["summary"]["planned_directives"]
+    assert "+appendonly yes" in planned["summary"]["planned_diff"].splitlines()
+    rc, done, err = run_json(tmp_path / "archive", *args, "-p", "apply", "true")
+    assert rc == 0, err
+    applied = next(s for s in done["steps"] if s["notebook"] == "persist-config")["summary"]
+    assert applied["result"] == "changed" and applied["method"] == "rewrite"
+    assert sorted(applied["applied_directives"]) == sorted(planned["summary"]["planned_directives"])
 
 
 @pytest.mark.notebook

@@ -24,7 +24,7 @@ import runbook
 from runbook.errors import ParameterError
 from runbook.evidence.archive import append_record, read_index
 from runbook.evidence.filters import parse_since
-from runbook.orchestration.plan import NOTEBOOKS, SEQUENCES
+from runbook.orchestration.plan import NOTEBOOKS, SEQUENCES, sequence_size
 
 #: The console script pip installed beside this interpreter (.venv/bin/runbook), as an operator runs it.
 RUNBOOK = Path(sys.executable).with_name("runbook")
@@ -137,6 +137,15 @@ def test_help_notebook_of_a_sequence_is_the_union_with_the_notebooks_of_each_lin
     assert {r["name"] for r in fleet} >= {"targets", "parallel"} and "check" not in {r["name"] for r in fleet}
 
 
+def test_list_and_help_notebook_count_the_steps_of_all_the_same_way() -> None:
+    """`all` is 6 steps of 5 notebooks (inspect runs twice): both commands say so, in the same words."""
+    words = "6 steps (5 notebooks; inspect before and after)"
+    assert sequence_size(SEQUENCES["all"]) == words and sequence_size(["inspect", "backup"]) == "2 notebooks"
+    listed = next(r for r in table(cli("list").stdout, "name") if r["name"] == "all")
+    assert listed["runs"] == words
+    assert cli("run", "all", "--help-notebook").stdout.splitlines()[0].startswith(f"all runs {words}; ")
+
+
 def test_help_notebook_json_has_one_entry_per_line() -> None:
     done = cli("run", "backup", "--help-notebook", "--json")
     assert done.returncode == 0, done
@@ -180,7 +189,7 @@ def test_list_shows_every_notebook_and_sequence_once_with_a_description() -> Non
         heading = next(ln for ln in "".join(cells[0]["source"]).splitlines() if ln.startswith("# "))
         assert row["runs"] == NOTEBOOKS[row["name"]] and row["what it does"] == heading[2:].strip(), row
     for row, (name, steps) in zip(rows[len(NOTEBOOKS):], SEQUENCES.items()):  # a sequence's: a sentence, its steps
-        assert row["name"] == name and row["runs"] == f"{len(steps)} notebooks", row
+        assert row["name"] == name and row["runs"] == sequence_size(steps), row
         assert row["what it does"].endswith(f"({', '.join(steps)})") and len(row["what it does"]) > 40, row
 
 

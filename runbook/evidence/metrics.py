@@ -71,6 +71,8 @@ RUNBOOK_HELP: dict[str, str] = {
     "runbook_inspection_timestamp_seconds": "UNIX time of the last successful inspection of the target",
     "runbook_check_status": "Runbook check: 0 pass, 1 warn, 2 fail",
     "runbook_drift": "Setting differs between runtime and config file (1) or not (0)",
+    "runbook_config_compared": "The inspection read the config file and compared it with the runtime settings (1) "
+                               "or could not (0: unreadable, missing or none): at 0 there is no runbook_drift",
     "runbook_save_policy_window_seconds": "Longest window of the runtime save policy (absent for save \"\")",
     "runbook_host_advisory_status": "Advice on the server's host, not part of any verdict (vm.overcommit_memory): "
                                     "0 pass, 1 warn",
@@ -339,6 +341,8 @@ def _inspection(out: _Text, job: str, target: str, summary: StepSummary, now: fl
         out.add("runbook_host_advisory_status", {**base, "advisory": str(advisory.get("name", ""))},
                 _STATUS_VALUE.get(advisory.get("status"), 1))
     drifted = set(facts.get("drift", []))
+    if "settings" in facts:  # the settings compared with the file: none when it was not read
+        out.add("runbook_config_compared", base, 1 if facts["settings"] else 0)
     for setting in facts.get("settings", sorted(drifted)):
         out.add("runbook_drift", {**base, "setting": setting}, 1 if setting in drifted else 0)
 

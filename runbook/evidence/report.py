@@ -21,6 +21,7 @@ from pandas.io.formats.style import Styler
 
 from runbook.evidence.journal import RUN_ID_ENV
 from runbook.model import Check
+from runbook.server.aof import INTERRUPTED
 from runbook.server.settings import save_rules
 
 COLOURS = {
@@ -194,17 +195,18 @@ def progress(total_s: float, label: str = "waiting for the AOF rewrite", done: s
                              bar_format="{desc}: {n:.1f}/{total:.0f}s {postfix}"))
         bar = bars[0]
         bar.n = round(min(elapsed, total_s), 1)
-        bar.set_postfix_str(f"rewrite_in_progress:{info.get('aof_rewrite_in_progress')}", refresh=False)
+        bar.set_postfix_str("interrupted" if info == INTERRUPTED else
+                            f"rewrite_in_progress:{info.get('aof_rewrite_in_progress')}", refresh=False)
         bar.refresh()
-        if _aof_wait_over(info):
+        if _aof_wait_over(info) or info == INTERRUPTED:
             bar.close()
 
     return update
 
 
 #: Seconds between updates of the one line `progress` shows under `runbook run` (a killed run's saved notebook
-#: says how long it had waited).
-LINE_EVERY_S = 5.0
+#: says how long it had waited, within this); the wait's end and an interrupt are always shown.
+LINE_EVERY_S = 0.5
 
 
 def _line_progress(total_s: float, label: str, done: str) -> Any:
@@ -216,8 +218,10 @@ def _line_progress(total_s: float, label: str, done: str) -> Any:
     def update(elapsed: float, info: Any) -> None:
         if _aof_wait_over(info):
             line = f"{done} in {elapsed:.1f} s (deadline {total_s:g} s)"
+        elif info == INTERRUPTED:
+            line = f"{label}: interrupted after {elapsed:.1f} s of {total_s:g} s"
         elif not handles or elapsed - shown[0] >= LINE_EVERY_S:
-            line, shown[0] = f"{label}: {elapsed:.0f} s of {total_s:g} s", elapsed
+            line, shown[0] = f"{label}: {elapsed:.1f} s of {total_s:g} s", elapsed
         else:
             return
         if handles:

@@ -88,6 +88,17 @@ def expand(names: Sequence[str]) -> list[str]:
     return out
 
 
+def sequence_size(steps: Sequence[str]) -> str:
+    """How many notebooks `steps` (expanded names) run, in words: "6 steps (5 notebooks; inspect before and after)"
+    when one repeats, else "5 notebooks" (`runbook list` and `--help-notebook` say it the same way)."""
+    distinct = list(dict.fromkeys(steps))
+    if len(distinct) == len(steps):
+        return f"{len(steps)} notebook{'s' if len(steps) != 1 else ''}"
+    again = "; ".join(f"{n} before and after" if steps.count(n) == 2 and steps[0] == steps[-1] == n
+                      else f"{n} {steps.count(n)} times" for n in distinct if steps.count(n) > 1)
+    return f"{len(steps)} steps ({len(distinct)} notebooks; {again})"
+
+
 def plan(names: Sequence[str], files: Sequence[str | Path] = (), pairs: Sequence[tuple[str, str]] = ()) -> list[Step]:
     """Resolve names and check every parameter before anything runs (ParameterError otherwise).
 

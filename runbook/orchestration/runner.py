@@ -21,7 +21,14 @@ from pathlib import Path
 from typing import Any, Iterator, Sequence
 
 from runbook import __version__
-from runbook.errors import ArchiveError, ExitCode, RunbookError, exit_code_for, exit_code_for_status
+from runbook.errors import (
+    ArchiveError,
+    ChangeInterrupted,
+    ExitCode,
+    RunbookError,
+    exit_code_for,
+    exit_code_for_status,
+)
 from runbook.evidence import change_report
 from runbook.evidence.archive import ARCHIVE_ENV, Archive
 from runbook.evidence.journal import AtomicSaves, Journal, notice, read_intent, recent_records
@@ -76,7 +83,7 @@ class RunResult:
         """What the run changed on its targets, step by step, and what a step cut short may have changed."""
         out = []
         for s in self.steps:
-            if s.summary.changed_something:
+            if change_report.changed_target(s.summary):
                 out.append(f"{s.name} on {s.target}: {change_report.describe(s.summary)}")
             elif s.summary.facts.get("unfinished"):
                 out.append(f"{s.name} on {s.target} may have changed it ({s.summary.facts['unfinished']})")
@@ -297,6 +304,7 @@ def _run_steps(steps: Sequence[Step], result: RunResult, ctx: RunContext) -> Non
             entries = [e for e in step.parameters["targets"] if e["target"] in todo]
             step = replace(step, fleet=tuple(todo), parameters={**step.parameters, "targets": entries})
         before_change = step.stage == 0 and step.name == "inspect" and last_stage > 0
+        step = _planned_on_top(step, result.steps)
         try:
             with _watched(step, ctx, number, len(steps)):
                 results = _refused(step, ctx) or _run_step(step, ctx, before_change)
@@ -311,6 +319,19 @@ def _run_steps(steps: Sequence[Step], result: RunResult, ctx: RunContext) -> Non
                 failed[res.target] = res
                 if not ctx.keep_going:
                     stopped_by = res
+
+
+def _planned_on_top(step: Step, earlier: Sequence[StepResult]) -> Step:
+    """A plan-only persist-config after a planned enable-aof on its target: planned on top of the runtime settings
+    enable-aof would set (`planned_runtime`), so the plan shows the file change the apply will make (on a server
+    with AOF off in both places too). The apply plans from the real runtime again."""
+    if step.name != "persist-config" or step.fleet or effective(step, "apply") or \
+            step.parameters.get("planned_runtime"):
+        return step
+    target = str(effective(step, "target"))
+    planned = {c.setting: c.after for s in earlier if s.name == "enable-aof" and s.target == target
+               and s.summary.result == Outcome.PLANNED for c in s.summary.setting_changes if c.after is not None}
+    return replace(step, parameters={**step.parameters, "planned_runtime": planned}) if planned else step
 
 
 #: The steps whose plan changes the server's persistence settings or its config file: a plan of one that found
@@ -477,7 +498,11 @@ def _run_step(step: Step, ctx: RunContext, before_change: bool = False) -> list[
                else f"{error['ename']}: {error['evalue']}" if error["evalue"]
                else f"{error['ename']} in cell {error['cell']}")
         summary = (summary or StepSummary(step.name, status)).with_error(status, f"stopped by {ctx.stop.name}: {how}")
-        if error["ename"] != "ChangeInterrupted":
+        put_back = ChangeInterrupted.put_back(error["evalue"]) if error["ename"] == ChangeInterrupted.__name__ \
+            and not ctx.stop.killed else ""
+        if put_back:  # its own code put the change back: nothing is left, and the run closed itself
+            summary = replace(summary, facts={**summary.facts, "put_back": put_back})
+        elif error["ename"] != ChangeInterrupted.__name__:
             summary = _unfinished(summary, intent)
     elif error:
         code = exit_code_for(error["ename"])

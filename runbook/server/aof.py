@@ -127,8 +127,10 @@ def aof_ready(info: dict[str, object], rewrites_before: int | None = None) -> bo
     return True
 
 
-#: Called while waiting with (seconds waited, INFO persistence): a progress bar, a log line.
+#: Called while waiting with (seconds waited, INFO persistence): a progress bar, a log line. Called once more when
+#: an interrupt ends the wait, with INTERRUPTED set in place of INFO persistence.
 Progress = Callable[[float, Mapping[str, Any]], None]
+INTERRUPTED = {"runbook_interrupted": 1}
 #: INFO persistence counters a wait says it saw, besides READY_CONDITION.
 COUNTERS = ("aof_rewrites", "aof_rewrites_consecutive_failures")
 #: INFO persistence fields (7.0+) saying how far the fork child has got, shown while waiting.
@@ -213,6 +215,8 @@ def apply_runtime(client: redis.Redis, changes: Sequence[SettingChange], config_
         raise ChangeFailed(f"{str(err).rstrip('.')}. {_put_back(way_back, config_command, sent)}") from err
     except KeyboardInterrupt:  # SIGINT, or the runner passing on SIGTERM: end the wait, put back
         waited = "before the initial AOF rewrite completed" if turning_on else "midway"
+        if progress is not None and turning_on:
+            progress(deadline.elapsed, INTERRUPTED)  # the wait's last word: how long it had waited
         raise ChangeInterrupted(f"interrupted {waited} ({deadline.elapsed:.1f} s in). "
                                 f"{_put_back(way_back, config_command, sent)}") from None  # the message says it all
     finally:
@@ -224,7 +228,7 @@ def _put_back(way_back: WayBack | None, config_command: str, sent: Sequence[Sett
     """Put back every setting that was sent (appendonly first) in one write; say what was restored, or what was
     sent and not confirmed."""
     if not sent:
-        return "Nothing had been changed."
+        return ChangeInterrupted.NOTHING_SENT
     order = sorted(sent, key=lambda c: c.setting != "appendonly")
     commands = [(config_command, "SET", c.setting, str(c.before)) for c in order]
     by_hand = "; ".join(" ".join(command) for command in commands)
@@ -242,4 +246,4 @@ def _put_back(way_back: WayBack | None, config_command: str, sent: Sequence[Sett
                 for c, reply in zip(order, replies) if isinstance(reply, Exception)]
     if problems:
         return "Could NOT restore the server: " + "; ".join(problems) + ". Check it by hand now."
-    return "The server was left as found: " + ", ".join(f"{c.setting} {c.before}" for c in order) + "."
+    return ChangeInterrupted.LEFT_AS_FOUND + ", ".join(f"{c.setting} {c.before}" for c in order) + "."

@@ -75,6 +75,9 @@ class PersistPlan:
     directives: tuple[str, ...] = ()  # the directives whose lines `diff` changes
     edit_diff: str = ""  # the edit's diff (masked): the patch for a person with the rights, and the fallback's
     rewrite: RewritePrediction | None = field(default=None, repr=False)  # what CONFIG REWRITE will write
+    #: A plan-only run's runtime settings that an earlier step of the run plans to set (enable-aof's), planned on
+    #: top of what runs now: the plan shows the file change the apply will make. Never applied from.
+    assumed: Mapping[str, str] = field(default_factory=dict)
 
     @property
     def unchanged(self) -> bool:
@@ -250,15 +253,19 @@ def _no_boot_binary(ident: Identity, choice: BinaryChoice) -> tuple[str, str]:
 
 
 def plan_persist(target: Target, *, config_file: str = "", method: str = "auto",
-                 settings: Mapping[str, object] | None = None, allow_unchecked_boot: bool = False) -> PersistPlan:
+                 settings: Mapping[str, object] | None = None, allow_unchecked_boot: bool = False,
+                 planned_runtime: Mapping[str, object] | None = None) -> PersistPlan:
     """Read runtime and file, decide what to write and how; sends nothing that changes state.
 
     Blocked when no server binary of the target's product and major.minor is here to boot-check the file
-    with, unless `allow_unchecked_boot`.
+    with, unless `allow_unchecked_boot`. `planned_runtime` (a plan-only run: what enable-aof plans to set) is
+    planned on top of the runtime; the trap guard then waits for the apply, which checks the real runtime.
     """
     client = target.client
     ident = target.identify()
-    runtime = target.runtime_settings()
+    assumed = {str(k): ("yes" if v is True else "no" if v is False else str(v))
+               for k, v in (planned_runtime or {}).items()}
+    runtime = {**target.runtime_settings(), **assumed}
     info = dict(client.info("persistence"))
     path_str = config_file or ident.config_file
     path = Path(path_str) if path_str else None
@@ -274,7 +281,7 @@ def plan_persist(target: Target, *, config_file: str = "", method: str = "auto",
     if target.local and data_dir and os.access(data_dir, os.R_OK | os.X_OK):
         aof = aof_on_disk(Path(data_dir), runtime.get("appendfilename", "appendonly.aof"),
                           runtime.get("appenddirname", "appendonlydir"))
-    refusal = trap_guard(desired, runtime, info, aof)
+    refusal = "" if assumed else trap_guard(desired, runtime, info, aof)
     if refusal:
         raise PreconditionFailed(f"{target.name}: {refusal} The config file was not touched.")
 
@@ -296,7 +303,8 @@ def plan_persist(target: Target, *, config_file: str = "", method: str = "auto",
     chosen, reason = choose_method(method, target, ident, config, path) if changes else ("none", "no drift")
     if chosen == "rewrite":
         # CONFIG REWRITE writes every runtime setting, not only the planned ones: guard what it will write.
-        refusal = trap_guard({**desired, "appendonly": runtime.get("appendonly", "no")}, runtime, info, aof)
+        refusal = "" if assumed else trap_guard({**desired, "appendonly": runtime.get("appendonly", "no")}, runtime,
+                                                info, aof)
         if refusal:
             raise PreconditionFailed(f"{target.name}: {refusal} (CONFIG REWRITE would write the runtime "
                                      "appendonly). The config file was not touched.")
@@ -333,16 +341,19 @@ def plan_persist(target: Target, *, config_file: str = "", method: str = "auto",
     commands = blocked_commands(edit_file or path_str, diff, desired, note) if chosen == "blocked" else ""
     edit_diff, rewrite = diff, None
     if chosen == "rewrite" and path is not None:
-        rewrite = _predict_rewrite(target, ident, path.resolve(), boot)
+        rewrite = _predict_rewrite(target, ident, path.resolve(), boot, assumed)
         if rewrite is not None:
             diff = unified_diff(read_raw(path.resolve()), rewrite.text, str(path.resolve()))
             directives = rewrite.directives
+    if assumed and changes:
+        reason += (f"; planned as if {', '.join(f'{k} {v}' for k, v in assumed.items())} were set at runtime (what "
+                   "enable-aof plans): the apply plans again from the real runtime, behind the trap guard")
     return PersistPlan(ident, path_str, tuple(changes), desired, chosen, reason, diff, commands, new_text,
-                       edit_file, before_sha, boot, fallback, stamp, directives, edit_diff, rewrite)
+                       edit_file, before_sha, boot, fallback, stamp, directives, edit_diff, rewrite, assumed)
 
 
-def _predict_rewrite(target: Target, ident: Identity, path: Path,
-                     boot: BinaryChoice | None) -> RewritePrediction | None:
+def _predict_rewrite(target: Target, ident: Identity, path: Path, boot: BinaryChoice | None,
+                     assumed: Mapping[str, str] | None = None) -> RewritePrediction | None:
     """What CONFIG REWRITE will write to `path` (`runbook.server.rewrite`): every runtime setting against the file,
     with the defaults of a throwaway of the boot check's binary (its product and major.minor); None when the file
     is not readable here."""
@@ -350,6 +361,7 @@ def _predict_rewrite(target: Target, ident: Identity, path: Path,
         return None
     text = read_raw(path)
     inputs = read_inputs(target, text)
+    runtime = {**inputs.runtime, **(assumed or {})}
     defaults: dict[str, str] = {}
     if boot is not None and boot.match in ("exact", "major.minor"):
         try:
@@ -358,7 +370,7 @@ def _predict_rewrite(target: Target, ident: Identity, path: Path,
             log.warning("%s: the defaults of %s were not measured (%s): the plan assumes the documented ones",
                         target.name, boot.binary.path, err)
     try:
-        return predict_rewrite(text, inputs.runtime, server=ident.server, version=ident.version, defaults=defaults,
+        return predict_rewrite(text, runtime, server=ident.server, version=ident.version, defaults=defaults,
                                acl_users=inputs.acl_users)
     except (ValueError, KeyError) as err:  # a value this prediction cannot read: plan with the edit's diff instead
         log.warning("%s: what CONFIG REWRITE will write was not predicted (%r): the plan shows the edit's diff",
@@ -384,6 +396,9 @@ def apply_persist(target: Target, plan: PersistPlan, *, apply: bool = False, mak
         return PersistResult(Outcome.BLOCKED, "blocked", reason=plan.reason, commands=plan.commands)
     if not apply:
         return PersistResult(Outcome.PLANNED, plan.method, diff=plan.diff)
+    if plan.assumed:
+        raise ParameterError(f"{target.name}: planned_runtime is for plans only (it plans on top of settings not yet "
+                             "set); with apply the plan is made from the real runtime: leave planned_runtime empty")
     stamp = plan.stamp or utc_stamp()
     cid = run_change_id() if change_id is None else change_id
     if plan.method == "rewrite":

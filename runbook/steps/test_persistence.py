@@ -141,11 +141,20 @@ class TestResult:
     def verdict(self) -> Status:
         return worst([c.status for c in self.checks])
 
+    @property
+    def result(self) -> Outcome:
+        """`planned` for a plan; `done` for a test that wrote to its target (canaries, a BGSAVE or a restart), the
+        `changed yes` of the run's table; `nothing` for one that did not (refused writes; the crash test, which
+        runs on throwaway servers)."""
+        if self.would:
+            return Outcome.PLANNED
+        return Outcome.DONE if int(self.figures.get("canaries_written") or 0) > 0 else Outcome.NOTHING
+
     def summary(self, ident: Identity) -> StepSummary:
-        """The record of this notebook: mode, checks, canary counts, load time, the lost-write table; a plan is
-        `planned`, with what it would do (`would`)."""
+        """The record of this notebook: mode, checks, canary counts, load time, the lost-write table, and its
+        `result`; a plan is `planned`, with what it would do (`would`)."""
         planned = {"would": self.would} if self.would else {}
-        return StepSummary(STEP, self.verdict, Outcome.PLANNED if self.would else None, ident.server, ident.version,
+        return StepSummary(STEP, self.verdict, self.result, ident.server, ident.version,
                            self.checks, facts={"mode": self.mode, **self.figures, **planned,
                                                "crash": list(self.crash_table)})
 
