@@ -38,8 +38,8 @@ from runbook.orchestration.plan import (
     SEQUENCE_HELP,
     SEQUENCES,
     default_params_file,
-    notebooks_dir,
     expand,
+    notebooks_dir,
     parameter_help,
     sequence_size,
     title,
@@ -392,7 +392,8 @@ UNDO = {
 
 
 def stopped_line(result: RunResult) -> str:
-    """The one line of a run a signal stopped: where, what was put back or is left, and where the evidence is."""
+    """The one line of a run a signal stopped: where, what was put back or is left, and where the evidence is (its
+    change report when the run wrote one, else the index)."""
     cut = next((s for s in result.steps if s.status == Status.INTERRUPTED), None)
     done = [s for s in result.steps if s.status not in (Status.SKIPPED, Status.INTERRUPTED)]
     if cut is not None:
@@ -408,7 +409,8 @@ def stopped_line(result: RunResult) -> str:
     changes = result.changes()
     return (f"runbook: stopped by {result.stopped_by} {where}; change {result.change_id}"
             + (f"; it had changed: {'; '.join(changes)}" if changes and cut is None else "")
-            + f"; evidence: {result.archive.location()}")
+            + (f"; report: {result.archive.location(result.report)}" if result.report is not None
+               else f"; evidence: {result.archive.location()}"))
 
 
 def changed(summary: StepSummary) -> str:
@@ -441,7 +443,7 @@ def _figures(summary: StepSummary) -> str:
     parts = [f"{summary.server or '?'} {summary.version}".strip()]
     if summary.result is not None:
         parts.append(f"result={summary.result}" + (f" method={facts['method']}" if facts.get("method") else ""))
-    if "dbsize" in facts:
+    if facts.get("dbsize") is not None:  # a plan has not counted them
         parts.append(f"keys={facts['dbsize']}")
     if facts.get("skip_reason"):
         parts.append(f"skipped because: {facts['skip_reason']}")

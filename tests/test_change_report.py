@@ -369,3 +369,35 @@ def test_a_plan_says_nothing_was_changed_and_lists_what_would_be(tmp_path: Path)
     changes = html[html.index('id="changes"'):html.index("</table>", html.index('id="changes"'))]
     assert "appendonly" in changes and "runtime" in changes and "no</code> -&gt; <code>yes" in changes
     assert "plan only: nothing was changed" in html and out["steps"][0]["summary"]["commands_sent"] == []
+
+
+# -- a step that put its own change back; a test run is a proof, not a change ------------------------------------
+
+PUT_BACK = StepSummary("enable-aof", Status.INTERRUPTED, error="stopped by SIGINT: ChangeInterrupted: enabling AOF "
+                       "interrupted (1.2 s in). The server was left as found: appendonly no.",
+                       facts={"put_back": "The server was left as found: appendonly no."})
+TESTED = StepSummary("test-persistence", Status.PASS, Outcome.DONE, "redis", "7.2.4", facts={
+    "mode": "online", "canaries_written": 1000, "canaries_found": 1000, "commands_sent": ["BGSAVE"]})
+
+
+def test_a_step_that_put_its_change_back_leaves_nothing_to_undo_in_the_report() -> None:
+    from runbook.evidence import change_page
+
+    r = change_report.build([_record("enable-aof", PUT_BACK, 1, status="interrupted")],
+                            change_report.RunFacts(130, stopped_by="SIGINT"))
+    assert r.undo() == [] and r.changed_lines() == []
+    html = change_page.render(r)
+    alert = html[html.index('id="failure"'):html.index("</div>", html.index('id="failure"'))]
+    assert ("Already changed: nothing left: enable-aof on redis://db-1:6379/0 put back what it had changed (The "
+            "server was left as found: appendonly no.)") in alert
+    assert "To undo" not in alert and "no step had changed anything" not in alert
+    assert "put back: enable-aof on redis://db-1:6379/0 put back what it had changed" in "\n".join(r.terminal())
+
+
+def test_an_applied_test_is_done_but_is_no_change_of_the_target() -> None:
+    r = change_report.build([_record("enable-aof", ENABLED, 0), _record("test-persistence", TESTED, 0)])
+    assert [s.changed for s in r.steps] == ["yes", "yes"]
+    assert r.changed_lines() == ["enable-aof on redis://db-1:6379/0: appendonly no -> yes (runtime)"]
+    assert change_report.describe(TESTED) == "online test: 1000 of 1000 canaries back"
+    planned = StepSummary("test-persistence", Status.PASS, Outcome.PLANNED, facts={"mode": "online", "would": "x"})
+    assert change_report.describe(planned) == "would run the online test"

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -19,15 +19,17 @@ import pytest
 from helpers import index, run_json, runbook_cli, switch_aof_on
 
 import runbook
-from runbook.cli import changed, diffs, exit_code
+from runbook.cli import _figures, changed, diffs, exit_code
 from runbook.errors import ExitCode, ParameterError
 from runbook.evidence.archive import Archive
+from runbook.evidence.metrics import last_changes
 from runbook.model import Check, Outcome, Status, StepSummary
 from runbook.orchestration.locking import may_change
 from runbook.orchestration.plan import NOTEBOOKS, plan
 from runbook.orchestration.runner import RunResult, StepResult, _after_plan
 from runbook.sandbox.seed import populate
 from runbook.sandbox.throwaway import SEED_CONFIG, Sandbox
+from runbook.server.target import Identity
 from runbook.steps import backup, test_persistence
 
 #: The commands a plan may send: reads, and the connection's own handshake. Any other command whose calls grow
@@ -373,3 +375,47 @@ def test_the_notebooks_declare_apply_defaulting_to_a_plan() -> None:
         (step,) = plan([name], pairs=[("target", "redis://127.0.0.1:6379/0")])
         source = json.loads(step.path.read_text())["cells"][1]["source"]
         assert any(line.startswith("apply: bool = False  # ") for line in source), name
+
+
+# -- an applied test-persistence records a result; a planned backup's figures -----------------------------------------
+
+IDENT = Identity("redis", "7.2.4", "standalone", "master", "", "", 1, 1, 6379)
+
+
+@pytest.mark.parametrize("result, outcome, word", [
+    (test_persistence.TestResult("online", (), {"canaries_written": 1000}), Outcome.DONE, "yes"),
+    (test_persistence.TestResult("restart", (), {"canaries_written": 1000, "load_s": 0.1}), Outcome.DONE, "yes"),
+    (test_persistence.TestResult("online", (), {"canaries_written": 0}, would="write 1000 canary keys"),
+     Outcome.PLANNED, "would"),
+    # nothing written to the target: refused writes, the crash test (throwaway servers)
+    (test_persistence.TestResult("online", (Check("writes_accepted", Status.FAIL, "min-replicas"),),
+                                 {"canaries_written": 0}), Outcome.NOTHING, "no"),
+    (test_persistence.TestResult("crash", (), {"crash_seconds": 2.0}), Outcome.NOTHING, "no"),
+])
+def test_an_applied_test_records_what_it_did(result: test_persistence.TestResult, outcome: Outcome,
+                                            word: str) -> None:
+    summary = result.summary(IDENT)
+    assert summary.result == outcome and changed(summary) == word
+
+
+def test_a_test_run_is_done_but_no_change_of_the_target(tmp_path: Path) -> None:
+    """The run's `changes` (what a stopped or failed run had changed), `pending` and the change series of the
+    metrics leave a test out: what it wrote was its own, and removed."""
+    tested = test_persistence.TestResult("online", (), {"canaries_written": 1000, "canaries_found": 1000})
+    result = RunResult("c", Archive(tmp_path))
+    result.steps.append(StepResult("test-persistence", "t", Status.PASS, ExitCode.OK, tested.summary(IDENT), None,
+                                   None, {}))
+    assert result.changes() == [] and result.pending() == []
+    record = {"run_id": "r1", "change_id": "c", "notebook": "test-persistence", "target": "t", "status": "pass",
+              "exit_code": 0, "summary": tested.summary(IDENT).to_json(), "files": {},
+              "started": "2026-01-02T03:04:05+00:00", "ended": "2026-01-02T03:04:06+00:00"}
+    assert last_changes([record]) == {}
+    assert set(last_changes([record, {**record, "run_id": "r2", "notebook": "enable-aof", "summary": {
+        "verdict": "pass", "result": "changed"}}])) == {"t"}  # the check above could fail
+
+
+def test_a_planned_backup_shows_no_unknown_key_count() -> None:
+    planned = StepSummary("backup", Status.PASS, Outcome.PLANNED, "redis", "7.2.4",
+                          facts={"location": "/b/x", "dbsize": None})
+    assert "keys=" not in _figures(planned) and "to=/b/x" in _figures(planned)
+    assert "keys=10" in _figures(replace(planned, result=Outcome.DONE, facts={"location": "/b/x", "dbsize": 10}))

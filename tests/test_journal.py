@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -83,6 +84,21 @@ def test_a_rollback_of_the_change_or_the_step_run_again_closes_an_interrupted_ru
     assert notice([*killed, rolled]) == ""
     problems, notes = findings([*killed, rolled])
     assert not problems and len(notes) == 1 and "closed by rollback" in notes[0]
+
+
+def test_an_interrupted_run_whose_own_code_put_the_change_back_closed_itself() -> None:
+    """Its verdict says it put back what it had changed (`put_back`): no notice at the next run, a note (not a
+    problem) in `archive verify`; one that did not say so stays open."""
+    cut = [_rec("t", "started"), _rec("t", "intent", intent=INTENT), _rec("t", "interrupted", summary={
+        "verdict": "interrupted", "error": "stopped by SIGINT: ... The server was left as found: appendonly no.",
+        "put_back": "The server was left as found: appendonly no."})]
+    (item,) = interrupted_runs(cut)
+    assert item.closed_by.startswith("itself") and "nothing is left to undo" in item.closed_by
+    assert notice(cut) == ""
+    problems, notes = findings(cut)
+    assert not problems and len(notes) == 1 and "closed by itself" in notes[0] and "left as found" in notes[0]
+    unsure = [*cut[:2], _rec("t", "interrupted", summary={"verdict": "interrupted", "error": "Could NOT restore"})]
+    assert findings(unsure)[0] and notice(unsure)
 
 
 def test_archive_list_shows_one_row_per_run_and_a_killed_one_as_interrupted() -> None:
@@ -265,10 +281,21 @@ def test_a_signal_during_the_rewrite_puts_aof_back_and_exits_with_one_line(big_s
     nb = _executed(archive, records[0]["run_id"])
     assert any(c.get("execution_count") and c.outputs for c in nb.cells if c.cell_type == "code")
 
+    assert records[2]["summary"]["put_back"] == "The server was left as found: appendonly no."
+    html = (archive / next(f for f in records[2]["files"] if f.endswith(".html"))).read_text()
+    banner = html[html.index('<div class="banner error">'):html.index("</header>")]
+    assert "left as found: appendonly no" in banner and "Nothing is left to undo" in banner
+    assert "It may have changed" not in banner and "look at the target" not in banner
+    assert re.search(r"waiting for the AOF rewrite: interrupted after \d+\.\d s of 300 s", html)  # its last word
+    assert line.endswith(f"; report: {archive / 'reports' / (records[0]['change_id'] + '.html')}")
+
     listed = runbook_cli("archive", "list", "--archive", str(archive))
     assert listed.returncode == 0 and " interrupted " in listed.stdout
+    # It closed itself: `archive verify` notes it, and no run is told to undo it.
     verified = runbook_cli("archive", "verify", "--archive", str(archive))
-    assert verified.returncode == 1 and "interrupted" in verified.stderr and "left as found" in verified.stderr
+    assert verified.returncode == 0, verified.stderr
+    assert "closed by itself" in verified.stdout and "left as found" in verified.stdout
+    assert notice(read_index(archive)) == ""
 
 
 def test_kill_9_during_the_rewrite_leaves_its_intent_and_rollback_undoes_it(big_server: Sandbox,

@@ -67,7 +67,7 @@ def test_two_concurrent_changes_one_wins_the_other_is_blocked(default_binary: Pa
     assert not (tmp_path / f"backups-{loser}").exists()
     # The winner changed the server once: one config backup, named after its change, holding the original.
     assert [s["notebook"] for s in won["steps"] if s["changed"] == "yes"] == ["backup", "enable-aof",
-                                                                                "persist-config"]
+                                                                                "persist-config", "test-persistence"]
     assert sb.client().config_get("appendonly")["appendonly"] == "yes"
     backups = sorted(sb.config_path.parent.glob("redis.conf.runbook-*.bak"))
     assert [b.name.split("-")[1] for b in backups] == [won["change_id"]]

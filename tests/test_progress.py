@@ -26,7 +26,7 @@ from typing import Callable, Iterator
 import pytest
 from helpers import REPO
 
-from runbook.cli import advisories, recap
+from runbook.cli import advisories, recap, stopped_line
 from runbook.evidence.archive import Archive, read_index
 from runbook.model import Outcome, Status, StepSummary
 from runbook.orchestration.runner import RunResult, StepResult
@@ -104,6 +104,16 @@ def test_the_terminal_shows_each_step_as_it_starts_and_ends_and_the_wait_in_betw
     assert re.search(r"\r      enable-aof: initial AOF rewrite 4\.\d s / 300 s: aof_rewrite_in_progress:1", text)
     # The status line is blanked out, then the step's line written over it.
     assert re.search(r"in_progress:1\r +\r\[3/6\] enable-aof on sandbox: pass, changed yes \(\d+\.\d s\)\n\Z", text)
+
+
+def test_the_stopped_line_points_at_the_change_report_else_at_the_index(tmp_path: Path) -> None:
+    archive = Archive(tmp_path / "a")
+    result = RunResult("c1", archive, [_result("backup", Status.PASS, Outcome.DONE),
+                                       _result("enable-aof", Status.INTERRUPTED, code=1)], stopped_by="SIGINT")
+    assert stopped_line(result).endswith(f"; evidence: {archive.location()}")
+    result.report = archive.local / "reports" / "c1.html"
+    line = stopped_line(result)
+    assert line.endswith(f"; report: {result.report}") and "evidence:" not in line
 
 
 def test_the_recap_counts_and_advisories_come_once_per_host(tmp_path: Path) -> None:
@@ -207,7 +217,7 @@ def test_a_run_on_a_terminal_shows_its_steps_and_waits(slow_server: Sandbox, tmp
                      text)
     assert re.search(r"\r      backup: BGSAVE \d+\.\d s / \d+ s: [^\r]*rdb_bgsave_in_progress:1", text)
     lines = [line for line in text.replace("\r\n", "\n").split("\n") if line.strip()]
-    assert lines[-1] == "recap:    ok 6, changed 3, would change 0, failed 0, skipped 0, blocked 0"
+    assert lines[-1] == "recap:    ok 6, changed 4, would change 0, failed 0, skipped 0, blocked 0"
     assert slow_server.client().config_get("appendonly") == {"appendonly": "yes"}
 
 
@@ -234,7 +244,7 @@ def test_without_a_terminal_the_output_is_the_table_and_the_recap(tmp_path: Path
     advised = [line for line in after if line.startswith("advisory: ")]
     assert len(advised) == (1 if overcommit not in (None, 1) else 0)  # three steps recorded it: said once
     assert all(f"vm.overcommit_memory = {overcommit}: " in line for line in advised)
-    assert after == [*advised, "recap:    ok 6, changed 2, would change 0, failed 0, skipped 0, blocked 0"]
+    assert after == [*advised, "recap:    ok 6, changed 3, would change 0, failed 0, skipped 0, blocked 0"]
     assert "\r" not in proc.stdout and "[1/6]" not in proc.stdout
 
 
@@ -262,6 +272,13 @@ def _assert_put_back(sb: Sandbox, tmp_path: Path) -> None:
                      ("persist-config", "skipped"), ("test-persistence", "skipped"), ("inspect", "skipped")]
     (cut,) = [r for r in read_index(tmp_path / "archive") if r["status"] == "interrupted"]
     assert "left as found: appendonly no" in cut["summary"]["error"]
+    # Its page says it was put back, nothing left; the wait's line shows how long it ran (at least the 0.3 s of
+    # rewrite the test waited for), not the "0 s" of its first update.
+    html = (tmp_path / "archive" / next(f for f in cut["files"] if f.endswith(".html"))).read_text()
+    banner = html[html.index('<div class="banner error">'):html.index("</header>")]
+    assert "Nothing is left to undo" in banner and "It may have changed" not in banner
+    waited = re.search(r"waiting for the AOF rewrite: interrupted after (\d+\.\d) s of 300 s", html)
+    assert waited and float(waited.group(1)) >= 0.3, html[html.find("waiting for"):][:200]
 
 
 @pytest.mark.notebook
@@ -286,7 +303,8 @@ def test_ctrl_c_during_the_rewrite_stops_with_one_line_and_exit_130(slow_server:
     (line,) = err.splitlines()
     assert line.startswith(f"runbook: stopped by SIGINT during enable-aof on {slow_server.url}: enabling AOF "
                            "interrupted before the initial AOF rewrite completed")
-    assert "The server was left as found: appendonly no" in line and "evidence: " in line
+    assert "The server was left as found: appendonly no" in line and "evidence: " not in line
+    assert re.search(r"; report: \S+/reports/[0-9a-f]{12}\.html$", line), line  # the change report, not the index
     _assert_put_back(slow_server, tmp_path)
 
 

@@ -146,7 +146,8 @@ def test_run_all_performs_the_seed_change(tmp_path: Path) -> None:
     steps = out["steps"]
     assert [s["notebook"] for s in steps] == ["inspect", "backup", "enable-aof", "persist-config", "test-persistence",
                                               "inspect"]
-    assert [s["changed"] for s in steps] == ["-", "yes", "no", "yes", "-", "-"]  # a backup taken, the file written
+    # a backup taken, the file written, the online test's canaries and BGSAVE
+    assert [s["changed"] for s in steps] == ["-", "yes", "no", "yes", "yes", "-"]
     before, backup, enable, persist, test, after = (s["summary"] for s in steps)
     assert before["verdict"] == "fail" and before["drift"] == ["appendonly"]  # the seed's problem, shown
     # The data is backed up first, as Redis's own procedure for switching AOF on begins, under the same change.

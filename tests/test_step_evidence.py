@@ -214,6 +214,10 @@ CHANGED = StepSummary("enable-aof", Status.ERROR, Outcome.CHANGED, facts={
      "It may have changed: CONFIG SET appendonly yes"),
     (StepSummary("enable-aof", Status.ERROR, error="PreconditionFailed: x"), None,
      "Nothing had been changed: the step stopped before it announced a write."),
+    # interrupted after its intent, and its own code put the change back: nothing may be left
+    (StepSummary("enable-aof", Status.INTERRUPTED, facts={"put_back": "The server was left as found: appendonly no."}),
+     {"summary": "CONFIG SET at runtime (appendonly no -> yes)"},
+     "Nothing is left to undo: the step's own code put back what it had changed before it stopped."),
 ])
 def test_what_had_changed(summary: StepSummary, intent: dict[str, Any] | None, said: str) -> None:
     assert step_page.what_had_changed(_header(summary, intent=intent)).startswith(said)
@@ -268,3 +272,9 @@ def test_plots_with_nothing_to_plot_are_a_sentence() -> None:
     Insp.runtime = {"save": "3600 1"}
     fig = report.plot_persistence(Insp())
     assert isinstance(fig, Figure) and len(fig.axes) == 1  # only the panel that has something to show
+
+
+def test_a_planned_backups_result_says_would_once() -> None:
+    planned = StepSummary("backup", Status.PASS, Outcome.PLANNED, facts={"location": "/var/backups/redis"})
+    header = _header_of(step_page.render(_executed(error_cell=False), _header(planned, error=False)))
+    assert "planned: would back up to /var/backups/redis" in header and "would change would" not in header

@@ -18,7 +18,7 @@ from html import escape
 from pathlib import Path
 from typing import Any, Sequence
 
-from runbook.evidence.change_report import ChangeReport, StepLine, utc, what_it_did
+from runbook.evidence.change_report import ChangeReport, StepLine, put_back, utc, what_it_did
 from runbook.evidence.page import page
 from runbook.model import worst
 from runbook.server.configfile import mask_secrets
@@ -118,10 +118,12 @@ def _alert(r: ChangeReport) -> str:
         what.append(f"the evidence archive failed: {_e(r.archive_failure)}")
     changed = r.changed_lines()
     undo = r.undo()
+    back = put_back(r.steps)
+    none = f"nothing left: {'; '.join(back)}" if back else "nothing (no step had changed anything)"
     return ('<div class="alert" id="failure">'
             f"<p>What failed: {'; '.join(what) or _e(r.verdict)}</p>"
-            f"<p>Already changed: {_e('; '.join(changed)) if changed else 'nothing (no step had changed anything)'}"
-            "</p>"
+            f"<p>Already changed: {_e('; '.join(changed)) if changed else _e(none)}"
+            + (f"; {_e('; '.join(back))}" if changed and back else "") + "</p>"
             + (f"<p>To undo: {'; '.join(f'<code>{_e(u)}</code>' for u in undo)}</p>" if undo else "")
             + "</div>")
 

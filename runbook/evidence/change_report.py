@@ -48,6 +48,9 @@ PROOF_CHECKS: dict[str, tuple[str, ...]] = {
     "test-persistence": ("restart", "dbsize", "canaries", "bgsave", "aof_write", "writes_accepted",
                          "canaries_removed"),
 }
+#: Steps that prove a change rather than make one: what an applied one writes (canaries, a BGSAVE, a restart) is
+#: its own and removed after it (`done`, `changed yes` in the run's table), never a change left on the target.
+PROOFS = ("test-persistence",)
 #: Of the summary's facts, those that count a target's keys (the report's key counts before and after).
 KEY_FACTS = ("dbsize_before", "dbsize", "dbsize_after")
 
@@ -154,7 +157,7 @@ class ChangeReport:
         out = []
         for s in self.steps:
             said = what_it_did(s)
-            if s.summary.changed_something:
+            if changed_target(s.summary):
                 out.append(f"{s.step} on {s.target}: {said}")
             elif s.summary.facts.get("unfinished"):
                 out.append(f"{s.step} on {s.target} may have changed it: {s.summary.facts['unfinished']}")
@@ -281,6 +284,8 @@ class ChangeReport:
                          if c is not None else f"{head:<9} nothing")
         for line in [] if rows else self.changed_lines():
             lines.append(f"{head:<9} {line}")
+        for line in put_back(self.steps):
+            lines.append(f"put back: {line}")
         for target, groups in self.commands().items():
             lines.append(f"commands: {target}" + ("" if groups else ": no write command"))
             for who, sent in groups:
@@ -395,6 +400,17 @@ def _summary_changes(summary: StepSummary, target: str) -> list[Change]:
     return []
 
 
+def changed_target(summary: StepSummary) -> bool:
+    """Whether the step left a change on its target (what the change changed; a test's writes are its own)."""
+    return summary.changed_something and summary.step not in PROOFS
+
+
+def put_back(steps: Sequence[StepLine]) -> list[str]:
+    """The steps cut short whose own code put their change back (nothing left to undo), one line each."""
+    return [f"{s.step} on {s.target} put back what it had changed ({s.summary.facts['put_back']})"
+            for s in steps if s.summary.facts.get("put_back")]
+
+
 def what_it_did(s: StepLine) -> str:
     """A step's change in a few words: settings before -> after, the file written, the backup taken."""
     return describe(s.summary)
@@ -414,6 +430,8 @@ def describe(summary: StepSummary) -> str:
         return f"wrote {summary.file_change.written_file} ({settings}); backup {summary.file_change.backup or 'none'}"
     if step == "rollback" and summary.changed_something:
         return f"rolled back change {facts.get('change_id', '?')}" + (f" ({settings})" if settings else "")
+    if step == "test-persistence" and facts.get("mode") and summary.result == Outcome.PLANNED:
+        return f"would run the {facts['mode']} test"
     if step == "test-persistence" and facts.get("mode"):
         return f"{facts['mode']} test" + (f": {facts.get('canaries_found')} of {facts.get('canaries_written')} "
                                           "canaries back" if facts.get("canaries_written") else "")

@@ -5,7 +5,8 @@ before the notebook runs), `intent` (the notebook, through `intend`, just before
 what it will set or write) and its verdict. A run whose last record is `started` or `intent` was killed
 (SIGKILL, the host going down); one whose verdict is `interrupted` was stopped by SIGTERM/SIGINT and says
 what was put back. Both read as interrupted (`interrupted_runs`) until a rollback of their change, or a later
-run of the same step on the same target that ended, closes them.
+run of the same step on the same target that ended, closes them; an interrupted one whose own code put its change
+back in full (its summary's `put_back`) closed itself: nothing is left to undo.
 
 Every write goes through `Archive.add`, `Archive.run_path` and `Archive.files`; a failing write (disk full,
 permission lost, a failed upload) comes out as ArchiveError naming what could not be written and where the
@@ -282,13 +283,21 @@ def interrupted_runs(records: Iterable[Mapping[str, Any]]) -> list[Interrupted]:
             continue  # it ended with a verdict
         first_n, first = entries[0]
         intent = next((dict(r.get("intent") or {}) for _, r in entries if r.get("status") == str(Status.INTENT)), {})
-        ended = str(StepSummary.from_json(final[-1].get("summary") or {}).error or "interrupted") if final else ""
+        verdict = StepSummary.from_json(final[-1].get("summary") or {}) if final else None
+        ended = str(verdict.error or "interrupted") if verdict is not None else ""
         item = Interrupted(run_id, str(first.get("change_id", "")), str(first.get("notebook", "")),
                            str(first.get("target", "")), str(first.get("started", "")),
                            str(intent.get("summary") or first.get("doing") or ""), intent, ended, first_n)
+        if verdict is not None and verdict.facts.get("put_back"):
+            found.append(replace(item, closed_by=SELF_CLOSED))
+            continue
         last_n = entries[-1][0]
         found.append(_with_closer(item, recs[last_n + 1:], last_n + 1))
     return sorted(found, key=lambda i: i.position)
+
+
+#: What closed an interrupted run whose own code put its change back (nothing left to undo).
+SELF_CLOSED = "itself (it put its change back: nothing is left to undo)"
 
 
 def _with_closer(item: Interrupted, later: list[Mapping[str, Any]], offset: int) -> Interrupted:

@@ -76,6 +76,8 @@ def what_had_changed(header: StepHeader) -> str:
     """The failure banner's second sentence: what the step had changed on its target before it stopped."""
     s = header.summary
     said = changes(s)
+    if s.facts.get("put_back"):
+        return "Nothing is left to undo: the step's own code put back what it had changed before it stopped."
     if s.changed_something:
         return f"It had changed: {said or s.result}."
     if s.facts.get("unfinished") or header.intent:
@@ -200,7 +202,7 @@ def _header_html(nb: Any, h: StepHeader, where: str) -> str:
     rows = [("verdict", f"{verdict} {escape(detail)}".strip())]
     if s.result is not None:
         said = changes(s) if s.changed_something or s.result == Outcome.PLANNED else ""
-        if said and s.result == Outcome.PLANNED:
+        if said and s.result == Outcome.PLANNED and not said.startswith("would "):
             said = f"would change {said}"
         rows.append(("result", escape(f"{s.result}: {said}" if said else str(s.result))))
     if s.server or s.version:
