@@ -15,6 +15,12 @@ from typing import Any, Iterable, Mapping
 #: Version of the summary's JSON form. Records written before it existed read as version 0.
 SCHEMA_VERSION = 1
 
+#: The steps that change a server's settings, its config file or the backups of its data when applied: the lock
+#: guards them, and the metrics' change series counts them (the online test writes only canaries it removes).
+CHANGING_STEPS = ("backup", "enable-aof", "persist-config", "rollback")
+#: The steps whose change `rollback` puts back (the runtime settings, the config file).
+UNDONE_BY_ROLLBACK = ("enable-aof", "persist-config")
+
 
 class Word(str, Enum):
     """An enum whose members are their own word in JSON, f-strings and comparisons with str."""

@@ -93,6 +93,18 @@ def rechain(lines: list[bytes], start: int) -> list[bytes]:
     return out
 
 
+def edit_and_rechain(root: Path, line: int) -> None:
+    """Tamper as someone who knows the format would: record `line` says fail, the chain after it and the head are
+    recomputed (without a key, nothing can tell)."""
+    lines = segment_lines(root)
+    rec = json.loads(lines[line])
+    rec["status"] = "fail"
+    lines[line] = canonical(rec)
+    lines = rechain(lines, line)
+    write_lines(root, lines)
+    forge_head(root, lines)
+
+
 def forge_head(root: Path, lines: list[bytes]) -> None:
     """A head that matches `lines` (unsigned: the forger has no key)."""
     last = json.loads(lines[-1])
@@ -219,13 +231,7 @@ def test_every_record_and_the_head_are_signed_the_way_ssh_keygen_verifies(tmp_pa
 
 def test_an_edited_record_with_the_chain_and_head_recomputed_is_caught(tmp_path: Path, keys: dict[str, Path]) -> None:
     make_archive(tmp_path, 4)
-    lines = segment_lines(tmp_path)
-    rec = json.loads(lines[1])
-    rec["status"] = "fail"
-    lines[1] = canonical(rec)
-    lines = rechain(lines, 1)
-    write_lines(tmp_path, lines)
-    forge_head(tmp_path, lines)
+    edit_and_rechain(tmp_path, 1)
     problems = verify(tmp_path)
     assert problems[0].startswith(f"{SEGMENT} line 2 (run run1): signature does not verify"), problems
     assert not any("chain broken" in p for p in problems)  # the chain itself is consistent again
@@ -234,13 +240,7 @@ def test_an_edited_record_with_the_chain_and_head_recomputed_is_caught(tmp_path:
 
 def test_without_a_key_a_recomputed_chain_passes_and_verify_says_so(tmp_path: Path) -> None:
     make_archive(tmp_path, 3)
-    lines = segment_lines(tmp_path)
-    rec = json.loads(lines[0])
-    rec["status"] = "fail"
-    lines[0] = canonical(rec)
-    lines = rechain(lines, 0)
-    write_lines(tmp_path, lines)
-    forge_head(tmp_path, lines)
+    edit_and_rechain(tmp_path, 0)
     assert verify(tmp_path) == []  # the documented limit
     proc = runbook_cli("archive", "verify", "--archive", str(tmp_path))
     assert proc.returncode == 0 and f"note: {LIMITS_WITHOUT_KEY}" in proc.stdout.splitlines(), proc.stdout

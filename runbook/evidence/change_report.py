@@ -30,7 +30,7 @@ from runbook.errors import ExitCode, ParameterError
 from runbook.evidence.archive import destination, read_entries
 from runbook.evidence.index import REPORT, canonical, is_checkpoint, is_report
 from runbook.evidence.journal import JOURNAL_WORDS, Journal
-from runbook.model import Outcome, Status, StepSummary
+from runbook.model import CHANGING_STEPS, UNDONE_BY_ROLLBACK, Outcome, Status, StepSummary
 from runbook.server.commandlog import COMMANDS_SENT
 
 log = logging.getLogger(__name__)
@@ -38,7 +38,7 @@ log = logging.getLogger(__name__)
 #: Where reports go in the archive: reports/<change id>.html (and .pdf).
 REPORTS_DIR = "reports"
 #: Steps that may change their target (or write to it: the online test's canaries) when applied.
-CHANGING = ("backup", "enable-aof", "persist-config", "test-persistence", "rollback")
+CHANGING = (*CHANGING_STEPS, "test-persistence")
 #: Of each step, the checks that prove the change (the report's proofs); every failed check is shown too.
 PROOF_CHECKS: dict[str, tuple[str, ...]] = {
     "backup": ("restore_drill",),
@@ -172,7 +172,7 @@ class ChangeReport:
         """How to undo what the change did, per target (rollback undoes enable-aof and persist-config)."""
         out = []
         for target in self.targets:
-            mine = [s for s in self.steps if s.target == target and s.step in ("enable-aof", "persist-config")
+            mine = [s for s in self.steps if s.target == target and s.step in UNDONE_BY_ROLLBACK
                     and (s.summary.changed_something or s.summary.facts.get("unfinished"))]
             if not mine:
                 continue

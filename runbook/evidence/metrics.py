@@ -25,7 +25,7 @@ from urllib.parse import urlsplit, urlunsplit
 from runbook.errors import ExitCode, ParameterError, RunbookError
 from runbook.evidence.archive import probe_writable, read_index
 from runbook.evidence.journal import listing
-from runbook.model import Outcome, Status, StepSummary
+from runbook.model import CHANGING_STEPS, Outcome, Status, StepSummary
 
 log = logging.getLogger(__name__)
 
@@ -86,8 +86,6 @@ RUNBOOK_HELP: dict[str, str] = {
     "runbook_archive_verify_timestamp_seconds": "UNIX time of the last archive verify",
     "runbook_archive_records": "Records the last archive verify read in the evidence archive's index",
 }
-#: Steps whose changed outcome or failure makes a run a change of its target (`last_changes`).
-CHANGING = ("enable-aof", "persist-config", "rollback", "backup")
 _STATUS_VALUE = {Status.PASS: 0, Status.WARN: 1, Status.FAIL: 2}
 _CHANGE_PREFIX = "runbook_change_"
 
@@ -258,7 +256,7 @@ def _epoch(text: Any) -> float | None:
 def _is_change(row: Mapping[str, Any]) -> bool:
     summary = StepSummary.from_json(row.get("summary") or {}, str(row.get("notebook", "")))
     status = str(row.get("status"))
-    return row.get("notebook") in CHANGING and (summary.changed_something or status in (
+    return row.get("notebook") in CHANGING_STEPS and (summary.changed_something or status in (
         Status.FAIL, Status.ERROR, Status.BLOCKED, Status.INTERRUPTED) or summary.result == Outcome.BLOCKED)
 
 
@@ -278,7 +276,7 @@ def last_changes(records: Iterable[Mapping[str, Any]]) -> dict[str, LastChange]:
     out: dict[str, LastChange] = {}
     for target, change_id in last.items():
         mine = by_target[target]
-        first = next(n for n, r in enumerate(mine) if r.get("notebook") in CHANGING)
+        first = next(n for n, r in enumerate(mine) if r.get("notebook") in CHANGING_STEPS)
         mine = mine[first:]
         times = [t for r in mine for t in (_epoch(r.get("ended")), _epoch(r.get("started"))) if t is not None]
         out[target] = LastChange(change_id, max(times, default=0.0), *_outcome(mine))

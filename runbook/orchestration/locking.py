@@ -13,15 +13,12 @@ import logging
 import time
 from typing import Any
 
-from runbook.model import ConnectionSpec
+from runbook.model import CHANGING_STEPS, ConnectionSpec
 from runbook.orchestration.plan import Step, effective
 from runbook.sandbox.handoff import connect
 from runbook.server.lock import Holder, NoLockHere, ServerLock, acquire
 
 log = logging.getLogger(__name__)
-
-#: The steps that change the server or its files when applied.
-CHANGING = ("backup", "enable-aof", "persist-config", "rollback")
 
 
 def may_change(step: Step) -> bool:
@@ -34,7 +31,7 @@ def may_change(step: Step) -> bool:
         return effective(step, "mode") == "restart" and bool(effective(step, "apply"))
     if step.name == "backup" and str(effective(step, "skip_backup") or "").strip():
         return False
-    return step.name in CHANGING and bool(effective(step, "apply"))
+    return step.name in CHANGING_STEPS and bool(effective(step, "apply"))
 
 
 class RunLocks:

@@ -35,7 +35,7 @@ from runbook.evidence.journal import AtomicSaves, Journal, notice, read_intent, 
 from runbook.evidence.step_page import StepHeader, operator
 from runbook.evidence.step_page import render as render_step
 from runbook.evidence.summary import CHANGE_ID_ENV, read_summary, with_commands
-from runbook.model import Outcome, Status, StepSummary, worst
+from runbook.model import ConnectionSpec, Outcome, Status, StepSummary, worst
 from runbook.orchestration.kernel import SharedKernel, shared_kernel
 from runbook.orchestration.locking import RunLocks, may_change
 from runbook.orchestration.plan import Step, effective, plan
@@ -137,7 +137,7 @@ def shared_sandbox(steps: Sequence[Step], handoff: Path) -> Iterator[None]:
         return
     from runbook.sandbox.seed import seed_sandbox  # noqa: PLC0415  (only runs against the sandbox need it)
 
-    sb = seed_sandbox(str(effective(steps[0], "sandbox_scenario") or "rdb-only"))
+    sb = seed_sandbox(str(effective(steps[0], "sandbox_scenario") or ConnectionSpec().sandbox_scenario))
     assert sb.root is not None
     share(sb.url, sb.root, handoff)
     try:

@@ -14,7 +14,7 @@ from typing import Any, Mapping
 from runbook.errors import Blocked, PreconditionFailed
 from runbook.evidence.archive import archive_root, read_index
 from runbook.evidence.journal import Interrupted, interrupted_runs
-from runbook.model import Check, Outcome, Status, StepSummary, worst
+from runbook.model import UNDONE_BY_ROLLBACK, Check, Outcome, Status, StepSummary, worst
 from runbook.server.configedit import atomic_write, read_raw, sha256_text, unified_diff
 from runbook.server.configfile import read_config
 from runbook.server.ops import restart_trap
@@ -22,8 +22,6 @@ from runbook.server.settings import compare, normalize
 from runbook.server.target import Target
 
 STEP = "rollback"
-#: The steps whose changes a rollback undoes.
-UNDOES = ("enable-aof", "persist-config")
 
 
 @dataclass(frozen=True)
@@ -73,12 +71,12 @@ def find_change(records: list[dict[str, Any]], target: str, change_id: str = "")
     """The steps of `change_id` (default: the latest change that changed something on `target`), from their
     records; an interrupted run (killed, or stopped by a signal) counts as having changed what its intent names."""
     stopped = {i.position: i for i in interrupted_runs(records)
-               if i.target == target and i.step in UNDOES and i.intent}
+               if i.target == target and i.step in UNDONE_BY_ROLLBACK and i.intent}
     changed: list[Recorded] = []
     for n, r in enumerate(records):
         if n in stopped:
             changed.append(from_intent(stopped[n]))
-        elif r.get("target") == target and r.get("notebook") in UNDOES:
+        elif r.get("target") == target and r.get("notebook") in UNDONE_BY_ROLLBACK:
             rec = Recorded(r["notebook"], r.get("change_id", ""), StepSummary.from_json(r.get("summary", {}),
                                                                                         r["notebook"]))
             if rec.summary.result == Outcome.CHANGED:
