@@ -25,13 +25,14 @@ from runbook.sandbox.throwaway import Sandbox
 from runbook.server.aof import aof_on_disk, parse_manifest
 from runbook.server.configfile import mask_secrets, read_config
 from runbook.server.target import Target, identify
-from runbook.steps.inspect import Inspection, inspect_target
+from runbook.steps.inspect import Inspection, discover_group, inspect_target
 
 __version__ = "0.1.0"
 
 __all__ = [
     "Blocked", "ChangeFailed", "Check", "ConnectionSpec", "Inspection", "Outcome", "ParameterError",
     "PreconditionFailed", "RunbookError", "Sandbox", "Status", "StepSummary", "Target", "TargetUnreachable",
-    "VerificationFailed", "WaitTimeout", "aof_on_disk", "connect", "identify", "inspect_target", "intend",
-    "mask_secrets", "parse_manifest", "read_config", "read_summary", "record", "seed_sandbox", "use_params", "worst",
+    "VerificationFailed", "WaitTimeout", "aof_on_disk", "connect", "discover_group", "identify",
+    "inspect_target", "intend", "mask_secrets", "parse_manifest", "read_config", "read_summary", "record",
+    "seed_sandbox", "use_params", "worst",
 ]

@@ -32,6 +32,7 @@ from runbook.evidence.metrics import (
 )
 from runbook.evidence.prune import prune
 from runbook.model import Outcome, Status, StepSummary
+from runbook.orchestration.gateway import read_litellm_config, write_params
 from runbook.orchestration.params import load_files
 from runbook.orchestration.plan import (
     NOTEBOOKS,
@@ -119,6 +120,13 @@ def build_parser() -> argparse.ArgumentParser:
     h.add_argument("--keep", action="store_true", help="keep the sandbox's dir (server stopped) to look at after")
 
     sub.add_parser("list", help="the notebooks and sequences `runbook run` takes, one line each")
+    q = sub.add_parser("params", help="write a params file from another tool's config (reads files only)")
+    lite = q.add_subparsers(dest="source", required=True).add_parser(
+        "from-litellm", help="the Redis servers a LiteLLM proxy config uses (router, cache; passwords only by the "
+        "name of their variable), as a params file: printed, or written with --out")
+    lite.add_argument("litellm_config", metavar="PATH", help="the LiteLLM proxy config file (config.yaml)")
+    lite.add_argument("--out", metavar="FILE", help="write the params file there (atomically) instead of printing it")
+    lite.add_argument("--force", action="store_true", help="with --out: replace a file that exists")
     c = sub.add_parser("completion", help="print a shell completion script (bash: eval \"$(runbook completion bash)\" "
                        "in ~/.bashrc; zsh: runbook completion zsh > a directory of $fpath, as _runbook)")
     c.add_argument("shell", choices=("bash", "zsh"))
@@ -132,6 +140,7 @@ _NAME_WORDS = " ".join([*NOTEBOOKS, *SEQUENCES])
 _COMPLETE: dict[str, Any] = {
     "names": {"bash": "_runbook_names", "zsh": f"({_NAME_WORDS})"},
     "files": shtab.FILE, "metrics_file": shtab.FILE, "archive": shtab.DIRECTORY,
+    "litellm_config": shtab.FILE, "out": shtab.FILE,
 }
 _COMPLETION_PREAMBLE = {"bash": f'_runbook_names() {{\n  compgen -W "{_NAME_WORDS}" -- "$1"\n}}\n'}
 
@@ -157,6 +166,20 @@ def _table(rows: Sequence[Sequence[str]]) -> list[str]:
     the last one unpadded."""
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]) - 1)] if rows else []
     return ["  ".join([*(f"{cell:<{w}}" for cell, w in zip(r, widths)), r[-1]]).rstrip() for r in rows]
+
+
+def _from_litellm(config: str, out: str | None, force: bool) -> int:
+    """`runbook params from-litellm PATH`: the params file on stdout (or in --out); on stderr, what could not be
+    taken over as it stands (a password written in the file, a variable not set here)."""
+    found = read_litellm_config(config)
+    for line in [*(f"warning: {p}" for p in found.problems), *(f"note: {n}" for n in found.notes)]:
+        print(f"runbook: {line}", file=sys.stderr)
+    if out is None:
+        print(found.render(), end="")
+    else:
+        write_params(Path(out), found.render(), force=force)
+        print(f"runbook: wrote {out}: {len(found.targets)} target(s) from {config}", file=sys.stderr)
+    return ExitCode.OK
 
 
 def _list_names() -> int:
@@ -469,6 +492,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _rehearse(args)
         if args.command == "list":
             return _list_names()
+        if args.command == "params":
+            return _from_litellm(args.litellm_config, args.out, args.force)
         if args.command == "completion":
             return _completion(args.shell)
         if args.command == "run":

@@ -242,6 +242,10 @@ class ConnectionSpec:
     connect_timeout_s: float = _param(5.0, "seconds to wait for the connection", per_target=False)
     command_timeout_s: float = _param(10.0, "seconds to wait for each reply", per_target=False)
     config_command: str = _param("CONFIG", "the CONFIG command's name, if it was renamed with rename-command")
+    discover: bool = _param(False, "find the whole replicated group of target (replicas, Sentinel, Cluster) and "
+                                   "change it node by node", per_target=False)
+    sentinel_password_env: str = _param("", "name of the environment variable that holds the Sentinels' own "
+                                            "password; empty: the Sentinels want none", per_target=False)
     # The state this runbook fixes, as `runbook run` with no -f starts it (params/sandbox.yaml): Lab and CLI agree.
     sandbox_scenario: str = _param("runtime-aof", "target sandbox only: runtime-aof (AOF on at runtime, off in "
                                                   "redis.conf), or rdb-only (AOF off in both)", per_target=False)
@@ -270,8 +274,8 @@ class ConnectionSpec:
     def parameter_lines(cls, names: Iterable[str] | None = None) -> list[str]:
         """Lines of a notebook's parameters cell (`name: type = default  # help`), in the spec's order."""
         wanted = cls.names() if names is None else tuple(names)
-        return [f"{f.name}: {f.type} = {json.dumps(f.default)}  # {f.metadata['help']}"
-                for f in fields(cls) if f.name in wanted]
+        return [f"{f.name}: {f.type} = {repr(f.default) if isinstance(f.default, bool) else json.dumps(f.default)}"
+                f"  # {f.metadata['help']}" for f in fields(cls) if f.name in wanted]
 
     @classmethod
     def markdown_rows(cls) -> list[str]:

@@ -18,6 +18,7 @@ from html import escape
 from pathlib import Path
 from typing import Any, Sequence
 
+from runbook.evidence import group_report
 from runbook.evidence.change_report import ChangeReport, StepLine, put_back, utc, what_it_did
 from runbook.evidence.page import page
 from runbook.model import worst
@@ -52,7 +53,7 @@ pre.block { margin: 2px 0 4px; padding: 4px 6px; max-height: 190px; overflow: au
 def render(r: ChangeReport) -> str:
     """The report as one self-contained HTML page."""
     body = [STYLE, _head(r), '<div class="top">', '<div>', _changed(r), _backups(r), _proofs(r), '</div>',
-            '<div>', _commands(r), _diffs(r), '</div>', '</div>', _steps(r)]
+            '<div>', _commands(r), _diffs(r), '</div>', '</div>', group_report.section(r.steps), _steps(r)]
     return page(f"Change {r.change_id}: {r.verdict} ({', '.join(r.targets) or 'no target'})", "\n".join(body))
 
 

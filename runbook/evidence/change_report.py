@@ -46,7 +46,7 @@ PROOF_CHECKS: dict[str, tuple[str, ...]] = {
     "persist-config": ("file_boots", "no_drift", "file_restored"),
     "rollback": (),
     "test-persistence": ("restart", "dbsize", "canaries", "bgsave", "aof_write", "writes_accepted",
-                         "canaries_removed"),
+                         "canaries_removed", "replicas-read-back"),
 }
 #: Steps that prove a change rather than make one: what an applied one writes (canaries, a BGSAVE, a restart) is
 #: its own and removed after it (`done`, `changed yes` in the run's table), never a change left on the target.

@@ -359,3 +359,102 @@ def fleet_sections(result: Any) -> None:
             drifted = [d for d in m.detail.drift if d.status == "drift"]
             if drifted:
                 display(styled(_drift_frame(drifted)))
+
+
+#: The colour of a node in the group's picture, by its AOF state (runtime/file).
+AOF_COLOURS = {"on": "#5cb85c", "drift": "#f0ad4e", "off": "#d9534f", "unknown": "#bbbbbb"}
+
+
+def _aof_state(node: Any) -> str:
+    """on (runtime and file), drift (they differ), off (both no), unknown (not read)."""
+    if node.error or node.aof_runtime == "?":
+        return "unknown"
+    if node.drift:
+        return "drift"
+    return "on" if node.aof_runtime == "yes" else "off"
+
+
+def topology_table(topology: Any) -> Styler | Markdown:
+    """One row per node of the group (`Topology.rows()`), AOF and drift coloured, the Sentinels' view as its
+    caption; a sentence when the run did not discover the group."""
+    if topology is None:
+        return Markdown("The group was not discovered: pass `discover = True` (or a `redis+sentinel://` target) to "
+                        "see every node of it.")
+    df = pd.DataFrame(topology.rows())
+    aof = {"yes": COLOURS["pass"], "no": COLOURS["warn"], "?": COLOURS["unknown"]}
+    cols = [c for c in ("aof_runtime", "aof_file") if c in df]
+    style = df.style.map(lambda v: aof.get(str(v), ""), subset=cols).hide(axis="index")
+    if "drift" in df:
+        style = style.map(lambda v: COLOURS["drift"] if v is True or v == "yes" else "", subset=["drift"])
+    view = topology.sentinel
+    if view is not None:
+        style = style.set_caption(f"Sentinel view of {view.name}: master {view.master}, config epoch {view.epoch}, "
+                                  f"quorum {view.quorum}, flags {view.flags}"
+                                  + (", A FAILOVER IS IN PROGRESS" if view.failover_in_progress else "")
+                                  + f"; {len(view.sentinels)} Sentinel(s): {', '.join(view.sentinels)}")
+    return style.set_properties(**{"text-align": "left"})
+
+
+def plot_topology(topology: Any) -> Figure | None:
+    """The group as a picture: each primary above its replicas (a dashed red line for a link down, the lag in
+    bytes on the line), the Sentinels above when there are some, each node coloured by its AOF state; None
+    without a group (`topology_table` says why)."""
+    if topology is None:
+        return None
+    primaries = sorted(topology.primaries(), key=lambda n: n.address)
+    width = max(1, *(len(topology.replicas_of(p.address)) for p in primaries)) if primaries else 1
+    sentinels = list(topology.sentinel.sentinels) if topology.sentinel is not None else []
+    fig, ax = plt.subplots(figsize=(min(12.0, 1.6 + 2.2 * len(primaries) * width), 2.6 + 0.8 * bool(sentinels)),
+                           constrained_layout=True)
+
+    def box(x: float, y: float, text: str, colour: str) -> None:
+        ax.text(x, y, text, ha="center", va="center", fontsize=7,
+                bbox={"boxstyle": "round,pad=0.35", "facecolor": colour, "edgecolor": "#444444"})
+
+    where: dict[str, tuple[float, float]] = {}
+    for i, p in enumerate(primaries):
+        centre = i * width + (width - 1) / 2
+        where[p.address] = (centre, 1.0)
+        for j, r in enumerate(sorted(topology.replicas_of(p.address), key=lambda n: n.address)):
+            x = i * width + j
+            up = r.link == "up"
+            ax.plot([centre, x], [1.0, 0.0], color="#444444" if up else "#d9534f", linestyle="-" if up else "--",
+                    linewidth=1, zorder=0)
+            ax.text((centre + x) / 2, 0.5, f"lag {r.lag_bytes} B" if up else f"link {r.link}", fontsize=6,
+                    ha="center", color="#444444" if up else "#d9534f")
+            box(x, 0.0, f"{r.address}\nreplica\nAOF {r.aof_runtime}/{r.aof_file}", AOF_COLOURS[_aof_state(r)])
+        slots = f"\nslots {p.slots}" if p.slots else ""
+        box(centre, 1.0, f"{p.address}\nprimary{slots}\nAOF {p.aof_runtime}/{p.aof_file}", AOF_COLOURS[_aof_state(p)])
+    span = max(len(primaries) * width - 1, 1)
+    for k, s in enumerate(sentinels):
+        x = k * span / max(len(sentinels) - 1, 1) if len(sentinels) > 1 else span / 2
+        master = where.get(topology.sentinel.master)
+        if master:
+            ax.plot([x, master[0]], [2.0, 1.0], color="#7952b3", linestyle=":", linewidth=1, zorder=0)
+        box(x, 2.0, f"{s}\nsentinel", "#e2d9f3")
+    for state, colour in AOF_COLOURS.items():
+        ax.scatter([], [], color=colour, marker="s", label=f"AOF {state}")
+    ax.legend(loc="upper left", bbox_to_anchor=(1.0, 1.0), fontsize=7, frameon=False)
+    ax.set_xlim(-0.8, span + 0.8)
+    ax.set_ylim(-0.5, 2.5 if sentinels else 1.5)
+    ax.axis("off")
+    ax.set_title(f"{topology.kind}: {len(topology.nodes)} nodes (AOF runtime/file)", fontsize=9)
+    plt.close(fig)
+    return fig
+
+
+def gateway_section(view: Any) -> None:
+    """What a gateway keeps in its Redis (`runbook.steps.gateway_view.GatewayView`): the sample's budgets, one row
+    per key class, the memory settings and the advice; nothing at all for None (inspect without `gateway`)."""
+    if view is None:
+        return
+    from IPython.display import display  # noqa: PLC0415  (only inside a kernel)
+
+    display(Markdown(f"{view.budget_line()}  \n{view.memory_line()}"))
+    rows = view.rows()
+    if rows:
+        display(pd.DataFrame(rows).style.hide(axis="index").set_properties(**{"text-align": "left"}))
+    else:
+        display(Markdown("No keys: the gateway has written nothing here yet."))
+    if view.advice:
+        display(checks_table(view.advice))

@@ -31,6 +31,8 @@ _TYPES: dict[str, type | tuple[type, ...]] = {
 }
 #: Parameter names that may never carry a secret value (parameters end up in the evidence).
 _SECRET_NAME = re.compile(r"pass(word)?|secret|token|auth", re.IGNORECASE)
+#: The parameters that name an environment variable holding a password (the name is no secret).
+ENV_NAMES = ("password_env", "sentinel_password_env")
 
 #: The words a parameter may take, by name: the tables the steps themselves check against, so that a
 #: wrong word stops the run before a kernel starts or a server is touched.
@@ -216,7 +218,7 @@ def validate(values: Mapping[str, Any], allowed: Mapping[str, Param]) -> dict[st
     out: dict[str, Any] = {}
     for name, value in values.items():
         spec = allowed[name]
-        if _SECRET_NAME.search(name) and name != "password_env" and value not in ("", None):
+        if _SECRET_NAME.search(name) and name not in ENV_NAMES and value not in ("", None):
             raise ParameterError(f"{name} looks like a secret; parameters are copied into the evidence. "
                                  "Put the password in the environment variable named by password_env.")
         expected = _TYPES.get(spec.type.split("|")[0].strip())

@@ -14,6 +14,8 @@ from typing import Any, Sequence
 from runbook.errors import ParameterError
 from runbook.orchestration.fleet import CHECKS as FLEET_CHECKS
 from runbook.orchestration.fleet import normalize_targets
+from runbook.orchestration.gateway import GATEWAY_CONFIG, gateway_parameters
+from runbook.orchestration.group import GroupRun, group_of, is_group, pop_options
 from runbook.orchestration.params import (
     Param,
     check_reasons,
@@ -60,6 +62,7 @@ class Step:
     parameters: dict[str, Any]
     stage: int = 0  # steps of one stage are the same runbook step for different targets
     fleet: tuple[str, ...] = ()  # a fleet step: the targets its one notebook covers
+    group: GroupRun | None = None  # a step of a group run (`runbook.orchestration.group`)
 
     @property
     def targets(self) -> tuple[str, ...]:
@@ -113,13 +116,15 @@ def plan(names: Sequence[str], files: Sequence[str | Path] = (), pairs: Sequence
         per_step.append(spec)
         declared.update(spec)
     given = list(files)
-    if not files:
+    if not files and not any(key == GATEWAY_CONFIG for key, _ in pairs):  # the sandbox is no gateway's Redis
         default = default_params_file()
         files = [default] if default else []
     values = load_files(files)
     for key, raw in pairs:
         values[key] = coerce_pair(key, raw, declared.get(key))
     check_reasons(values)
+    if GATEWAY_CONFIG in values:  # the targets of a LiteLLM proxy config, read on every run (it may have changed)
+        values.update(gateway_parameters(values.pop(GATEWAY_CONFIG), values, declared))
     if given and "target" not in values and "targets" not in values:
         # Never the notebooks' default (a throwaway sandbox) for a run that brought its own file: under cron a
         # file whose target line is still commented out would read as a healthy server forever.
@@ -128,13 +133,28 @@ def plan(names: Sequence[str], files: Sequence[str | Path] = (), pairs: Sequence
                              "redis://host:port/db` (or `targets:` for a fleet, `target: sandbox` for a throwaway "
                              "server), or pass -p target URL")
     raw_targets = values.pop("targets", None)
+    lag_given, max_lag = "max_lag_bytes" in values, pop_options(values)
     if raw_targets is None:
         values = validate(values, declared)
-        return [
-            Step(name, path, {k: v for k, v in values.items() if k in spec}, stage=i)
-            for i, ((name, path), spec) in enumerate(zip(steps_spec, per_step))
-        ]
-    return _plan_fleet(steps_spec, per_step, declared, values, normalize_targets(raw_targets))
+        return _plan_one(steps_spec, per_step, values, group_of([n for n, _ in steps_spec], values, max_lag,
+                                                                lag_given=lag_given))
+    entries = normalize_targets(raw_targets)
+    if any(is_group({**values, **e}) for e in entries):  # groups (and plain entries) one after another
+        if "target" in values:
+            raise ParameterError("give either target (one server) or targets (a fleet), not both")
+        return [step for e in entries for values_e in [validate({**values, **e}, declared)]
+                for step in _plan_one(steps_spec, per_step, values_e,
+                                      group_of([n for n, _ in steps_spec], values_e, max_lag))]
+    if lag_given:
+        group_of([], {}, max_lag, lag_given=True)  # says what max_lag_bytes is for
+    return _plan_fleet(steps_spec, per_step, declared, values, entries)
+
+
+def _plan_one(steps_spec: list[tuple[str, Path]], per_step: list[dict[str, Param]], values: dict[str, Any],
+              group: GroupRun | None) -> list[Step]:
+    """One target's steps; a group run's are expanded over its nodes at the run's start (`group.expand`)."""
+    return [Step(name, path, {k: v for k, v in values.items() if k in spec}, stage=i, group=group)
+            for i, ((name, path), spec) in enumerate(zip(steps_spec, per_step))]
 
 
 def _plan_fleet(steps_spec: list[tuple[str, Path]], per_step: list[dict[str, Param]], declared: dict[str, Param],

@@ -36,6 +36,7 @@ from runbook.evidence.step_page import StepHeader, operator
 from runbook.evidence.step_page import render as render_step
 from runbook.evidence.summary import CHANGE_ID_ENV, read_summary, with_commands
 from runbook.model import ConnectionSpec, Outcome, Status, StepSummary, worst
+from runbook.orchestration import group
 from runbook.orchestration.kernel import SharedKernel, shared_kernel
 from runbook.orchestration.locking import RunLocks, may_change
 from runbook.orchestration.plan import Step, effective, plan
@@ -192,7 +193,7 @@ def run(
             ctx = RunContext(journal, fail_on, kernel, keep_going, locks, stop, watch,
                              Path(tmp) / "progress.jsonl" if watch is not None else None)
             with shared_sandbox(steps, handoff), locks, atomic_saves(journal):
-                _run_steps(steps, result, ctx)
+                _run_steps(group.expand(steps), result, ctx)  # a group run: discovered now, read-only
             runner_commands = by_server(os.environ[COMMAND_LOG_ENV])  # the server lock: taken, renewed, released
     except BaseException:  # a render failure: a step may have changed the target, keep its evidence
         store.abandon()
@@ -307,17 +308,19 @@ def _run_steps(steps: Sequence[Step], result: RunResult, ctx: RunContext) -> Non
         step = _planned_on_top(step, result.steps)
         try:
             with _watched(step, ctx, number, len(steps)):
-                results = _refused(step, ctx) or _run_step(step, ctx, before_change)
+                results = _refused(step, ctx) or (_guarded(step, ctx) if step.name == group.GUARD
+                                                  else _run_step(step, ctx, before_change))
         except ArchiveError as err:  # the refusal could not be recorded
             target = str(effective(step, "target"))
             results = [_unrecorded(target, StepSummary(step.name, Status.ERROR, error=str(err)))]
         for res in results:
             if step.name == "inspect" and 0 < step.stage == last_stage:
-                res = _after_plan(res, result.steps, fail_on_warn=ctx.fail_on == "warn")
+                res = _after_plan(res, result.steps, fail_on_warn=ctx.fail_on == "warn",
+                                  nodes=step.group.nodes if step.group else ())
             result.steps.append(res)
             if res.counts and res.exit_code != ExitCode.OK:
                 failed[res.target] = res
-                if not ctx.keep_going:
+                if not ctx.keep_going or step.group is not None:  # a node that fails stops its group
                     stopped_by = res
 
 
@@ -340,14 +343,16 @@ def _planned_on_top(step: Step, earlier: Sequence[StepResult]) -> Step:
 PENDING = ("enable-aof", "persist-config", "rollback")
 #: The inspection checks each planned step would make pass: the closing inspection of a plan (nothing applied)
 #: still sees them fail, as expected.
-FIXED_BY = {"enable-aof": ("aof_enabled", "appendfsync"), "persist-config": ("config_drift",)}
+FIXED_BY = {"enable-aof": ("aof_enabled", "appendfsync", "group_aof"),
+            "persist-config": ("config_drift", "group_drift")}
 
 
-def _after_plan(res: StepResult, earlier: Sequence[StepResult], *, fail_on_warn: bool) -> StepResult:
-    """The closing inspection of a run that changed nothing on `res.target`: the checks a planned step would fix
-    still fail or warn, as planned, and count no more than in the first inspection; its other checks decide its
-    exit code as usual."""
-    mine = [s for s in earlier if s.target == res.target]
+def _after_plan(res: StepResult, earlier: Sequence[StepResult], *, fail_on_warn: bool,
+                nodes: Sequence[str] = ()) -> StepResult:
+    """The closing inspection of a run that changed nothing on `res.target` (a group run: on any of its `nodes`):
+    the checks a planned step would fix still fail or warn, as planned, and count no more than in the first
+    inspection; its other checks decide its exit code as usual."""
+    mine = [s for s in earlier if s.target == res.target or s.target in nodes]
     if res.summary.error or res.status not in (Status.FAIL, Status.WARN) \
             or any(s.summary.changed_something for s in mine):
         return res
@@ -429,6 +434,17 @@ def _refused(step: Step, ctx: RunContext) -> list[StepResult]:
         record = ctx.journal.verdict(uuid.uuid4().hex, step.name, target, summary, int(err.exit_code),
                                      step.parameters, started=now, ended=now, files={})
         return [StepResult(step.name, target, status, err.exit_code, summary, None, None, record)]
+
+
+def _guarded(step: Step, ctx: RunContext) -> list[StepResult]:
+    """A group run's guard (`group.check`, read-only), recorded like a step; a FAIL stops the group."""
+    started = datetime.now(timezone.utc).isoformat()
+    summary = group.check(step)
+    code = exit_code_for_status(summary.verdict, fail_on_warn=ctx.fail_on == "warn")
+    target = str(step.parameters["target"])
+    record = ctx.journal.verdict(uuid.uuid4().hex, step.name, target, summary, int(code), step.parameters,
+                                 started=started, ended=datetime.now(timezone.utc).isoformat(), files={})
+    return [StepResult(step.name, target, summary.verdict, code, summary, None, None, record)]
 
 
 #: Seconds between saves of a running notebook while its cell shows output (papermill also saves at every cell's

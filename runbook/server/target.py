@@ -1,6 +1,7 @@
 """Connect to a target and say what it is.
 
-A target is a URL (`redis://host:port/db`, `rediss://...`, `unix:///path.sock`); the word
+A target is a URL (`redis://host:port/db`, `rediss://...`, `unix:///path.sock`, or Sentinels naming the master:
+`redis+sentinel://h1:26379,h2:26379/mymaster`, `runbook.server.sentinel`); the word
 `sandbox` is resolved to one by the sandbox layer (`runbook.sandbox.handoff`). Passwords come from the environment
 variable named by `password_env`, never from parameters: papermill copies parameters into the evidence.
 """
@@ -22,6 +23,7 @@ from runbook.errors import NoReply, ParameterError, PreconditionFailed, TargetUn
 from runbook.model import ConnectionSpec
 from runbook.server.commandlog import CommandLog, attach
 from runbook.server.poll import Deadline
+from runbook.server.sentinel import is_sentinel_url, master_url, parse_sentinel_url
 from runbook.server.settings import config_get, config_set, runtime_settings
 from runbook.server.tls import TLS_FILES, check_tls_parameters, tls_failure, tls_options
 
@@ -107,6 +109,9 @@ def check_target_parameter(target: str) -> None:
         parsed = urlparse(target)
     except ValueError as err:  # an unclosed [IPv6] host
         raise ParameterError(f"target {_masked(target)!r} is not a valid URL ({err})") from err
+    if is_sentinel_url(target):
+        parse_sentinel_url(target)  # ParameterError for what is wrong in it
+        return
     query = {k.lower() for k in parse_qs(parsed.query)}
     if parsed.password or "password" in query or ("@" in target and parsed.scheme not in ("redis", "rediss", "unix")):
         raise ParameterError(
@@ -116,7 +121,7 @@ def check_target_parameter(target: str) -> None:
         )
     if parsed.scheme not in ("redis", "rediss", "unix"):
         raise ParameterError(
-            f"target {target!r} is not a redis://, rediss:// or unix:// URL, nor the word sandbox"
+            f"target {target!r} is not a redis://, rediss://, unix:// or redis+sentinel:// URL, nor the word sandbox"
         )
     if parsed.scheme != "unix" and not parsed.hostname:
         raise ParameterError(f"target {target!r} names no host")
@@ -187,7 +192,7 @@ def connect(spec: ConnectionSpec, *, url: str = "", sandbox_dir: Path | None = N
     `target: sandbox` is resolved to a URL by the sandbox layer (`runbook.connect`), which passes it here.
     """
     check_target_parameter(spec.target)
-    url = url or spec.target
+    url = _resolved(spec, url or spec.target)
     if url == "sandbox":
         raise ParameterError("target sandbox names a throwaway server: connect through runbook.connect, which starts "
                              "or finds it")
@@ -231,6 +236,15 @@ def connect(spec: ConnectionSpec, *, url: str = "", sandbox_dir: Path | None = N
             f"{name}: cannot connect ({err}). Check that the server runs and that the target URL is right."
         ) from err
     return target
+
+
+def _resolved(spec: ConnectionSpec, url: str) -> str:
+    """`url`, or for a Sentinel URL the master its Sentinels name now (the Target keeps the Sentinel URL as name)."""
+    if not is_sentinel_url(url):
+        return url
+    master = master_url(spec, url)
+    log.info("%s: the Sentinels name the master %s", url, master)
+    return master
 
 
 def identify(client: redis.Redis) -> Identity:

@@ -10,6 +10,7 @@ from typing import Mapping, Sequence
 from runbook.model import Check, Status
 from runbook.server.replicas import ReplicaQuorum
 from runbook.server.settings import Drift, save_rules
+from runbook.server.topology import Topology
 
 
 def _ok(value: object) -> bool:
@@ -160,3 +161,32 @@ def config_drift(drift: Sequence[Drift], config_file: str, config_read_error: st
         return Check(name, Status.WARN, f"runtime differs from the file: {names}",
                      "run 03-persist-config to write the runtime values to the file")
     return Check(name, Status.PASS, "the config file matches the runtime persistence settings")
+
+
+def group_checks(topology: Topology) -> list[Check]:
+    """The inspection's checks on the target's group, each a warning naming the nodes concerned: a node that
+    could not be read, a replica whose link is down, a node with AOF off at runtime, a node whose file says
+    otherwise than its runtime (drift: the next restart, or Sentinel's CONFIG REWRITE, changes it)."""
+    nodes = topology.nodes
+    read = [n for n in nodes if not n.error]
+    unread = [f"{n.address} ({n.error})" for n in nodes if n.error]
+    down = [f"{n.address} (master_link_status:{n.link})" for n in read if n.role == "replica" and n.link != "up"]
+    off = [f"{n.address} ({n.role})" for n in read if n.aof_runtime != "yes"]
+    drift = [f"{n.address} ({n.role}: appendonly {n.aof_runtime} at runtime, {n.aof_file} in its file)"
+             for n in read if n.drift]
+    size = f"{len(nodes)} nodes ({topology.kind})"
+    return [
+        Check("group_nodes", Status.WARN if unread else Status.PASS,
+              f"not read: {', '.join(unread)}" if unread else f"{size} read",
+              "check that every node answers with the run's credentials" if unread else ""),
+        Check("group_links", Status.WARN if down else Status.PASS,
+              f"replication link down: {', '.join(down)}" if down else "every replica's link is up",
+              "bring the links up before a change (INFO replication on the replica, its log)" if down else ""),
+        Check("group_aof", Status.WARN if off else Status.PASS,
+              f"AOF off at runtime: {', '.join(off)}" if off else f"AOF on at runtime on all {size}",
+              "run all -p discover true -p apply true: AOF on every node, replicas first" if off else ""),
+        Check("group_drift", Status.WARN if drift else Status.PASS,
+              f"runtime differs from the file: {', '.join(drift)}" if drift
+              else "no node's file differs from its runtime on appendonly",
+              "persist each node's runtime to its own file (persist-config per node)" if drift else ""),
+    ]

@@ -6,12 +6,12 @@ import os
 import shutil
 import socket
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 from runbook.errors import PreconditionFailed
-from runbook.model import Check, Status, StepSummary, worst
+from runbook.model import Check, ConnectionSpec, Status, StepSummary, worst
 from runbook.server.aof import AofOnDisk, DiskFile, aof_on_disk
 from runbook.server.configfile import read_config
 from runbook.server.lock import data_dbsize
@@ -19,7 +19,9 @@ from runbook.server.ops import read_overcommit
 from runbook.server.replicas import replica_quorum
 from runbook.server.settings import Drift, compare, save_rules
 from runbook.server.target import Identity, Target
-from runbook.steps.checks import advisory_facts, host_advisories, persistence_checks
+from runbook.server.topology import Topology, discover, is_sentinel_url
+from runbook.steps.checks import advisory_facts, group_checks, host_advisories, persistence_checks
+from runbook.steps.gateway_view import GatewayView
 
 STEP = "inspect"
 
@@ -51,6 +53,8 @@ class Inspection:
     checks: tuple[Check, ...]
     at: float = field(default_factory=time.time)
     advisories: tuple[Check, ...] = ()  # the host's settings (`host_advisories`): not part of the verdict
+    topology: Topology | None = None  # the target's whole group, when the run discovers it (`with_group`)
+    gateway: GatewayView | None = None  # the key classes of a gateway's Redis (`with_gateway`); not in the verdict
 
     @property
     def verdict(self) -> Status:
@@ -81,7 +85,32 @@ class Inspection:
                                # The longest window of the runtime save policy (none for `save ""`).
                                **({"save_policy_window_s": max(s for s, _ in rules)} if rules else {}),
                                "inspected_at": self.at,
+                               **({"topology": self.topology.to_json()} if self.topology is not None else {}),
+                               **({"gateway_keys": self.gateway.facts()} if self.gateway is not None else {}),
                            })
+
+    def with_group(self, topology: Topology | None) -> Inspection:
+        """This inspection with the target's group beside it: the `topology` fact and the group's checks (a node
+        with AOF off or drift is a warning naming it); unchanged for None (the run does not discover)."""
+        if topology is None:
+            return self
+        return replace(self, topology=topology, checks=self.checks + tuple(group_checks(topology)))
+
+    def with_gateway(self, view: GatewayView | None) -> Inspection:
+        """This inspection with what a gateway keeps in the target (`gateway_view.view_gateway`): the `gateway_keys`
+        fact; its advice stays out of the verdict. Unchanged for None (the target is not a gateway's)."""
+        return self if view is None else replace(self, gateway=view)
+
+
+def wants_group(spec: ConnectionSpec) -> bool:
+    """Whether the run discovers the target's group: `discover`, or a Sentinel URL (which implies it)."""
+    return bool(spec.discover) or is_sentinel_url(spec.target)
+
+
+def discover_group(spec: ConnectionSpec) -> Topology | None:
+    """The target's whole group (`runbook.server.topology.discover`: read-only) when the run asks for it
+    (`wants_group`); None otherwise."""
+    return discover(spec) if wants_group(spec) else None
 
 
 def inspect_target(target: Target, config_file: str = "") -> Inspection:

@@ -12,19 +12,20 @@ import time
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Mapping, Sequence
 
 import redis
 
-from runbook.errors import ParameterError, PreconditionFailed, WaitTimeout
-from runbook.model import Check, Outcome, Status, StepSummary, worst
+from runbook.errors import ParameterError, PreconditionFailed, RunbookError, WaitTimeout
+from runbook.model import Check, ConnectionSpec, Outcome, Status, StepSummary, worst
 from runbook.sandbox.binaries import for_server
 from runbook.sandbox.throwaway import SEED_CONFIG, Sandbox, restart_sandbox
 from runbook.server.lock import data_dbsize
 from runbook.server.ops import bgsave_and_wait, misconf_reason, restart_trap, server_log_tail, validate_files
 from runbook.server.replicas import replica_quorum, wait_for_quorum
 from runbook.server.slots import cluster_enabled, served_tag
-from runbook.server.target import Identity, Target, wait_loaded
+from runbook.server.target import Identity, Target, check_target_parameter, connect, wait_loaded
+from runbook.server.topology import is_sentinel_url, parse_sentinel_url, sentinel_monitored
 
 STEP = "test-persistence"
 MODES = ("online", "restart", "crash")
@@ -159,8 +160,10 @@ class TestResult:
                                                "crash": list(self.crash_table)})
 
 
-def online_test(target: Target, *, keys: int = 1000, ttl_s: int = 3600, timeout_s: float = 120.0) -> TestResult:
-    """Canaries, a real BGSAVE, the AOF write, file validation; canaries removed. No restart."""
+def online_test(target: Target, *, keys: int = 1000, ttl_s: int = 3600, timeout_s: float = 120.0,
+                read_back_from: Sequence[str] = (), spec: ConnectionSpec | None = None) -> TestResult:
+    """Canaries, read back from every replica of `read_back_from` (`read_back`), a real BGSAVE, the AOF write,
+    file validation; canaries removed. No restart."""
     client = target.client
     ident = target.identify()
     runtime = target.runtime_settings()
@@ -186,6 +189,9 @@ def online_test(target: Target, *, keys: int = 1000, ttl_s: int = 3600, timeout_
     checks.append(Check("writes_accepted", Status.PASS,
                         f"{len(values)} canaries written under {prefix}* (TTL {ttl_s}s)"))
     try:
+        if read_back_from:
+            check, figures["read_back"] = read_back(target, values, read_back_from, spec, timeout_s)
+            checks.append(check)
         seconds, after = bgsave_and_wait(client, timeout_s)
         checks.append(Check("bgsave", Status.PASS, f"BGSAVE completed in {seconds:.2f}s, rdb_last_bgsave_status:ok, "
                             f"rdb_changes_since_last_save:{after.get('rdb_changes_since_last_save')}"))
@@ -206,6 +212,85 @@ def online_test(target: Target, *, keys: int = 1000, ttl_s: int = 3600, timeout_
     checks.append(removal or Check("canaries_removed", Status.PASS if left == 0 else Status.FAIL,
                                    f"{left} canaries left"))
     return TestResult("online", tuple(checks), figures)
+
+
+READ_BACK = "replicas-read-back"
+
+
+def wait_for_replicas(target: Target, replicas: Sequence[Target], timeout_s: float) -> tuple[str, int]:
+    """Wait until every replica has the writes so far: `WAITAOF local n` when the server has it (7.2+, Valkey) and
+    every replica runs with AOF (else it never acknowledges), `WAIT n` otherwise; returns the command sent and how
+    many replicas acknowledged within `timeout_s`."""
+    client, n, ms = target.client, len(replicas), max(1, int(timeout_s * 1000))
+    if all(int(r.client.info("persistence").get("aof_enabled", 0)) for r in replicas):
+        local = int(client.info("persistence").get("aof_enabled", 0))
+        try:
+            _, acked = client.execute_command("WAITAOF", local, n, ms)
+            return f"WAITAOF {local} {n} {ms}", int(acked)
+        except redis.ResponseError as err:
+            if "unknown command" not in str(err).lower():
+                raise
+    return f"WAIT {n} {ms}", int(client.execute_command("WAIT", n, ms))
+
+
+def read_back(target: Target, values: dict[str, str], urls: Sequence[str], spec: ConnectionSpec | None,
+              timeout_s: float) -> tuple[Check, list[dict[str, Any]]]:
+    """Every canary read back from every replica in `urls` (connected with the run's settings of `spec`; a cluster
+    replica after READONLY) once the primary's WAIT/WAITAOF (`wait_for_replicas`) returned: the `replicas-read-back`
+    check, failed naming each replica that lacked canaries or could not be read, and a row per replica."""
+    spec = spec or ConnectionSpec(target.name)
+    rows: list[dict[str, Any]] = []
+    reached: list[Target] = []
+    for url in urls:
+        try:
+            replica = connect(spec.replace(target=url, discover=False))
+            if cluster_enabled(replica.client):
+                replica.client.execute_command("READONLY")  # a cluster replica serves reads only then
+            reached.append(replica)
+        except (RunbookError, redis.RedisError) as err:
+            rows.append({"replica": url, "found": 0, "of": len(values), "error": str(err)[:300]})
+    try:
+        sent, acked = wait_for_replicas(target, reached, timeout_s) if reached else ("", 0)
+        for replica in reached:
+            try:
+                found, error = count_canaries(replica.client, values), ""
+            except redis.RedisError as err:
+                found, error = 0, str(err)[:300]
+            rows.append({"replica": replica.name, "found": found, "of": len(values), "error": error})
+    finally:
+        for replica in reached:
+            replica.client.close()
+    rows.sort(key=lambda r: list(urls).index(r["replica"]))
+    waited = f"{sent}: {acked} of {len(reached)} acknowledged; " if sent else ""
+    lacking = [f"{r['replica']} ({_lacked(r)})" for r in rows if _lacked(r)]
+    if lacking:
+        return (Check(READ_BACK, Status.FAIL, f"{waited}lacking canaries: {', '.join(lacking)}",
+                      "check each replica's link (INFO replication: master_link_status, master_host) and that it "
+                      "replicates from this primary; then run the test again"), rows)
+    return (Check(READ_BACK, Status.PASS, f"{waited}all {len(values)} canaries read back from each of {len(rows)} "
+                  f"replicas: {', '.join(r['replica'] for r in rows)}"), rows)
+
+
+def _lacked(row: Mapping[str, Any]) -> str:
+    """What one replica of a read-back lacked: why it could not be read, or how many canaries; '' for none."""
+    missing = row["of"] - row["found"]
+    return row["error"] or (f"{missing} of {row['of']} canaries missing" if missing else "")
+
+
+def _check_read_back_from(read_back_from: Sequence[str], mode: str) -> None:
+    """ParameterError for read_back_from off mode online, or holding anything but data node URLs."""
+    if not read_back_from:
+        return
+    if mode != "online":
+        raise ParameterError(f"read_back_from reads the online test's canaries back from replicas: it needs mode "
+                             f"online, not {mode}")
+    if isinstance(read_back_from, str) or not all(isinstance(u, str) for u in read_back_from):
+        raise ParameterError(f"read_back_from must be a list of replica URLs (redis://host:port), got "
+                             f"{read_back_from!r}")
+    for url in read_back_from:
+        if url == "sandbox" or is_sentinel_url(url):
+            raise ParameterError(f"read_back_from: {url!r} is not a replica's URL (redis://host:port)")
+        check_target_parameter(url)
 
 
 def _writes_refused(target: Target) -> Check | None:
@@ -327,6 +412,42 @@ def _require_restartable(target: Target, *, allow_restart: bool, restart_command
     trap = restart_trap(target, config_file)
     if trap:
         raise PreconditionFailed(f"{target.name}: refusing to restart: {trap}")
+    _refuse_under_sentinel(target, "restart")
+
+
+def _refuse_under_sentinel(target: Target, what: str) -> None:
+    """PreconditionFailed when `target` is a primary Sentinel monitors (`sentinel_monitored`): its Sentinels would
+    fail over while it is down, and the restarted primary come back as a replica of a node that may lack its
+    writes. The safe way: fail over first, then restart the old primary once it is a replica."""
+    if target.identify().role != "master" or not sentinel_monitored(target.client):
+        return
+    name = _monitored_name(target)
+    raise PreconditionFailed(
+        f"{target.name}: refusing to {what} a primary that Sentinel monitors (PUBSUB NUMSUB __sentinel__:hello): "
+        f"its Sentinels would fail over while it is down. SENTINEL FAILOVER {name} first, then run the restart "
+        "test on the old primary once it is a replica. Nothing was written.")
+
+
+def _monitored_name(target: Target, wait_s: float = 2.5) -> str:
+    """The name the Sentinels monitor `target` under: from a redis+sentinel:// target, else from the first hello
+    message they publish on it (every 2 s); `<name>` (as in sentinel.conf) when none came within `wait_s`."""
+    if is_sentinel_url(target.name):
+        return parse_sentinel_url(target.name)[1]
+    pubsub = target.client.pubsub(ignore_subscribe_messages=True)
+    try:
+        pubsub.subscribe("__sentinel__:hello")
+        deadline = time.monotonic() + wait_s
+        while (left := deadline - time.monotonic()) > 0:
+            message = pubsub.get_message(timeout=left)
+            # sentinel_ip,sentinel_port,sentinel_runid,current_epoch,master_name,master_ip,master_port,master_epoch
+            fields = str(message["data"]).split(",") if message else []
+            if len(fields) >= 8:
+                return fields[4]
+    except redis.RedisError:
+        pass
+    finally:
+        pubsub.close()
+    return "<name>"
 
 
 # -- crash ---------------------------------------------------------------------------------------
@@ -400,13 +521,15 @@ def intent(target: Target, *, mode: str = "online", allow_restart: bool = False,
 
 def plan_test(target: Target, *, mode: str = "online", allow_restart: bool = False, restart_command: str = "",
               config_file: str = "", keys: int = 1000, ttl_s: int = 3600, crash_seconds: float = 2.0,
-              timeout_s: float = 120.0) -> TestResult:
+              timeout_s: float = 120.0, read_back_from: Sequence[str] = ()) -> TestResult:
     """What the test `mode` asks for would do, without doing it: no canary, no BGSAVE, no restart, no server of
-    its own (only INFO, CONFIG GET and the restart trap's file reads). It refuses what the test would refuse
-    (restart without allow_restart or restart_command, the restart trap, crash off the sandbox, canaries that do
-    not fit), and a master that would refuse the canaries (min-replicas-to-write) is its failed check."""
+    its own (only INFO, CONFIG GET, PUBSUB NUMSUB and the restart trap's file reads). It refuses what the test
+    would refuse (restart without allow_restart or restart_command, the restart trap, a primary Sentinel monitors,
+    crash off the sandbox, canaries that do not fit, read_back_from off mode online), and a master that would
+    refuse the canaries (min-replicas-to-write) is its failed check."""
     if mode not in MODES:
         raise ParameterError(f"mode must be one of {', '.join(MODES)}, got {mode!r}")
+    _check_read_back_from(read_back_from, mode)
     if mode == "crash":
         if target.name != "sandbox":
             raise ParameterError(f"mode crash kills the server: it runs only against target sandbox, not "
@@ -431,7 +554,9 @@ def plan_test(target: Target, *, mode: str = "online", allow_restart: bool = Fal
                  "canary after it, then remove the canaries")
     else:
         aof = int(target.client.info("persistence").get("aof_enabled", 0)) == 1
-        would = (f"{canaries}, BGSAVE and wait for it (deadline {timeout_s:g} s), "
+        replicas = (f"read every canary back from {len(read_back_from)} replica(s) after WAIT/WAITAOF "
+                    f"({', '.join(read_back_from)}), " if read_back_from else "")
+        would = (f"{canaries}, {replicas}BGSAVE and wait for it (deadline {timeout_s:g} s), "
                  + ("check the AOF write, " if aof else "")
                  + "validate copies of the files with the server's own checkers, then remove the canaries")
     return TestResult(mode, (), {"canaries_written": 0}, would=would)
@@ -439,16 +564,20 @@ def plan_test(target: Target, *, mode: str = "online", allow_restart: bool = Fal
 
 def run_test(target: Target, *, mode: str = "online", allow_restart: bool = False, restart_command: str = "",
              config_file: str = "", keys: int = 1000, ttl_s: int = 3600, crash_seconds: float = 2.0,
-             timeout_s: float = 120.0, apply: bool = False) -> TestResult:
-    """The test `mode` asks for (online, restart or crash) with `apply`; else only what it would do (`plan_test`)."""
+             timeout_s: float = 120.0, apply: bool = False, read_back_from: Sequence[str] = (),
+             spec: ConnectionSpec | None = None) -> TestResult:
+    """The test `mode` asks for (online, restart or crash) with `apply`; else only what it would do (`plan_test`).
+    `read_back_from`: mode online reads its canaries back from these replicas, connected with `spec`'s settings."""
     if mode not in MODES:
         raise ParameterError(f"mode must be one of {', '.join(MODES)}, got {mode!r}")
+    _check_read_back_from(read_back_from, mode)
     if not apply:
         return plan_test(target, mode=mode, allow_restart=allow_restart, restart_command=restart_command,
                          config_file=config_file, keys=keys, ttl_s=ttl_s, crash_seconds=crash_seconds,
-                         timeout_s=timeout_s)
+                         timeout_s=timeout_s, read_back_from=read_back_from)
     if mode == "online":
-        return online_test(target, keys=keys, ttl_s=ttl_s, timeout_s=timeout_s)
+        return online_test(target, keys=keys, ttl_s=ttl_s, timeout_s=timeout_s, read_back_from=read_back_from,
+                           spec=spec)
     if mode == "restart":
         return restart_test(target, allow_restart=allow_restart, restart_command=restart_command,
                             config_file=config_file, keys=keys, ttl_s=ttl_s, timeout_s=timeout_s)
