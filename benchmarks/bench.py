@@ -27,6 +27,8 @@ from archive_costs import archive_costs
 from archive_costs import rows as archive_rows
 from ctrl_c import ctrl_c_costs
 from ctrl_c import rows as ctrl_c_rows
+from gateway import gateway_costs
+from gateway import rows as gateway_rows
 from nbformat.v4 import new_code_cell, new_notebook
 
 import runbook
@@ -296,7 +298,7 @@ def main() -> int:
     ap.add_argument("--repeat", type=int, default=5)
     ap.add_argument("--sizes", default="10000,100000,1000000")
     ap.add_argument("--fleets", default="1,10,50")
-    ap.add_argument("--only", choices=("fleet", "lock", "archive", "report", "ctrlc"),
+    ap.add_argument("--only", choices=("fleet", "lock", "archive", "report", "ctrlc", "gateway"),
                     help="measure only this (the table shows it alone)")
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args()
@@ -324,6 +326,13 @@ def main() -> int:
         r["ctrl_c"] = ctrl_c_costs(args.repeat)
         shutil.rmtree(work, ignore_errors=True)
         _print_table(ctrl_c_rows(r["ctrl_c"]), args.repeat, "")
+        if args.json:
+            print(json.dumps(r, indent=2, default=str))
+        return 0
+    if args.only == "gateway":
+        r["gateway"] = gateway_costs(args.repeat)
+        shutil.rmtree(work, ignore_errors=True)
+        _print_table(gateway_rows(r["gateway"]), args.repeat, "")
         if args.json:
             print(json.dumps(r, indent=2, default=str))
         return 0
@@ -362,6 +371,7 @@ def main() -> int:
     r["rss_runner_mib"], r["rss_kernel_mib"] = peak_rss(work)
     r["archive"] = archive_costs(work, args.repeat)
     r["ctrl_c"] = ctrl_c_costs(args.repeat)
+    r["gateway"] = gateway_costs(args.repeat)
     shutil.rmtree(work, ignore_errors=True)
 
     with Sandbox() as sb:
@@ -398,6 +408,7 @@ def main() -> int:
         *fleet_rows,
         *archive_rows(r["archive"]),
         *ctrl_c_rows(r["ctrl_c"]),
+        *gateway_rows(r["gateway"]),
     ]
     _print_table(rows, args.repeat, server)
     if args.json:

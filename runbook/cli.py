@@ -124,7 +124,7 @@ def build_parser() -> argparse.ArgumentParser:
     lite = q.add_subparsers(dest="source", required=True).add_parser(
         "from-litellm", help="the Redis servers a LiteLLM proxy config uses (router, cache; passwords only by the "
         "name of their variable), as a params file: printed, or written with --out")
-    lite.add_argument("litellm_config", metavar="PATH", help="the LiteLLM proxy config file (config.yaml)")
+    lite.add_argument("litellm_config", metavar="PATH", help="the LiteLLM proxy config file (its --config YAML)")
     lite.add_argument("--out", metavar="FILE", help="write the params file there (atomically) instead of printing it")
     lite.add_argument("--force", action="store_true", help="with --out: replace a file that exists")
     c = sub.add_parser("completion", help="print a shell completion script (bash: eval \"$(runbook completion bash)\" "

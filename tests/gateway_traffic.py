@@ -11,8 +11,9 @@ as if the request reached another worker of the gateway, so the hit must come fr
 failed to read Redis, which it logs and hides from its caller).
 
 An error is any of: a completion that raised, a cached prompt that came back a miss, and a record at WARNING or
-above from LiteLLM's loggers (where it reports the Redis failures it swallows). Used by tests/test_gateway_traffic.py
-and by the benchmark's `gateway` row (benchmarks/bench.py).
+above from LiteLLM's loggers (where it reports the Redis failures it swallows). `change_under_traffic` runs
+`runbook run enable-aof persist-config -p apply true` beside it: used by tests/test_gateway_traffic.py and by the
+benchmark's `gateway` row (benchmarks/gateway.py).
 """
 
 from __future__ import annotations
@@ -27,6 +28,9 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 from typing import Any, Callable, TypeVar
+
+import redis
+from helpers import run_json
 
 from runbook.sandbox.throwaway import SEED_CONFIG, Sandbox
 from runbook.server.probe import LatencyStats
@@ -90,6 +94,7 @@ class Traffic:
     hit_before_delete: bool = False
     deleted: int = 0
     hit_after_delete: bool = True
+    counted: float = 0  # the router's rpm counters in Redis afterwards, summed: `made` when none was lost
 
     @property
     def made(self) -> int:
@@ -153,8 +158,9 @@ async def drive(port: int, during: Callable[[], T], *, tasks: int = 4, cached_pr
                    "litellm_params": {"model": "openai/gpt-4o-mini", "api_key": "sk-mock-no-network",
                                       "mock_response": f"answer from {name}", "rpm": 1_000_000, "tpm": 10**9},
                    "model_info": {"id": name}} for name in DEPLOYMENTS]
-    router = Router(model_list=model_list, redis_host="127.0.0.1", redis_port=port,
-                    routing_strategy="usage-based-routing-v2", num_retries=0)
+    # Counters kept an hour instead of a minute: a slow machine's run spanning three minutes still has them all.
+    router = Router(model_list=model_list, redis_host="127.0.0.1", redis_port=port, num_retries=0,
+                    routing_strategy="usage-based-routing-v2", routing_strategy_args={"ttl": 3600})
     stop = asyncio.Event()
 
     async def one(prompt: str, cached: bool) -> Request:
@@ -189,19 +195,35 @@ async def drive(port: int, during: Callable[[], T], *, tasks: int = 4, cached_pr
         finally:
             stop.set()
             await asyncio.gather(*workers)
-        await asyncio.sleep(0.5)  # the router's batched counter writes go out every 0.1 s
         if delete_cache is not None:
             traffic.hit_before_delete = (await one("cached prompt 0", True)).cache_hit
             traffic.deleted = delete_cache(f"{CACHE_NAMESPACE}:*")
             traffic.hit_after_delete = (await one("cached prompt 0", True)).cache_hit
             traffic.warmed += 2
-            await asyncio.sleep(0.3)  # and their counters
+        traffic.counted = await _counted(port, traffic.made)
         return result, traffic
     finally:
         for lg in loggers:
             lg.removeHandler(handler)
         litellm.cache = None
-        router.retire()  # its callbacks are global: the next Router's calls would feed this one's counters
+        retire = getattr(router, "retire", None) or getattr(router, "discard", None)  # 1.110 / older LiteLLM
+        if retire is not None:
+            retire()  # its callbacks are global: the next Router's calls would feed this one's counters
+
+
+async def _counted(port: int, made: int, timeout_s: float = 5.0) -> float:
+    """The sum of the router's rpm counters in Redis once it reaches `made` (its batched writes go out every 0.1 s),
+    or as it is after `timeout_s`; -1 when the server does not answer."""
+    client = redis.Redis(host="127.0.0.1", port=port, decode_responses=True, socket_timeout=10)
+    deadline = time.monotonic() + timeout_s
+    try:
+        while (seen := sum(counters(client, "rpm").values())) < made and time.monotonic() < deadline:
+            await asyncio.sleep(0.1)
+        return seen
+    except redis.RedisError:
+        return -1
+    finally:
+        client.close()
 
 
 _LOG_TIME = re.compile(r"(\d+ \w+ \d{4} \d\d:\d\d:\d\d\.\d{3})")
@@ -228,3 +250,62 @@ def counters(client: Any, kind: str) -> dict[str, float]:
     per deployment and minute (LiteLLM also keeps `global_router:` copies, left out here)."""
     keys = [k for d in DEPLOYMENTS for k in client.keys(f"{d}:*:{kind}:*")]
     return {k: float(v) for k, v in zip(keys, client.mget(keys))} if keys else {}
+
+
+@dataclass(frozen=True)
+class ChangeUnderTraffic:
+    """A `runbook run enable-aof persist-config -p apply true` made while the gateway's traffic ran."""
+
+    sandbox: Sandbox
+    exit_code: int
+    out: dict[str, Any]  # the run's --json
+    stderr: str
+    start: float  # the runbook process: started, ended (epoch seconds)
+    end: float
+    traffic: Traffic
+
+    def rewrite(self) -> tuple[float, float]:
+        """The initial AOF rewrite's window, from the server's log."""
+        return rewrite_window(self.sandbox.log_text())
+
+    def probe(self) -> dict[str, Any]:
+        """The runbook's own PING probe during enable-aof (its summary's `latency` fact)."""
+        return next(s["summary"] for s in self.out["steps"] if s["notebook"] == "enable-aof")["latency"]
+
+    def report(self) -> dict[str, Any]:
+        """The figures: run and rewrite seconds, requests, the client's latency before the change, during the run
+        and during the rewrite, and the probe's."""
+        rewrite, requests = self.rewrite(), self.traffic.requests
+        return {
+            "run_s": round(self.end - self.start, 2), "aof_rewrite_s": round(rewrite[1] - rewrite[0], 3),
+            "requests": len(requests), "requests_during_rewrite": len(self.traffic.overlapping(*rewrite)),
+            "client_errors": len(self.traffic.errors()),
+            "client_before_change_ms": Traffic.latency([r for r in requests if r.end < self.start]),
+            "client_during_run_ms": Traffic.latency(self.traffic.within(self.start, self.end)),
+            "client_during_rewrite_ms": Traffic.latency(self.traffic.overlapping(*rewrite)),
+            "runbook_ping_probe_ms": self.probe(),
+        }
+
+
+def change_under_traffic(sb: Sandbox, archive: Path, *, check_cache: bool = False,
+                         lead_s: float = 2.0) -> ChangeUnderTraffic:
+    """Run the change on `sb` (its config file given as `config_file`) under the gateway's traffic; with
+    `check_cache`, prove afterwards that the cache hits came from Redis (`drive`'s `delete_cache`)."""
+    client = sb.client(socket_timeout=60)
+    window: dict[str, float] = {}
+
+    def change() -> tuple[int, dict[str, Any], str]:
+        window["start"] = time.time()
+        try:
+            return run_json(archive, "enable-aof", "persist-config", "-p", "target", sb.url,
+                            "-p", "config_file", str(sb.config_path), "-p", "apply", "true")
+        finally:
+            window["end"] = time.time()
+
+    def delete(pattern: str) -> int:
+        keys = client.keys(pattern)
+        return int(client.delete(*keys)) if keys else 0
+
+    (rc, out, err), traffic = asyncio.run(drive(sb.port, change, lead_s=lead_s,
+                                                delete_cache=delete if check_cache else None))
+    return ChangeUnderTraffic(sb, rc, out, err, window["start"], window["end"], traffic)

@@ -151,6 +151,23 @@ def test_no_usable_redis_is_a_parameter_error_that_says_why(name: str, env: dict
     assert capsys.readouterr().out == ""
 
 
+def test_a_password_inside_redis_url_in_the_environment_is_a_note_and_not_copied() -> None:
+    found = read("env-only.yaml", {"REDIS_URL": "redis://:env-secret-3c9a@10.9.9.9:6379"})
+    assert found.params() == {"target": "redis://10.9.9.9:6379/0", "password_env": "REDIS_PASSWORD", "gateway": True}
+    assert any("environment REDIS_URL carries a password" in n for n in found.notes), found.notes
+    assert "env-secret-3c9a" not in found.render() + repr(found)
+
+
+def test_coordination_redis_is_the_proxys_redis_beside_an_s3_cache(tmp_path: Path) -> None:
+    config = tmp_path / "coordination.yaml"
+    config.write_text((DATA / "s3.yaml").read_text() + "\ngeneral_settings:\n  coordination_redis:\n"
+                      "    host: 10.7.7.7\n    port: 6381\n    password: os.environ/COORD_PASSWORD\n")
+    found = read_litellm_config(config, {"REDIS_HOST": "10.1.2.3"})  # the explicit block wins over REDIS_*
+    assert found.params() == {"target": "redis://10.7.7.7:6381/0", "password_env": "COORD_PASSWORD", "gateway": True}
+    assert found.targets[0].roles == ("coordination",)
+    assert "general_settings.coordination_redis.host (line 18)" in found.targets[0].sources
+
+
 def test_cache_params_without_cache_true_are_not_used() -> None:
     text = (DATA / "cache.yaml").read_text().replace("cache: True", "cache: False")
     found = read_litellm_config(_write(text), {"REDIS_HOST": "10.1.2.3"})  # the coordination fallback remains

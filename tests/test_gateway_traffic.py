@@ -14,13 +14,12 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-import time
 from pathlib import Path
 
 import pytest
 from conftest import binary_or_skip
-from gateway_traffic import Traffic, counters, drive, gateway_server, missing_modules, rewrite_window
-from helpers import REPO, run_json
+from gateway_traffic import change_under_traffic, counters, drive, gateway_server, missing_modules, rewrite_window
+from helpers import REPO, switch_aof_on
 
 import runbook
 from runbook.server.configfile import read_config
@@ -43,13 +42,6 @@ def litellm_ready() -> None:
     pytest.skip(reason)
 
 
-def _deleter(client):  # type: ignore[no-untyped-def]
-    def delete(pattern: str) -> int:
-        keys = client.keys(pattern)
-        return int(client.delete(*keys)) if keys else 0
-    return delete
-
-
 @pytest.mark.notebook
 @pytest.mark.parametrize("label", ["redis-7", "valkey-9"])
 def test_gateway_traffic_during_the_change(label: str, litellm_ready: None, clean_env, tmp_path: Path) -> None:
@@ -57,49 +49,31 @@ def test_gateway_traffic_during_the_change(label: str, litellm_ready: None, clea
     try:
         client = sb.client()
         server = runbook.identify(client).label
-        window: dict[str, float] = {}
-
-        def change() -> tuple[int, dict, str]:
-            window["start"] = time.time()
-            try:
-                return run_json(tmp_path / "archive", "enable-aof", "persist-config", "-p", "target", sb.url,
-                                "-p", "config_file", str(sb.config_path), "-p", "apply", "true")
-            finally:
-                window["end"] = time.time()
-
-        (rc, out, err), traffic = asyncio.run(drive(sb.port, change, delete_cache=_deleter(client)))
-        assert rc == 0, err[-3000:]
+        run = change_under_traffic(sb, tmp_path / "archive", check_cache=True)
+        assert run.exit_code == 0, run.stderr[-3000:]
 
         # The change happened: AOF on at runtime, and in the file the server boots from.
         assert int(client.info("persistence")["aof_enabled"]) == 1
         assert read_config(sb.config_path).value("appendonly") == "yes"
         assert client.dbsize() >= KEYS
 
-        # The gateway kept working: not one client error, and it was busy while the server wrote its initial AOF.
+        # The gateway kept working: not one client error, and it was busy while the server wrote its initial AOF
+        # (cache hits and routed completions both), from before the run started to after it ended.
+        traffic = run.traffic
         assert traffic.errors() == [], traffic.errors()[:10]
-        rewrite = rewrite_window(sb.log_text())
-        assert window["start"] <= rewrite[0] <= rewrite[1] <= window["end"]
-        assert traffic.requests[0].start < window["start"] and traffic.requests[-1].end > window["end"]
+        rewrite = run.rewrite()
+        assert run.start <= rewrite[0] <= rewrite[1] <= run.end
+        assert traffic.requests[0].start < run.start and traffic.requests[-1].end > run.end
         during_rewrite = traffic.overlapping(*rewrite)
         assert any(r.cached_prompt for r in during_rewrite) and any(not r.cached_prompt for r in during_rewrite)
 
         # LiteLLM really used this Redis: every completion counted in the router's rpm counters there (a lost
         # increment would leave the sum short), tpm counters too, and the cache hits came from its keys.
-        rpm = counters(client, "rpm")
-        assert rpm and sum(rpm.values()) == traffic.made, (rpm, traffic.made)
+        assert traffic.counted == traffic.made and sum(counters(client, "rpm").values()) == traffic.made
         assert counters(client, "tpm")
         assert traffic.hit_before_delete and traffic.deleted >= 16 and not traffic.hit_after_delete
 
-        probe = next(s["summary"] for s in out["steps"] if s["notebook"] == "enable-aof")["latency"]
-        report = {
-            "server": server, "keys": KEYS, "seed_s": round(seed_s, 2),
-            "run_s": round(window["end"] - window["start"], 2), "aof_rewrite_s": round(rewrite[1] - rewrite[0], 3),
-            "requests": len(traffic.requests), "requests_during_rewrite": len(during_rewrite), "client_errors": 0,
-            "client_before_change_ms": Traffic.latency([r for r in traffic.requests if r.end < window["start"]]),
-            "client_during_run_ms": Traffic.latency(traffic.within(window["start"], window["end"])),
-            "client_during_rewrite_ms": Traffic.latency(during_rewrite),
-            "runbook_ping_probe_ms": probe,
-        }
+        report = {"server": server, "keys": KEYS, "seed_s": round(seed_s, 2), **run.report()}
         print(f"\n{label}: {json.dumps(report)}")
         ARTIFACT.parent.mkdir(exist_ok=True)
         previous = json.loads(ARTIFACT.read_text()) if ARTIFACT.exists() else {}
@@ -109,15 +83,14 @@ def test_gateway_traffic_during_the_change(label: str, litellm_ready: None, clea
 
 
 def test_a_restart_during_the_traffic_is_seen(litellm_ready: None, default_binary: Path, tmp_path: Path) -> None:
-    """The checks above can fail: a change that restarts the server (what the runbook never does) makes client errors,
-    and a rewrite done before the traffic started overlaps none of it."""
+    """The checks above can fail: a change that restarts the server (what the runbook never does) makes client errors
+    and loses counted completions, and a rewrite done before the traffic started overlaps none of it."""
     sb, _ = gateway_server(default_binary, tmp_path / "server", 10_000)
     try:
-        from helpers import switch_aof_on
-
         switch_aof_on(sb.client())  # written before the traffic starts
         _, traffic = asyncio.run(drive(sb.port, sb.restart, lead_s=0.5))
         assert traffic.errors(), "a restart under the traffic went unnoticed"
+        assert 0 <= traffic.counted < traffic.made  # the increments sent while it was down are lost
         assert not traffic.overlapping(*rewrite_window(sb.log_text()))
     finally:
         sb.cleanup()

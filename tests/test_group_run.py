@@ -6,6 +6,7 @@ own config file, AOF off at runtime and in the file to start. Every `runbook` ru
 
 from __future__ import annotations
 
+import json
 import re
 import subprocess
 import sys
@@ -16,7 +17,7 @@ from pathlib import Path
 import pytest
 import redis
 from conftest import binary_or_skip
-from helpers import REPO, index, run_json
+from helpers import REPO, index, run_json, runbook_cli
 from topologies import Group, Sentinels, start_replication_group, start_sentinels
 
 from runbook.errors import ParameterError
@@ -216,7 +217,11 @@ def test_the_primary_killed_mid_change_fails_over_stops_the_run_and_loses_no_ack
         assert {r["status"] for r in records if r["target"] == group.primary.url} == {"skipped"}
         stopped = next(r for r in records if r["status"] in ("fail", "error"))
         assert stopped["target"] in (second, sentinels.target), stopped
-        assert '"report"' in stdout and "changed" in stdout
+        out = json.loads(stdout)
+        assert out["report"] is not None  # the change report says what was done before the stop
+        shown = runbook_cli("archive", "show", out["change_id"], "--archive", str(archive)).stdout
+        assert f"enable-aof on {first})" in shown and f"persist-config on {first})" in shown
+        assert f"enable-aof on {group.primary.url}" not in shown
 
 
 def _second_node_started(archive: Path, proc: subprocess.Popen, timeout_s: float = 90.0) -> str:

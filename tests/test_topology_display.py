@@ -204,7 +204,11 @@ def test_restart_of_a_sentinel_monitored_primary_is_refused_before_anything_is_w
         label: str, tmp_path: Path, clean_env) -> None:
     binary = binary_or_skip(label)
     with start_replication_group(binary, tmp_path / "g", replicas=1) as g, \
-            start_sentinels(binary, tmp_path / "s", g, count=1, name="prod"):
+            start_sentinels(binary, tmp_path / "s", g, count=1, name="prod") as sentinels:
+        topo = runbook.discover_group(ConnectionSpec(sentinels.target))  # a Sentinel URL implies discovery
+        texts = [t.get_text() for t in report.plot_topology(topo).axes[0].texts]
+        assert [t for t in texts if t.endswith("sentinel")] == [f"{sentinels.nodes[0].address}\nsentinel"]
+        assert f"Sentinel view of prod: master {g.primary.address}" in report.topology_table(topo).caption
         keys = g.primary.client().dbsize()
         target = runbook.connect(ConnectionSpec(g.primary.url))
         for call in (test_persistence.plan_test, test_persistence.run_test):

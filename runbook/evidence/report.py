@@ -404,7 +404,9 @@ def plot_topology(topology: Any) -> Figure | None:
     primaries = sorted(topology.primaries(), key=lambda n: n.address)
     width = max(1, *(len(topology.replicas_of(p.address)) for p in primaries)) if primaries else 1
     sentinels = list(topology.sentinel.sentinels) if topology.sentinel is not None else []
-    fig, ax = plt.subplots(figsize=(min(12.0, 1.6 + 2.2 * len(primaries) * width), 2.6 + 0.8 * bool(sentinels)),
+    columns = max(len(primaries) * width, len(sentinels), 1)
+    shift = (columns - len(primaries) * width) / 2  # the data nodes centred under the Sentinels
+    fig, ax = plt.subplots(figsize=(min(12.0, 1.6 + 2.2 * columns), 2.6 + 0.8 * bool(sentinels)),
                            constrained_layout=True)
 
     def box(x: float, y: float, text: str, colour: str) -> None:
@@ -413,10 +415,10 @@ def plot_topology(topology: Any) -> Figure | None:
 
     where: dict[str, tuple[float, float]] = {}
     for i, p in enumerate(primaries):
-        centre = i * width + (width - 1) / 2
+        centre = shift + i * width + (width - 1) / 2
         where[p.address] = (centre, 1.0)
         for j, r in enumerate(sorted(topology.replicas_of(p.address), key=lambda n: n.address)):
-            x = i * width + j
+            x = shift + i * width + j
             up = r.link == "up"
             ax.plot([centre, x], [1.0, 0.0], color="#444444" if up else "#d9534f", linestyle="-" if up else "--",
                     linewidth=1, zorder=0)
@@ -425,9 +427,8 @@ def plot_topology(topology: Any) -> Figure | None:
             box(x, 0.0, f"{r.address}\nreplica\nAOF {r.aof_runtime}/{r.aof_file}", AOF_COLOURS[_aof_state(r)])
         slots = f"\nslots {p.slots}" if p.slots else ""
         box(centre, 1.0, f"{p.address}\nprimary{slots}\nAOF {p.aof_runtime}/{p.aof_file}", AOF_COLOURS[_aof_state(p)])
-    span = max(len(primaries) * width - 1, 1)
     for k, s in enumerate(sentinels):
-        x = k * span / max(len(sentinels) - 1, 1) if len(sentinels) > 1 else span / 2
+        x = k + (columns - len(sentinels)) / 2
         master = where.get(topology.sentinel.master)
         if master:
             ax.plot([x, master[0]], [2.0, 1.0], color="#7952b3", linestyle=":", linewidth=1, zorder=0)
@@ -435,7 +436,7 @@ def plot_topology(topology: Any) -> Figure | None:
     for state, colour in AOF_COLOURS.items():
         ax.scatter([], [], color=colour, marker="s", label=f"AOF {state}")
     ax.legend(loc="upper left", bbox_to_anchor=(1.0, 1.0), fontsize=7, frameon=False)
-    ax.set_xlim(-0.8, span + 0.8)
+    ax.set_xlim(-0.8, columns - 0.2)
     ax.set_ylim(-0.5, 2.5 if sentinels else 1.5)
     ax.axis("off")
     ax.set_title(f"{topology.kind}: {len(topology.nodes)} nodes (AOF runtime/file)", fontsize=9)

@@ -1,8 +1,8 @@
 """The Redis servers a LiteLLM proxy uses, read from its config file: the targets of a run, and a params file.
 
 Pure reading: the YAML file and an environment mapping, never a server, never LiteLLM itself. It follows what
-LiteLLM 1.110 does when it loads the same file (litellm/proxy/proxy_server.py `load_config`,
-litellm/router_python_host.py `redis_cache_for`, litellm/_redis.py `merge_redis_kwargs` and `get_redis_client`):
+LiteLLM 1.110 does when it loads the same file (litellm.proxy.proxy_server `load_config`,
+litellm.router_python_host `redis_cache_for`, litellm._redis `merge_redis_kwargs` and `get_redis_client`):
 
 - `general_settings.coordination_redis`: the proxy's coordination Redis (usage, rate limits, cross-pod state);
 - `litellm_settings.cache: true` with `cache_params` (`type` defaults to redis): the response cache, which is

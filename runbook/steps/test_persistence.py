@@ -29,6 +29,8 @@ from runbook.server.topology import is_sentinel_url, parse_sentinel_url, sentine
 
 STEP = "test-persistence"
 MODES = ("online", "restart", "crash")
+#: The online test's check that every replica of `read_back_from` holds every canary (`read_back`).
+READ_BACK = "replicas-read-back"
 #: The most canaries one test writes: 100 times the default, about 25 MB on the server and 2 s to write.
 #: A persistence proof needs far fewer; more is a load test (3 000 000 took a server from 56 to 675 MiB).
 MAX_CANARIES = 100_000
@@ -212,9 +214,6 @@ def online_test(target: Target, *, keys: int = 1000, ttl_s: int = 3600, timeout_
     checks.append(removal or Check("canaries_removed", Status.PASS if left == 0 else Status.FAIL,
                                    f"{left} canaries left"))
     return TestResult("online", tuple(checks), figures)
-
-
-READ_BACK = "replicas-read-back"
 
 
 def wait_for_replicas(target: Target, replicas: Sequence[Target], timeout_s: float) -> tuple[str, int]:
