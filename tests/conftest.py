@@ -49,7 +49,10 @@ NOT_SERVER_BEHAVIOUR = ("test_bad_input.py", "test_archive_integrity.py", "test_
                         "test_runner_notebooks.py", "test_fleet.py", "test_rehearse.py", "test_journal.py",
                         "test_cli_help.py", "test_docs.py", "test_step_evidence.py", "test_change_report.py",
                         "test_progress.py", "test_interactive.py", "test_dashboard.py", "test_monitoring_e2e.py",
-                        "test_alert_rules.py")
+                        "test_alert_rules.py",
+                        # These pick Redis 7 and Valkey 9 themselves (topologies, the gateway): already both servers.
+                        "test_topology.py", "test_group_run.py", "test_topology_display.py", "test_gateway_config.py",
+                        "test_gateway_keys.py", "test_gateway_traffic.py")
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:

@@ -137,11 +137,13 @@ def _messages(prompt: str) -> list[dict[str, str]]:
 
 
 async def drive(port: int, during: Callable[[], T], *, tasks: int = 4, cached_prompts: int = 16,
-                lead_s: float = 1.0, delete_cache: Callable[[str], int] | None = None) -> tuple[T, Traffic]:
+                lead_s: float = 1.0, delete_cache: Callable[[str], int] | None = None,
+                count_wait_s: float = 5.0) -> tuple[T, Traffic]:
     """Run `during()` in a thread while `tasks` tasks make completions through a LiteLLM Router on the Redis at
     127.0.0.1:`port`; the traffic starts `lead_s` before it and stops when it returns. With `delete_cache` (given
     the key pattern of the cache's entries, returns how many it deleted from Redis), a cached prompt is asked again
-    before and after it (`Traffic.hit_after_delete`). Returns `during`'s result and the traffic."""
+    before and after it (`Traffic.hit_after_delete`). Then it waits up to `count_wait_s` for the counters in Redis to
+    add up (`Traffic.counted`). Returns `during`'s result and the traffic."""
     os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
     import litellm
     from litellm import Router
@@ -200,7 +202,7 @@ async def drive(port: int, during: Callable[[], T], *, tasks: int = 4, cached_pr
             traffic.deleted = delete_cache(f"{CACHE_NAMESPACE}:*")
             traffic.hit_after_delete = (await one("cached prompt 0", True)).cache_hit
             traffic.warmed += 2
-        traffic.counted = await _counted(port, traffic.made)
+        traffic.counted = await _counted(port, traffic.made, count_wait_s)
         return result, traffic
     finally:
         for lg in loggers:

@@ -39,6 +39,7 @@ READS = frozenset({
     "role", "config|get", "acl|dryrun", "acl|whoami", "acl|list", "acl|users", "acl|getuser", "acl|cat",
     "client|setinfo", "client|setname", "client|info",
     "command", "command|docs", "command|info", "command|count", "cluster|info", "cluster|myid", "cluster|slots",
+    "pubsub|numsub",  # is a Sentinel subscribed (the restart test refuses a Sentinel-monitored primary)
 })
 
 

@@ -88,7 +88,7 @@ def test_a_restart_during_the_traffic_is_seen(litellm_ready: None, default_binar
     sb, _ = gateway_server(default_binary, tmp_path / "server", 10_000)
     try:
         switch_aof_on(sb.client())  # written before the traffic starts
-        _, traffic = asyncio.run(drive(sb.port, sb.restart, lead_s=0.5))
+        _, traffic = asyncio.run(drive(sb.port, sb.restart, lead_s=0.5, count_wait_s=1.0))
         assert traffic.errors(), "a restart under the traffic went unnoticed"
         assert 0 <= traffic.counted < traffic.made  # the increments sent while it was down are lost
         assert not traffic.overlapping(*rewrite_window(sb.log_text()))

@@ -373,3 +373,17 @@ def test_skip_backup_with_a_reason_and_its_default_pass() -> None:
     steps = plan(["all"], pairs=[("skip_backup", "taken by the host's nightly job at 02:00")])
     assert [s.name for s in steps][:3] == ["inspect", "backup", "enable-aof"]
     assert steps[1].parameters["skip_backup"] == "taken by the host's nightly job at 02:00"
+
+
+def test_a_params_file_that_says_gateway_serves_every_run_of_it() -> None:
+    """`gateway: true` (from `runbook params from-litellm`) says what the target is: a single-step run whose notebook
+    does not use it takes the file all the same; inspect gets it; a wrong value is refused either way."""
+    from runbook.orchestration.plan import plan
+
+    target = ("target", "redis://127.0.0.1:6379/0")
+    (step,) = plan(["enable-aof"], pairs=[target, ("gateway", "true")])
+    assert "gateway" not in step.parameters
+    assert [s.parameters.get("gateway") for s in plan(["all"], pairs=[target, ("gateway", "true")])
+            if s.name == "inspect"] == [True, True]
+    with pytest.raises(ParameterError, match="gateway must be bool"):
+        plan(["enable-aof"], pairs=[target, ("gateway", "maybe")])

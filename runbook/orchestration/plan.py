@@ -49,6 +49,11 @@ SEQUENCE_HELP: dict[str, str] = {
 }
 
 
+#: Parameters that say what the target is (a LiteLLM gateway's Redis: inspect shows its key classes), not what a
+#: step does: a params file may hold them for every run, and a run whose notebooks do not use them drops them.
+TARGET_PROPERTIES = ("gateway",)
+
+
 #: The notebook that inspects or online-tests every target of a fleet at once.
 FLEET_NOTEBOOK = "07-fleet.ipynb"
 
@@ -125,6 +130,10 @@ def plan(names: Sequence[str], files: Sequence[str | Path] = (), pairs: Sequence
     check_reasons(values)
     if GATEWAY_CONFIG in values:  # the targets of a LiteLLM proxy config, read on every run (it may have changed)
         values.update(gateway_parameters(values.pop(GATEWAY_CONFIG), values, declared))
+    for name in TARGET_PROPERTIES:  # what the target is: a params file's line every run of that file takes
+        if name in values and name not in declared:
+            inspect_spec = notebook_parameters(notebooks_dir() / NOTEBOOKS["inspect"])
+            validate({name: values.pop(name)}, {name: inspect_spec[name]})
     if given and "target" not in values and "targets" not in values:
         # Never the notebooks' default (a throwaway sandbox) for a run that brought its own file: under cron a
         # file whose target line is still commented out would read as a healthy server forever.

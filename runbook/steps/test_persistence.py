@@ -22,6 +22,7 @@ from runbook.sandbox.binaries import for_server
 from runbook.sandbox.throwaway import SEED_CONFIG, Sandbox, restart_sandbox
 from runbook.server.lock import data_dbsize
 from runbook.server.ops import bgsave_and_wait, misconf_reason, restart_trap, server_log_tail, validate_files
+from runbook.server.poll import Deadline
 from runbook.server.replicas import replica_quorum, wait_for_quorum
 from runbook.server.slots import cluster_enabled, served_tag
 from runbook.server.target import Identity, Target, check_target_parameter, connect, wait_loaded
@@ -353,6 +354,68 @@ def restart_server(target: Target, restart_command: str = "", timeout_s: float =
     return time.monotonic() - start
 
 
+def replica_restart(target: Target, *, restart_command: str = "", keys: int = 1000, ttl_s: int = 3600,
+                    timeout_s: float = 120.0) -> TestResult:
+    """The restart test on a replica: how a Sentinel group is restart-tested (fail over first, then restart the old
+    primary once it is a replica). A replica refuses writes, so the canaries go to its primary and arrive by
+    replication; made durable in the replica's own AOF, then the replica restarts and must hold every one again.
+    Its data also comes back by resync from the primary: `loaded_own_files` says what it loaded from its own disk."""
+    writer, primary = _primary_of(target)
+    seconds, found, source, values = 0.0, 0, "", {}
+    try:
+        values = write_canaries(writer, canary_prefix(writer), keys, ttl_s, name=primary)
+        try:
+            deadline = Deadline(timeout_s, f"{target.name}: the canaries to arrive from {primary}")
+            while (arrived := count_canaries(target.client, values)) < len(values) and not deadline.expired:
+                time.sleep(0.05)
+            if arrived < len(values):
+                return TestResult("restart", (Check("replicated", Status.FAIL, f"{arrived} of {len(values)} canaries "
+                                                    f"written on {primary} reached {target.name} in {timeout_s:.0f}s",
+                                                    "check the replica's link (INFO replication) and run again"),),
+                                  {"restarted": False})
+            durable = _aof_write_check(target.client, 0) if int(
+                target.client.info("persistence").get("aof_enabled", 0)) else None
+            run_id_before = target.client.info("server").get("run_id")
+            seconds = restart_server(target, restart_command, timeout_s)
+            if target.client.info("server").get("run_id") == run_id_before:
+                raise PreconditionFailed(f"{target.name}: the server answering after the restart is the same process "
+                                         f"(run_id {run_id_before}): the restart did not happen or has not finished. "
+                                         "Check restart_command.")
+            found, source = count_canaries(target.client, values), loaded_from(target)
+        finally:
+            remove_canaries(writer, values)
+    finally:
+        writer.close()
+    checks = [
+        Check("restart", Status.PASS, f"replica restarted and loaded in {seconds:.2f}s (from {source})"),
+        *([durable] if durable else []),
+        Check("canaries", Status.PASS if found == len(values) else Status.FAIL,
+              f"{found} of {len(values)} canaries (written on its primary {primary}) came back"),
+        Check("loaded_own_files", Status.PASS if source in ("AOF", "RDB") else Status.WARN,
+              f"the replica loaded its own {source} before resyncing from {primary}" if source in ("AOF", "RDB") else
+              f"what the replica loaded from its own disk is {source}: its canaries may have come by resync only",
+              "" if source in ("AOF", "RDB") else "run the test where the server's log file is readable"),
+    ]
+    figures = {"canaries_written": len(values), "canaries_found": found, "load_s": round(seconds, 3),
+               "loaded_from": source, "written_on": primary}
+    return TestResult("restart", tuple(checks), figures)
+
+
+def _primary_of(target: Target) -> tuple[redis.Redis, str]:
+    """A client of the replica's primary (INFO replication master_host/port), with the target's own credentials and
+    logged connection class; PreconditionFailed when its link is not up."""
+    repl = target.client.info("replication")
+    host, port, link = repl.get("master_host"), int(repl.get("master_port", 0)), repl.get("master_link_status")
+    if link != "up":
+        raise PreconditionFailed(f"{target.name}: a replica whose link to its primary {host}:{port} is {link}: the "
+                                 "restart test writes its canaries on the primary. Bring the link up first. Nothing "
+                                 "was written.")
+    pool = target.client.connection_pool
+    kwargs = {**pool.connection_kwargs, "host": host, "port": port}
+    return redis.Redis(connection_pool=redis.ConnectionPool(connection_class=pool.connection_class, **kwargs)), \
+        f"{host}:{port}"
+
+
 def loaded_from(target: Target) -> str:
     """Which file the last start loaded, from the server's log when it is readable here."""
     tail = server_log_tail(target, lines=40)
@@ -366,9 +429,11 @@ def loaded_from(target: Target) -> str:
 
 def restart_test(target: Target, *, allow_restart: bool, restart_command: str = "", config_file: str = "",
                  keys: int = 1000, ttl_s: int = 3600, timeout_s: float = 120.0) -> TestResult:
-    """Canaries, refuse the trap, a real restart, then compare DBSIZE and every canary."""
+    """Canaries, refuse the trap, a real restart, compare DBSIZE and every canary (replicas: `replica_restart`)."""
     _require_restartable(target, allow_restart=allow_restart, restart_command=restart_command,
                          config_file=config_file)
+    if target.identify().role == "replica":
+        return replica_restart(target, restart_command=restart_command, keys=keys, ttl_s=ttl_s, timeout_s=timeout_s)
     refused = _writes_refused(target)
     if refused:
         return TestResult("restart", (refused,), {"restarted": False})
