@@ -30,6 +30,8 @@ from ctrl_c import rows as ctrl_c_rows
 from gateway import gateway_costs
 from gateway import rows as gateway_rows
 from nbformat.v4 import new_code_cell, new_notebook
+from rolling import rolling_costs
+from rolling import rows as rolling_rows
 
 import runbook
 from runbook.evidence.archive import read_index
@@ -298,7 +300,7 @@ def main() -> int:
     ap.add_argument("--repeat", type=int, default=5)
     ap.add_argument("--sizes", default="10000,100000,1000000")
     ap.add_argument("--fleets", default="1,10,50")
-    ap.add_argument("--only", choices=("fleet", "lock", "archive", "report", "ctrlc", "gateway"),
+    ap.add_argument("--only", choices=("fleet", "lock", "archive", "report", "ctrlc", "gateway", "rolling"),
                     help="measure only this (the table shows it alone)")
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args()
@@ -326,6 +328,13 @@ def main() -> int:
         r["ctrl_c"] = ctrl_c_costs(args.repeat)
         shutil.rmtree(work, ignore_errors=True)
         _print_table(ctrl_c_rows(r["ctrl_c"]), args.repeat, "")
+        if args.json:
+            print(json.dumps(r, indent=2, default=str))
+        return 0
+    if args.only == "rolling":
+        r["rolling"] = rolling_costs(args.repeat)
+        shutil.rmtree(work, ignore_errors=True)
+        _print_table(rolling_rows(r["rolling"]), args.repeat, "")
         if args.json:
             print(json.dumps(r, indent=2, default=str))
         return 0
@@ -372,6 +381,7 @@ def main() -> int:
     r["archive"] = archive_costs(work, args.repeat)
     r["ctrl_c"] = ctrl_c_costs(args.repeat)
     r["gateway"] = gateway_costs(args.repeat)
+    r["rolling"] = rolling_costs(args.repeat)
     shutil.rmtree(work, ignore_errors=True)
 
     with Sandbox() as sb:
@@ -409,6 +419,7 @@ def main() -> int:
         *archive_rows(r["archive"]),
         *ctrl_c_rows(r["ctrl_c"]),
         *gateway_rows(r["gateway"]),
+        *rolling_rows(r["rolling"]),
     ]
     _print_table(rows, args.repeat, server)
     if args.json:

@@ -77,6 +77,13 @@ def build_parser() -> argparse.ArgumentParser:
                         "without .yaml, or sandbox)")
     r.add_argument("--keep-going", action="store_true",
                    help="fleets: a target that fails stops only its own later steps, not the other targets'")
+    r.add_argument("--max-fail", metavar="K|P%",
+                   help="fleets: once K targets (or P%% of the fleet) failed, start no new target (the rest are "
+                        "recorded skipped); default 1 (the first failure stops the run), unbounded with "
+                        "--keep-going; --max-fail wins over --keep-going (Ansible's max_fail_percentage)")
+    r.add_argument("--limit", metavar="PATTERN", default="",
+                   help="fleets: run only the targets whose URL matches (comma-separated fnmatch patterns, "
+                        "!PATTERN excludes), as Ansible's --limit; none matching is a parameter error")
     r.add_argument("--detailed-exitcode", action="store_true",
                    help=f"exit {int(ExitCode.CHANGES_PENDING)} instead of 0 when the run completed and a plan found "
                         "settings or a config file to change (as terraform plan -detailed-exitcode)")
@@ -171,6 +178,9 @@ def _table(rows: Sequence[Sequence[str]]) -> list[str]:
 def _from_litellm(config: str, out: str | None, force: bool) -> int:
     """`runbook params from-litellm PATH`: the params file on stdout (or in --out); on stderr, what could not be
     taken over as it stands (a password written in the file, a variable not set here)."""
+    if out is not None and Path(out).resolve() == Path(config).resolve():
+        raise ParameterError(f"--out {out} is the LiteLLM config being read: write the params file elsewhere "
+                             "(params/gateway.yaml); this command only reads the gateway's config")
     found = read_litellm_config(config)
     for line in [*(f"warning: {p}" for p in found.problems), *(f"note: {n}" for n in found.notes)]:
         print(f"runbook: {line}", file=sys.stderr)
@@ -503,7 +513,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                 require_writable(Path(args.metrics_file))
                 job = metrics_job(args.metrics_job, args.files)
             result = run(args.names, args.files, [tuple(p) for p in args.pairs], archive_root(args.archive),
-                         args.fail_on, keep_going=args.keep_going, watch=_terminal_watch(), pdf=args.pdf)
+                         args.fail_on, keep_going=args.keep_going, watch=_terminal_watch(), pdf=args.pdf,
+                         max_fail=args.max_fail, limit=args.limit)
             if args.metrics_file:
                 # The last inspection of every target (a fleet: each of its members); an unreachable one keeps
                 # its last known series from the file the previous run wrote.

@@ -19,9 +19,12 @@ from conftest import binary_or_skip
 from helpers import index, run_json, runbook_cli
 
 from runbook.cli import main
-from runbook.errors import ParameterError
+from runbook.errors import ParameterError, TargetUnreachable
+from runbook.model import ConnectionSpec
 from runbook.orchestration.gateway import gateway_parameters, read_litellm_config
 from runbook.orchestration.plan import plan
+from runbook.sandbox.throwaway import SEED_CONFIG
+from runbook.server.target import connect
 
 DATA = Path(__file__).parent / "data" / "litellm"
 URL_SECRET = "not-a-real-secret-8Fq2"  # inside url-password.yaml's redis_url
@@ -253,6 +256,15 @@ def test_the_params_file_reaches_the_router_and_cache_servers(label: str, how: s
             text = path.read_text(errors="replace")
             assert all(s not in text for s in secrets.values()), path
     assert all(s not in done.stdout + done.stderr + err for s in secrets.values())
+    if how == "-f":  # several servers: each is rehearsed with -p target URL, as the README says
+        cache_url = f"redis://127.0.0.1:{cache.port}/0"
+        proc = runbook_cli("rehearse", "-f", str(out), "-p", "target", cache_url, "--archive",
+                           str(tmp_path / "rehearsal"), env=secrets)
+        assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+        assert cache_url in proc.stdout and f"127.0.0.1:{router.port}" not in proc.stdout
+        wrong = runbook_cli("rehearse", "-f", str(out), "-p", "target", "redis://127.0.0.1:1/0", env=secrets)
+        assert wrong.returncode == 2 and "lists no such target" in wrong.stdout + wrong.stderr
+        assert cache_url in wrong.stdout + wrong.stderr  # it names the targets there are
 
 
 @pytest.mark.parametrize("label", ["redis-7", "valkey-9"])
@@ -283,3 +295,28 @@ def test_sentinel_and_cluster_cache_params_name_real_groups(label: str, tmp_path
         assert found.params() == {"target": first.url, "password_env": "REDIS_PASSWORD", "discover": True,
                                   "gateway": True}
         assert redis.Redis.from_url(found.params()["target"]).cluster("info")["cluster_state"] == "ok"
+
+
+def test_out_may_not_be_the_litellm_config_itself(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """The command only reads the gateway's config: --out naming that file is refused even with --force."""
+    config = tmp_path / "config.yaml"
+    config.write_text("router_settings:\n  redis_host: 10.0.0.5\n  redis_port: 6379\n")
+    before = config.read_bytes()
+    assert main(["params", "from-litellm", str(config), "--out", str(tmp_path / "." / "config.yaml"),
+                 "--force"]) == 2
+    assert "is the LiteLLM config being read" in capsys.readouterr().err
+    assert config.read_bytes() == before
+
+
+def test_a_password_variable_that_is_not_set_is_named_when_authentication_fails(default_binary: Path,
+                                                                                make_sandbox, clean_env) -> None:
+    """from-litellm writes password_env for a password it would not copy; when that variable is not set where the
+    run runs, the authentication failure says so (not only "put the right password in")."""
+    sb = make_sandbox(default_binary, config=SEED_CONFIG + "requirepass s3cret\n")
+    os.environ.pop("GW_UNSET_PW", None)
+    with pytest.raises(TargetUnreachable, match=r"\$GW_UNSET_PW is not set in this environment"):
+        connect(ConnectionSpec(sb.url, username="default", password_env="GW_UNSET_PW"))
+    os.environ["GW_UNSET_PW"] = "wrong"
+    with pytest.raises(TargetUnreachable) as err:
+        connect(ConnectionSpec(sb.url, username="default", password_env="GW_UNSET_PW"))
+    assert "is not set" not in str(err.value)

@@ -278,3 +278,25 @@ def _gateway_outputs(path: Path) -> str:
     cell = next(c for c in nb["cells"] if c.get("id") == "inspect-gateway")
     return "".join("".join(o.get("data", {}).get(kind, "")) for o in cell["outputs"]
                    for kind in ("text/markdown", "text/html"))
+
+
+def test_a_user_not_allowed_to_sample_keeps_the_inspection_and_is_told_what_to_grant(
+        default_binary: Path, make_sandbox, tmp_path: Path, clean_env) -> None:
+    """An ACL user without SCAN: the inspection and its verdict stand (as without gateway); the advice gateway-keys
+    (warn) says what to grant, and the section says there is no sample."""
+    sb = make_sandbox(default_binary)
+    _seed_gateway_keys(sb.client())
+    sb.client().execute_command("ACL", "SETUSER", "lim", "on", ">limpw", "~*", "&*", "+@all", "-scan")
+    archive = tmp_path / "archive"
+    env = {**os.environ, "LIMPW": "limpw"}
+    common = ("inspect", "-p", "target", sb.url, "-p", "username", "lim", "-p", "password_env", "LIMPW")
+    code_with, _, err = run_json(archive, *common, "-p", "gateway", "true", env=env)
+    code_without, _, err2 = run_json(archive, *common, env=env)
+    assert code_with == code_without, (err, err2)
+    with_gateway, without = (r for r in index(archive) if r["notebook"] == "inspect")
+    assert with_gateway["summary"]["verdict"] == without["summary"]["verdict"] != "error"
+    advice = with_gateway["summary"]["gateway_keys"]["advice"]["gateway-keys"]
+    assert advice["status"] == "warn" and "+scan" in advice["observed"]
+    assert with_gateway["summary"]["gateway_keys"]["classes"] == {}
+    shown = _gateway_outputs(archive / next(f for f in with_gateway["files"] if f.endswith(".ipynb")))
+    assert "no key sample" in shown

@@ -41,7 +41,9 @@ def test_a_discover_run_is_a_group_run_and_a_plain_one_is_not() -> None:
     ([("mode", "restart")], "SENTINEL FAILOVER mymaster first"),
     ([("mode", "crash")], "a group run tests online only"),
     ([("config_file", "/etc/redis/redis.conf")], "leave config_file out"),
-    ([("max_lag_bytes", "-1")], "max_lag_bytes must be an int of at least 0"),
+    ([("max_lag_bytes", "-1")], "max_lag_bytes must be an int from 0 to 1073741824"),
+    ([("max_lag_bytes", str(10**22))], "a larger bound could never stop the run"),  # a guard that cannot fail
+    ([("expect_replicas", "-2")], "expect_replicas must be an int of at least 0"),
 ])
 def test_what_a_group_run_cannot_do_is_refused_before_anything_runs(pairs: list, message: str) -> None:
     with pytest.raises(ParameterError) as err:
@@ -62,6 +64,8 @@ def test_a_fleet_with_a_sentinel_entry_runs_its_entries_one_after_another(tmp_pa
 def test_max_lag_bytes_without_a_group_says_what_it_is_for() -> None:
     with pytest.raises(ParameterError, match="bounds the replicas of a group run"):
         plan(["all"], pairs=[("target", "redis://10.0.0.1:6379/0"), ("max_lag_bytes", "10")])
+    with pytest.raises(ParameterError, match="expect_replicas bounds the replicas of a group run"):
+        plan(["all"], pairs=[("target", "redis://10.0.0.1:6379/0"), ("expect_replicas", "2")])
 
 
 def test_the_restart_refusal_names_the_safe_procedure() -> None:
@@ -127,10 +131,10 @@ def _ran(out: dict) -> list[tuple]:
     return [(s["notebook"], s["target"], s["status"], s["summary"].get("error")) for s in out.get("steps", [])]
 
 
-#: The whole change on a group of a primary and two replicas, once per server: Redis 7 from a replica's URL with
-#: discover, Valkey 9 under three Sentinels from the Sentinel URL (one run is ~45 s here: both kinds on both servers
-#: would not fit the file's time).
-@pytest.mark.parametrize(("label", "kind"), [("redis-7", "replication"), ("valkey-9", "sentinel")])
+#: The whole change on a group of a primary and two replicas, both kinds on both servers: from a replica's URL with
+#: discover, and under three Sentinels from the Sentinel URL.
+@pytest.mark.parametrize("kind", ["replication", "sentinel"])
+@pytest.mark.parametrize("label", ["redis-7", "valkey-9"])
 def test_a_group_is_changed_node_by_node_replicas_first(label: str, kind: str, tmp_path: Path) -> None:
     binary = binary_or_skip(label)
     with start_replication_group(binary, tmp_path / "g") as group, \
@@ -183,6 +187,29 @@ def test_a_replica_down_refuses_the_change_before_any_node_is_changed(tmp_path: 
         assert {s["status"] for s in out["steps"] if s["notebook"] in NODE} == {"skipped"}
         assert [n.client().config_get("appendonly")["appendonly"] for n in group.nodes if n is not down] == ["no"] * 2
         assert out["failing"][0]["notebook"] == GUARD
+
+
+def test_a_replica_down_before_a_plain_group_run_is_said_and_with_expect_replicas_refused(tmp_path: Path) -> None:
+    """A primary's INFO replication lists only the replicas connected now: a dead one is not seen. The guard says so
+    (warn, every run of a group found that way), and with expect_replicas the run refuses the smaller group."""
+    with start_replication_group(binary_or_skip("redis-7"), tmp_path / "g") as group:
+        down = group.replicas[1]
+        down.kill()
+        rc, out, _ = run_json(tmp_path / "b", "enable-aof", "-p", "target", group.primary.url, "-p", "discover",
+                              "true", "-p", "expect_replicas", "2", "-p", "apply", "true")
+        assert rc == 1
+        guard = next(s for s in out["steps"] if s["notebook"] == GUARD)
+        assert guard["status"] == "fail" and "expected 2 replica(s) per primary" in guard["summary"]["error"]
+        assert "no node was changed" in guard["summary"]["error"]
+        assert {s["status"] for s in out["steps"] if s["notebook"] == "enable-aof"} == {"skipped"}
+        assert group.primary.client().config_get("appendonly")["appendonly"] == "no"
+
+        rc, out, err = run_json(tmp_path / "a", "enable-aof", "-p", "target", group.primary.url, "-p", "discover",
+                                "true", "-p", "apply", "true")
+        assert rc == 0, err
+        first = next(s for s in out["steps"] if s["notebook"] == GUARD)["summary"]["checks"]["replicas"]
+        assert first["status"] == "warn" and f"{group.primary.address}: 1" in first["observed"]
+        assert "expect_replicas" in first["fix"]
 
 
 def test_the_primary_killed_mid_change_fails_over_stops_the_run_and_loses_no_acknowledged_key(tmp_path: Path) -> None:

@@ -143,7 +143,7 @@ def _statuses(checks) -> dict[str, Status]:
 def test_group_health_without_a_server():
     ok = group_health(GROUP, max_lag_bytes=1000, before=VIEW, expected=GROUP)
     assert _statuses(ok) == {"links": Status.PASS, "lag": Status.PASS, "failover": Status.PASS,
-                             "sentinel-view": Status.PASS}
+                             "sentinel-view": Status.PASS, "sentinels": Status.PASS}
     nodes = list(GROUP.nodes)
 
     def health(**changes: object) -> dict[str, Status]:
@@ -157,7 +157,7 @@ def test_group_health_without_a_server():
     assert health(nodes=tuple(nodes[:2]))["links"] == Status.FAIL  # a replica gone since the start
     late = [nodes[0], nodes[1], _node("10.0.0.2:6379", "replica", "10.0.0.1:6379", lag_bytes=1001)]
     assert health(nodes=tuple(late)) == {"links": Status.PASS, "lag": Status.FAIL, "failover": Status.PASS,
-                                         "sentinel-view": Status.PASS}
+                                         "sentinel-view": Status.PASS, "sentinels": Status.PASS}
     assert health(nodes=tuple(late[:2] + [_node("10.0.0.2:6379", "replica", "10.0.0.1:6379", lag_bytes=1000)])
                   )["lag"] == Status.PASS
     failing = SentinelView(**{**VIEW.__dict__, "failover_in_progress": True})
@@ -326,7 +326,13 @@ def test_discover_through_sentinels(sentinels, label, caplog):
     # Only the last Sentinel answers: still found.
     dead = f"127.0.0.1:{free_port()}"
     one = f"redis+sentinel://{dead},{sentinels.nodes[-1].address}/mymaster"
-    assert discover(spec(one)).sentinel.master == group.primary.address  # type: ignore[union-attr]
+    degraded = discover(spec(one))
+    assert degraded.sentinel.master == group.primary.address  # type: ignore[union-attr]
+    assert degraded.sentinel.down == (dead,)  # type: ignore[union-attr]
+    said = next(c for c in group_health(degraded, max_lag_bytes=10**6, before=view) if c.name == "sentinels")
+    assert said.status == Status.WARN and f"Sentinel(s) down: {dead}" in said.observed
+    assert next(c for c in group_health(topology, max_lag_bytes=10**6, before=view)
+                if c.name == "sentinels").status == Status.PASS
 
 
 def test_sentinel_errors(sentinels):

@@ -94,13 +94,21 @@ def test_group_checks_name_each_node_with_aof_off_drift_a_link_down_or_unread() 
         _node("10.0.0.4:6379", "replica", p, runtime="?", file="?", error="connection refused")))
     checks = _checks(group_checks(topo))
     assert checks["group_aof"].status == Status.WARN and "10.0.0.1:6379 (primary)" in checks["group_aof"].observed
-    assert "10.0.0.2" not in checks["group_aof"].observed and "10.0.0.4" not in checks["group_aof"].observed
+    assert "10.0.0.2" not in checks["group_aof"].observed
+    assert "unknown for 10.0.0.4:6379 (not read)" in checks["group_aof"].observed  # not counted as on, nor off
     assert checks["group_drift"].status == Status.WARN and "10.0.0.2:6379" in checks["group_drift"].observed
     assert "10.0.0.1" not in checks["group_drift"].observed
     assert checks["group_links"].status == Status.WARN and "10.0.0.3:6379" in checks["group_links"].observed
     assert checks["group_nodes"].status == Status.WARN and "connection refused" in checks["group_nodes"].observed
     healthy = Topology("replication", "x", (_node(p), _node("10.0.0.2:6379", "replica", p)))
     assert {c.status for c in group_checks(healthy)} == {Status.PASS}
+    # A replica that could not be read (down): its link and AOF are unknown, never "every link up", "AOF on on all".
+    one_unread = Topology("sentinel", "x", (*healthy.nodes, _node("10.0.0.3:6379", "replica", p, runtime="?",
+                                                                   file="?", error="connection refused")))
+    checks = _checks(group_checks(one_unread))
+    assert checks["group_links"].status == checks["group_aof"].status == Status.WARN
+    assert "unknown for 10.0.0.3:6379" in checks["group_links"].observed
+    assert "on all" not in checks["group_aof"].observed and "unknown for 10.0.0.3:6379" in checks["group_aof"].observed
 
 
 def _inspect_record(topo: Topology | None, started: str) -> dict:
@@ -227,8 +235,9 @@ def test_restart_under_sentinel_exits_1_through_the_cli(tmp_path: Path, clean_en
     binary = binary_or_skip("redis-7")
     with start_replication_group(binary, tmp_path / "g", replicas=1) as g, \
             start_sentinels(binary, tmp_path / "s", g, count=1):
+        # No restart_command: the refusal is the Sentinel's, not "give restart_command" (which would not make it safe)
         proc = runbook_cli("run", "test-persistence", "-p", "target", g.primary.url, "-p", "mode", "restart",
-                           "-p", "allow_restart", "true", "-p", "restart_command", "true", "-p", "apply", "true",
+                           "-p", "allow_restart", "true", "-p", "apply", "true",
                            "--archive", str(tmp_path / "archive"))
     assert proc.returncode == 1, proc.stdout + proc.stderr
     assert "SENTINEL FAILOVER mymaster first" in proc.stdout and "Traceback" not in proc.stdout + proc.stderr
@@ -258,13 +267,14 @@ def test_inspect_with_discover_shows_the_six_cluster_nodes_and_their_slots(label
     assert sum("slots" in t.get_text() for t in fig.axes[0].texts) == 3
 
 
-def test_run_all_with_discover_on_a_cluster_leaves_aof_on_in_every_node(tmp_path: Path, clean_env) -> None:
+@pytest.mark.parametrize("label", SERVERS)
+def test_run_all_with_discover_on_a_cluster_leaves_aof_on_in_every_node(label: str, tmp_path: Path, clean_env) -> None:
     """The group run end to end (runbook.orchestration.group); its evidence shows the group as this file's parts
     made it: the inspect notebooks' table and picture, the read-back per primary, the report's before and after."""
     if not (REPO / "runbook" / "orchestration" / "group.py").is_file():
         pytest.skip("the group run (runbook/orchestration/group.py, issue 18 part 2) is not there yet")
     archive = tmp_path / "archive"
-    with start_cluster(binary_or_skip("redis-7"), tmp_path / "cluster", primaries=3, replicas_each=1) as c:
+    with start_cluster(binary_or_skip(label), tmp_path / "cluster", primaries=3, replicas_each=1) as c:
         proc = runbook_cli("run", "all", "-p", "target", c.replicas[0].url, "-p", "discover", "true",
                            "-p", "apply", "true", "--archive", str(archive), timeout=300)
         state = {n.address: (config_get(n.client(), ["appendonly"])["appendonly"], n.conf.read_text())

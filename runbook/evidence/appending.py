@@ -12,7 +12,7 @@ import random
 import time
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 from runbook.errors import ArchiveError
 from runbook.evidence.index import (
@@ -57,38 +57,73 @@ def append(store: Store, record: dict[str, Any], signer: Signer | None) -> tuple
 
     Reads at most the last segment (and the head), whatever the archive's size. A partial last line (a
     write that did not finish) is set aside first, never glued to."""
-    for attempt in range(APPEND_ATTEMPTS):
+    entries, name = append_many(store, [record], signer)
+    return entries[0], name
+
+
+def append_many(store: Store, records: Sequence[dict[str, Any]], signer: Signer | None,
+                written: list[dict[str, Any]] | None = None) -> tuple[list[dict[str, Any]], str]:
+    """Append `records` in order, chained one after the other, as `append` does one; returns them as written and
+    the segment of the last.
+
+    Each write takes as many of them as the last segment has room for: one write (and one fsync) for those, then
+    one head move. A fleet step's thousand records cost a dozen writes, not a thousand; signed, each record is
+    still signed on its own (its line's hash is the next one's prev_hash). `written` (when given) fills up as
+    they land: after an error, the ones that are in the index."""
+    written = [] if written is None else written
+    name, misses = "", 0
+    while len(written) < len(records):
+        if misses >= APPEND_ATTEMPTS:
+            raise ArchiveError(f"the index at {store.url} changed under every one of {APPEND_ATTEMPTS} attempts to "
+                               "append to it: another writer keeps writing there")
         try:
             with store.locked():
-                done = _append_once(store, record, signer)
-            if done is not None:
-                return done
+                done = _append_once(store, records[len(written):], signer)
         except Conflict as err:
+            misses += 1
             log.info("%s/%s changed while this run appended to it: appending again", store.url, err)
-            time.sleep(random.uniform(0, 0.05 * (attempt + 1)))  # let the other writer finish
-    raise ArchiveError(f"the index at {store.url} changed under every one of {APPEND_ATTEMPTS} attempts to append "
-                       "to it: another writer keeps writing there")
+            time.sleep(random.uniform(0, 0.05 * misses))  # let the other writer finish
+            continue
+        if done is None:
+            misses += 1
+            continue
+        entries, name = done
+        written.extend(entries)
+        misses = 0
+    return written, name
 
 
-def _append_once(store: Store, record: dict[str, Any], signer: Signer | None) -> tuple[dict[str, Any], str] | None:
-    """One attempt (None: a partial line was set aside, read again); Conflict when another writer came first."""
+def _append_once(store: Store, records: Sequence[dict[str, Any]], signer: Signer | None
+                 ) -> tuple[list[dict[str, Any]], str] | None:
+    """One write of the first of `records` (as many as the last segment takes, at least one), or None: a partial
+    line was set aside, read again. Conflict when another writer came first."""
     name, data, guard, head = _last_segment(store)
     complete, torn = split_torn(data)
     if torn:
         _set_aside(store, name, complete, torn, guard, signer)
         return None
     tail = tail_of(name, complete)
-    entry = chained(record, tail)
-    if signer is not None:
-        entry["signature"] = signer.sign(signed_bytes(entry))
-    line = canonical(entry) + b"\n"
-    if is_segment(name) and len(complete) < SEGMENT_BYTES:
-        store.append(name, complete, line, guard)
+    into_last = is_segment(name) and len(complete) < SEGMENT_BYTES
+    size = len(complete) if into_last else 0
+    entries: list[dict[str, Any]] = []
+    chunk: list[bytes] = []
+    for record in records:
+        if entries and size >= SEGMENT_BYTES:
+            break  # the segment is full: the rest start the next one
+        entry = chained(record, tail)
+        if signer is not None:
+            entry["signature"] = signer.sign(signed_bytes(entry))
+        line = canonical(entry) + b"\n"
+        entries.append(entry)
+        chunk.append(line)
+        tail, size = tail.after(line, entry), size + len(line)
+    if into_last:
+        store.append(name, complete, b"".join(chunk), guard)
     else:
-        name = segment_name(entry["seq"])
-        store.create(name, line)
-    _write_head(store, tail.after(line), name, signer, read=head)
-    return entry, name
+        name = segment_name(entries[0]["seq"])
+        store.create(name, b"".join(chunk))
+    _write_head(store, tail, name, signer, read=head)
+    return entries, name
 
 
 _Read = tuple[bytes | None, dict[str, str]]  # an object's bytes and its write guard

@@ -25,7 +25,7 @@ from typing import Any
 from urllib.parse import unquote, urlsplit
 
 from runbook.errors import ArchiveError, ParameterError
-from runbook.evidence.appending import append, append_record
+from runbook.evidence.appending import append_many, append_record
 from runbook.evidence.index import (
     GENESIS,
     HEAD,
@@ -168,31 +168,47 @@ class Archive:
 
         The record gains `sizes` (each file's size, so verify can tell a partial file), `seq`, `prev_hash` and,
         with a signing key, `signature`."""
-        record = self._with_sizes(record)
+        return self.add_many([record])[0]
+
+    def add_many(self, records: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """`add` for several records at once, in order (a fleet step's one per target): their files are stored
+        once, and the index takes them in a few writes (`appending.append_many`), not one each."""
+        records = [self._with_sizes(r) for r in records]
         if self._remote is None:
-            written, self._segment = append(LocalStore(self.local), record, self.signer)
+            written, self._segment = append_many(LocalStore(self.local), records, self.signer)
             return written
+        landed: list[dict[str, Any]] = []
         try:
-            files: dict[str, str] = {}
-            sizes: dict[str, int] = {}
-            for rel, digest in record.get("files", {}).items():
-                stored, stored_digest = self._uploaded.get(rel, ("", ""))
-                if stored_digest != digest:  # a fleet step's records share one notebook: upload it once
-                    stored = self._remote.upload_new(self.local / rel, rel)
-                    self._uploaded[rel] = (stored, digest)
-                files[stored] = digest
-                if rel in record.get("sizes", {}):
-                    sizes[stored] = record["sizes"][rel]
-            sent = {**record, "files": files, "sizes": sizes} if files else record
-            written, self._segment = append(self._remote, sent, self.signer)
+            sent = [self._uploaded_files(r) for r in records]
+            written, self._segment = append_many(self._remote, sent, self.signer, landed)
             return written
         except Exception as err:
             self._kept = True
-            append_record(self.local, record, self.signer)
+            for record in records[len(landed):]:
+                append_record(self.local, record, self.signer)
+            first = records[len(landed)]
             cause = str(err) if isinstance(err, ArchiveError) else explain(self._remote.url, err)
-            raise ArchiveError(f"run {record.get('run_id')} was not archived: {cause}. Its files and record are "
-                               f"kept in {self.local}, a local archive of its own (`runbook archive verify "
-                               f"--archive {self.local}`)") from err
+            runs = f"run {first.get('run_id')}" + (f" and {len(records) - len(landed) - 1} more"
+                                                   if len(records) - len(landed) > 1 else "")
+            raise ArchiveError(f"{runs} was not archived: {cause}. Its files and record are kept in {self.local}, "
+                               f"a local archive of its own (`runbook archive verify --archive {self.local}`)"
+                               ) from err
+
+    def _uploaded_files(self, record: dict[str, Any]) -> dict[str, Any]:
+        """`record` with its files uploaded (each once: a fleet step's records share one notebook), named as
+        stored at the archive."""
+        assert self._remote is not None
+        files: dict[str, str] = {}
+        sizes: dict[str, int] = {}
+        for rel, digest in record.get("files", {}).items():
+            stored, stored_digest = self._uploaded.get(rel, ("", ""))
+            if stored_digest != digest:
+                stored = self._remote.upload_new(self.local / rel, rel)
+                self._uploaded[rel] = (stored, digest)
+            files[stored] = digest
+            if rel in record.get("sizes", {}):
+                sizes[stored] = record["sizes"][rel]
+        return {**record, "files": files, "sizes": sizes} if files else record
 
     def _with_sizes(self, record: dict[str, Any]) -> dict[str, Any]:
         files = record.get("files") or {}

@@ -16,6 +16,7 @@ evidence so far is.
 from __future__ import annotations
 
 import os
+import threading
 import uuid
 from dataclasses import dataclass, replace
 from datetime import datetime, timezone
@@ -59,6 +60,9 @@ class Journal:
         self.fields = dict(fields or {})
         self.per_target = per_target
         self.failure = ""  # the first archive failure, once one happened
+        # The workers of a rolling change write from several threads: one record at a time (the archive's own
+        # lock is per host and process; a remote archive's upload state is this object's).
+        self._writing = threading.Lock()
 
     # -- writing ----------------------------------------------------------------------------------------
     def add(self, fields: Mapping[str, Any]) -> dict[str, Any]:
@@ -66,10 +70,24 @@ class Journal:
         own = self.per_target(str(fields.get("target"))) if self.per_target else {}
         record = {**self.fields, **fields, **own, "change_id": self.change_id}
         try:
-            return self.archive.add(record)
+            with self._writing:
+                return self.archive.add(record)
         except (ArchiveError, OSError) as err:
             raise self.failed(f"the {record.get('status')} record of {record.get('notebook')} on "
                                f"{record.get('target')}", err) from err
+
+    def add_many(self, many: list[Mapping[str, Any]]) -> list[dict[str, Any]]:
+        """`add` for several records, appended in order in a few writes (`Archive.add_many`); ArchiveError when
+        they cannot all be (then none of them counts as written by this run)."""
+        records = [{**self.fields, **fields, **(self.per_target(str(fields.get("target"))) if self.per_target
+                                               else {}), "change_id": self.change_id} for fields in many]
+        try:
+            with self._writing:
+                return self.archive.add_many(records)
+        except (ArchiveError, OSError) as err:
+            first = records[0] if records else {}
+            raise self.failed(f"the {len(records)} records of {first.get('notebook')} on {first.get('target')} and "
+                              "the rest of its fleet", err) from err
 
     def reserve(self, step: str, target: str, started: datetime) -> Path:
         """The local path the step's executed notebook goes to (reserved: no other run takes the name)."""
@@ -109,9 +127,14 @@ class Journal:
     def verdict(self, run_id: str, step: str, target: str, summary: StepSummary, exit_code: int | None,
                 parameters: Mapping[str, Any], **common: Any) -> dict[str, Any]:
         """A step's verdict (its `summary`, `files`, `started`/`ended` and timings in `common`)."""
-        return self.add({"run_id": run_id, "notebook": step, "target": target, "status": str(summary.verdict),
-                         "exit_code": exit_code, "summary": summary.to_json(), "parameters": dict(parameters),
-                         **common})
+        return self.add(_verdict(run_id, step, target, summary, exit_code, parameters, common))
+
+    def verdicts(self, step: str, each: list[tuple[str, StepSummary, int | None, Mapping[str, Any]]],
+                 **common: Any) -> list[dict[str, Any]]:
+        """The verdicts of one step on several targets (a fleet step: `(target, summary, exit_code, parameters)`
+        each, under a run id of its own), sharing `common`; written together (`add_many`)."""
+        return self.add_many([_verdict(uuid.uuid4().hex, step, target, summary, code, parameters, common)
+                              for target, summary, code, parameters in each])
 
     def skipped(self, step: str, target: str, parameters: Mapping[str, Any], reason: str) -> tuple[StepSummary,
                                                                                                  dict[str, Any]]:
@@ -155,6 +178,12 @@ class Journal:
             return path.relative_to(self.archive.local).as_posix()
         except ValueError:
             return str(path)
+
+
+def _verdict(run_id: str, step: str, target: str, summary: StepSummary, exit_code: int | None,
+             parameters: Mapping[str, Any], common: Mapping[str, Any]) -> dict[str, Any]:
+    return {"run_id": run_id, "notebook": step, "target": target, "status": str(summary.verdict),
+            "exit_code": exit_code, "summary": summary.to_json(), "parameters": dict(parameters), **common}
 
 
 class AtomicSaves:

@@ -330,24 +330,55 @@ def plot_crash(rows: Sequence[dict[str, Any]]) -> Figure | None:
     return fig
 
 
-def fleet_table(result: Any) -> Styler:
-    """One row per target of a fleet: server, verdict, the checks that did not pass, drift."""
-    rows = []
-    for m in result.members:
-        s = m.summary
-        not_passing = [f"{c.name}={c.status}" for c in s.not_passing] if s else []
-        rows.append((m.target, f"{s.server or '?'} {s.version}".strip() if s else "?",
-                     s.facts.get("role", "") if s else "", m.verdict, m.error or ", ".join(not_passing),
-                     ", ".join(s.facts.get("drift", [])) if s else ""))
-    df = pd.DataFrame(rows, columns=["target", "server", "role", "status", "not passing", "drift"])
-    return styled(df)
+class HtmlTable:
+    """A plain HTML table (one string, not a pandas Styler per row): what a table of a thousand rows is shown as;
+    its text form is `text`."""
+
+    def __init__(self, html: str, text: str) -> None:
+        self.html, self.text = html, text
+
+    def _repr_html_(self) -> str:
+        return self.html
+
+    def __repr__(self) -> str:
+        return self.text
 
 
-def fleet_sections(result: Any) -> None:
-    """A heading and the checks table of every target, in the fleet's order."""
+#: The fleet table's cell colours, by the verdict word (the same as `styled`'s).
+_CELL = {**COLOURS, "error": COLOURS["fail"], "blocked": COLOURS["fail"]}
+
+
+def fleet_table(result: Any) -> HtmlTable:
+    """The fleet at a glance: one row per target (`FleetResult.rows`: target, verdict, server, role, AOF
+    runtime/file, drift, key count, the first failing check), the verdicts counted in its caption. One HTML table
+    whatever the fleet's size, about 300 bytes a row."""
+    counts = ", ".join(f"{n} {verdict}" for verdict, n in result.counts().items())
+    rows = result.rows()
+    columns = list(rows[0]) if rows else []
+    cell = "<td>{}</td>".format
+    body = "".join(
+        "<tr>" + "".join(f'<td style="{_CELL.get(v, "")}">{escape(v)}</td>' if k == "verdict" else cell(escape(v))
+                         for k, v in row.items()) + "</tr>\n" for row in rows)
+    html = (f'<table class="fleet" style="text-align: left"><caption>{len(rows)} target(s): {escape(counts)}'
+            "</caption><thead><tr>" + "".join(f"<th>{escape(c)}</th>" for c in columns) + "</tr></thead>\n"
+            f"<tbody>\n{body}</tbody></table>")
+    return HtmlTable(html, f"{len(rows)} target(s): {counts}")
+
+
+#: How many targets that are not `pass` the fleet document shows in full; the rest are rows of the table only.
+FLEET_SECTIONS = 50
+
+
+def fleet_sections(result: Any, limit: int = FLEET_SECTIONS) -> None:
+    """A heading and the checks table of each target that is not `pass`, the first `limit` of them, in the fleet's
+    order; a line for the ones left out, and for a fleet where every target passes."""
     from IPython.display import Markdown, display  # noqa: PLC0415  (only inside a kernel)
 
-    for m in result.members:
+    shown = result.not_passing()
+    if not shown:
+        display(Markdown(f"All {len(result.members)} target(s) pass: nothing to show beyond the table."))
+        return
+    for m in shown[:limit]:
         display(Markdown(f"### {m.target}: {m.verdict}"))
         if m.error:
             display(Markdown(f"Could not be checked: `{m.error}`"))
@@ -359,6 +390,11 @@ def fleet_sections(result: Any) -> None:
             drifted = [d for d in m.detail.drift if d.status == "drift"]
             if drifted:
                 display(styled(_drift_frame(drifted)))
+    rest = len(shown) - limit
+    if rest > 0:
+        display(Markdown(f"{rest} more target(s) that are not `pass` are shown only in the table above, which "
+                         f"lists all {len(result.members)}; each has its full checks in its own record in the "
+                         "evidence archive (`runbook archive list --json --target TARGET`)."))
 
 
 #: The colour of a node in the group's picture, by its AOF state (runtime/file).

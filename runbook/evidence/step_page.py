@@ -89,7 +89,7 @@ def what_had_changed(header: StepHeader) -> str:
 
 def render(nb: Any, header: StepHeader | None = None) -> str:
     """`nb` (an executed notebook, nbformat) as a page: the header, then its prose and outputs, no code."""
-    nb = copy.deepcopy(nb)
+    nb = _page_copy(nb)
     nb.cells = [c for c in nb.cells if PAPERMILL_ERROR_TAG not in c.get("metadata", {}).get("tags", [])]
     failed_at = _failing_cell(nb) if header is not None and header.error else None
     where = _where(nb, failed_at) if failed_at is not None else ""
@@ -110,6 +110,26 @@ def render(nb: Any, header: StepHeader | None = None) -> str:
     foot = (f'<p class="muted">{left_out} stderr output(s) (warnings, progress) are left out of this page; the '
             "executed notebook beside it keeps them.</p>") if left_out else ""
     return page(header.title if header is not None else _first_heading(nb), f"{top}\n{body}\n{foot}")
+
+
+#: The outputs' machine-readable data (the summary, the intent) starts so: the runner reads it from the .ipynb, and
+#: a page shows its one line of text instead.
+MACHINE_DATA = "application/vnd.runbook."
+
+
+def _page_copy(nb: Any) -> Any:
+    """A copy of `nb` to render, without its outputs' machine-readable data: a fleet's summary holds every target's
+    record (2 MB for 1,000 targets), and copying it, twice, was most of what rendering such a page cost."""
+    held = []
+    for cell in nb.cells:
+        for out in cell.get("outputs", []) if cell.get("cell_type") == "code" else []:
+            data = out.get("data") or {}
+            held += [(data, k, data.pop(k)) for k in [k for k in data if k.startswith(MACHINE_DATA)]]
+    try:
+        return copy.deepcopy(nb)
+    finally:
+        for data, k, v in held:
+            data[k] = v
 
 
 @functools.lru_cache(maxsize=1)

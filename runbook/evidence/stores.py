@@ -271,9 +271,10 @@ class RemoteStore:
         self._landed(rel, line)
 
     def _landed(self, rel: str, line: bytes) -> None:
-        """Conflict unless `line` is in the object now: another writer replaced it right after this write (a
-        store without conditional writes, or one whose conditional writes are not atomic, as moto's)."""
-        if line.rstrip(b"\n") not in (self.read(rel) or b"").splitlines():
+        """Conflict unless `line` (the last, when several were written at once) is in the object now: another
+        writer replaced it right after this write (a store without conditional writes, or one whose conditional
+        writes are not atomic, as moto's)."""
+        if line.rstrip(b"\n").rsplit(b"\n", 1)[-1] not in (self.read(rel) or b"").splitlines():
             log.warning("%s/%s was rewritten by another writer right after this run wrote to it", self.url, rel)
             raise Conflict(rel)
 

@@ -65,6 +65,37 @@ class Member:
     def verdict(self) -> Status:
         return Status.ERROR if self.error or self.summary is None else self.summary.verdict
 
+    def first_failing(self) -> str:
+        """Why it is not `pass`, in one short line: its error, or the first check with its verdict (a fail before
+        any warning); "" when it passes."""
+        if self.error or self.summary is None:
+            return _short(self.error or "not checked")
+        check = next((c for c in self.summary.checks if c.status == self.verdict and c.status != Status.PASS), None)
+        return _short(f"{check.name}: {check.observed}") if check is not None else ""
+
+    def row(self) -> dict[str, str]:
+        """Its row of the fleet's summary table (the columns of `ROW`); a column it has no figure for is empty."""
+        s, facts = self.summary, self.summary.facts if self.summary is not None else {}
+        aof_file = next((d.file for d in getattr(self.detail, "drift", ()) if d.setting == "appendonly"), None)
+        aof = "" if "aof_enabled" not in facts else \
+            f"{'yes' if facts['aof_enabled'] else 'no'}/{aof_file if aof_file is not None else '?'}"
+        return {"target": self.target, "verdict": str(self.verdict),
+                "server": f"{s.server} {s.version}".strip() if s is not None and s.server else "",
+                "role": str(facts.get("role", "")), "AOF runtime/file": aof,
+                "drift": ", ".join(facts.get("drift", [])),
+                "keys": f"{facts['dbsize']:,}" if isinstance(facts.get("dbsize"), int) else "",
+                "first failing check": self.first_failing()}
+
+
+#: The fleet summary table's columns (`Member.row`).
+ROW = ("target", "verdict", "server", "role", "AOF runtime/file", "drift", "keys", "first failing check")
+#: How long a table cell's reason may be; the whole of it is in the target's own record.
+REASON_CHARS = 120
+
+
+def _short(text: str) -> str:
+    return text if len(text) <= REASON_CHARS else text[:REASON_CHARS - 3] + "..."
+
 
 @dataclass
 class FleetResult:
@@ -78,6 +109,21 @@ class FleetResult:
 
     def failing(self) -> list[str]:
         return [m.target for m in self.members if m.verdict in (Status.FAIL, Status.ERROR)]
+
+    def rows(self) -> list[dict[str, str]]:
+        """The fleet's summary table: one row per member (`Member.row`), in the fleet's order."""
+        return [m.row() for m in self.members]
+
+    def not_passing(self) -> list[Member]:
+        """The members whose verdict is not `pass` (warn, fail, error), in the fleet's order: the ones the fleet
+        document shows in full."""
+        return [m for m in self.members if m.verdict != Status.PASS]
+
+    def counts(self) -> dict[str, int]:
+        """How many members have each verdict, worst first."""
+        order = (Status.ERROR, Status.FAIL, Status.WARN, Status.PASS)
+        found = [m.verdict for m in self.members]
+        return {str(v): found.count(v) for v in (*order, *sorted(set(found) - set(order))) if v in found}
 
     def summary(self) -> StepSummary:
         """The fleet document's record: a summary per target, and the ones that failed."""

@@ -37,14 +37,28 @@ if TYPE_CHECKING:
 GUARD = "group-guard"
 #: The steps a group run repeats for every node, in the node's turn.
 NODE_STEPS = ("backup", "enable-aof", "persist-config")
-#: How far a replica may lag its primary (bytes of replication offset) before the next node is changed.
+#: How far a replica may lag its primary (bytes of replication offset) before the next node is changed; at most
+#: LAG_CAP (a bound above any replication backlog a server keeps could never fail).
 MAX_LAG_BYTES = 1 << 20
+LAG_CAP = 1 << 30
 #: The run-level parameters of a group run (no notebook declares them): popped by the plan before validation.
 GROUP_PARAMS: dict[str, Param] = {
     "max_lag_bytes": Param("max_lag_bytes", "int", MAX_LAG_BYTES,
                            "group runs: the most a replica may lag its primary, in bytes, for the next node to be "
                            "changed"),
+    "expect_replicas": Param("expect_replicas", "int", -1,
+                             "group runs: how many replicas each primary must have (a replica that is down is not "
+                             "seen from its primary); -1: as many as are found"),
 }
+
+
+@dataclass(frozen=True)
+class GroupOptions:
+    """A group run's own parameters (`GROUP_PARAMS`), checked; `given` names those the run set."""
+
+    max_lag_bytes: int = MAX_LAG_BYTES
+    expect_replicas: int = -1
+    given: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -54,6 +68,7 @@ class GroupRun:
 
     source: str  # the target the group is discovered from: a data node's URL or a Sentinel URL
     max_lag_bytes: int = MAX_LAG_BYTES
+    expect_replicas: int = -1  # replicas each primary must have; -1: not checked
     start: Topology | None = None
     nodes: tuple[str, ...] = ()
     error: str = ""  # why discovery at the start failed ("" when it did not)
@@ -64,24 +79,30 @@ def is_group(values: Mapping[str, Any]) -> bool:
     return is_sentinel_url(str(values.get("target", ""))) or values.get("discover") is True
 
 
-def pop_options(values: dict[str, Any]) -> int:
-    """`max_lag_bytes` taken out of a run's parameters (checked); the default when not given."""
+def pop_options(values: dict[str, Any]) -> GroupOptions:
+    """`max_lag_bytes` and `expect_replicas` taken out of a run's parameters (checked); defaults when not given."""
+    given = tuple(name for name in GROUP_PARAMS if name in values)
     lag = values.pop("max_lag_bytes", MAX_LAG_BYTES)
-    if isinstance(lag, bool) or not isinstance(lag, int) or lag < 0:
-        raise ParameterError(f"parameter max_lag_bytes must be an int of at least 0, got {lag!r} "
-                             f"({GROUP_PARAMS['max_lag_bytes'].help})")
-    return lag
+    if isinstance(lag, bool) or not isinstance(lag, int) or not 0 <= lag <= LAG_CAP:
+        raise ParameterError(f"parameter max_lag_bytes must be an int from 0 to {LAG_CAP} (1 GiB: a larger bound "
+                             f"could never stop the run), got {lag!r} ({GROUP_PARAMS['max_lag_bytes'].help})")
+    expect = values.pop("expect_replicas", -1)
+    if isinstance(expect, bool) or not isinstance(expect, int) or expect < -1:
+        raise ParameterError(f"parameter expect_replicas must be an int of at least 0 (or -1), got {expect!r} "
+                             f"({GROUP_PARAMS['expect_replicas'].help})")
+    return GroupOptions(lag, expect, given)
 
 
-def group_of(steps: Sequence[str], values: Mapping[str, Any], max_lag_bytes: int, *,
+def group_of(steps: Sequence[str], values: Mapping[str, Any], options: GroupOptions, *,
              lag_given: bool = False) -> GroupRun | None:
     """The GroupRun of a run (or fleet entry) with these parameters, None when it is not a group run; a
     ParameterError for what a group run cannot do, before anything is touched."""
     target = str(values.get("target", ""))
     if not is_group(values):
-        if lag_given:
-            raise ParameterError("max_lag_bytes bounds the replicas of a group run: give it with -p discover true "
-                                 "or a redis+sentinel:// target, or leave it out")
+        if lag_given and options.given:
+            raise ParameterError(f"{' and '.join(options.given)} {'bounds' if len(options.given) == 1 else 'bound'} "
+                                 "the replicas of a group run: give it with -p discover true or a redis+sentinel:// "
+                                 "target, or leave it out")
         return None
     if target == "sandbox":
         raise ParameterError("discover finds the replicated group of a server, and target sandbox is one throwaway "
@@ -96,7 +117,7 @@ def group_of(steps: Sequence[str], values: Mapping[str, Any], max_lag_bytes: int
     mode = values.get("mode", "online")
     if "test-persistence" in steps and mode != "online":
         raise ParameterError(restart_refusal(target, str(mode)))
-    return GroupRun(target, max_lag_bytes)
+    return GroupRun(target, options.max_lag_bytes, options.expect_replicas)
 
 
 def restart_refusal(target: str, mode: str) -> str:
@@ -236,6 +257,7 @@ def check(step: Step) -> StepSummary:
             facts["topology"] = now.to_json()
             checks += group_health(now, max_lag_bytes=group.max_lag_bytes,
                                    before=group.start.sentinel, expected=group.start)
+            checks.append(replicas_seen(now, group.expect_replicas))
     verdict = worst(c.status for c in checks)
     error = ""
     failed = [c for c in checks if c.status == Status.FAIL]
@@ -248,6 +270,26 @@ def check(step: Step) -> StepSummary:
                                if n.version), "").partition(" ")
     return StepSummary(GUARD, verdict, server=server, version=version, checks=tuple(checks), facts=facts,
                        error=error)
+
+
+def replicas_seen(topology: Topology, expect: int) -> Check:
+    """`replicas`: each primary has `expect` replicas (FAIL with fewer); not asked (-1), a WARN for a group found
+    from a primary's INFO replication, which lists only the replicas connected now (Sentinel remembers every replica
+    it has seen and CLUSTER NODES every node, so theirs are complete: PASS)."""
+    counts = {p.address: len(topology.replicas_of(p.address)) for p in topology.primaries()}
+    found = ", ".join(f"{a}: {n}" for a, n in sorted(counts.items()))
+    if expect >= 0:
+        short = {a: n for a, n in counts.items() if n < expect}
+        if short:
+            return Check("replicas", Status.FAIL, f"expected {expect} replica(s) per primary, found {found}",
+                         "bring the missing replicas back (a replica that is down or disconnected is not seen from "
+                         "its primary), or lower expect_replicas if the group is meant to be smaller")
+        return Check("replicas", Status.PASS, f"every primary has at least the {expect} replica(s) expected ({found})")
+    if topology.kind in ("sentinel", "cluster"):
+        return Check("replicas", Status.PASS, f"replicas per primary as the {topology.kind} knows them: {found}")
+    return Check("replicas", Status.WARN, f"replicas found from the primary's INFO replication: {found}; a replica "
+                 "that is down or disconnected now is not listed there, so it would not be changed",
+                 "pass -p expect_replicas N (replicas per primary) to have the run refuse a smaller group")
 
 
 #: The guard's checks from the likeliest cause to its symptoms: the fix a failed guard names first is its cause's

@@ -94,7 +94,12 @@ class SharedKernel:
 
     def interrupt(self) -> None:
         """SIGINT to the kernel process: KeyboardInterrupt in the running cell, so the notebook's own code puts
-        back what it had started (an idle kernel ignores it). Safe to call from a signal handler."""
+        back what it had started (an idle kernel ignores it). Safe to call from a signal handler. Not while it is
+        still booting (its warm-up runs): no notebook runs in it yet (`ready` sees the stop), and a SIGINT before
+        ipykernel ignores it would kill the kernel mid-import."""
+        warm = self._warm
+        if warm is not None and warm.is_alive():
+            return
         process = self._process()
         if process is not None and process.poll() is None:
             process.send_signal(signal.SIGINT)

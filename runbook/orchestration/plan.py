@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import json
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -15,7 +15,7 @@ from runbook.errors import ParameterError
 from runbook.orchestration.fleet import CHECKS as FLEET_CHECKS
 from runbook.orchestration.fleet import normalize_targets
 from runbook.orchestration.gateway import GATEWAY_CONFIG, gateway_parameters
-from runbook.orchestration.group import GroupRun, group_of, is_group, pop_options
+from runbook.orchestration.group import GROUP_PARAMS, GroupRun, group_of, is_group, pop_options
 from runbook.orchestration.params import (
     Param,
     check_reasons,
@@ -24,6 +24,7 @@ from runbook.orchestration.params import (
     notebook_parameters,
     validate,
 )
+from runbook.orchestration.rolling import select
 from runbook.server.tls import check_tls_parameters
 
 #: Short names of the notebooks, in runbook order.
@@ -68,6 +69,7 @@ class Step:
     stage: int = 0  # steps of one stage are the same runbook step for different targets
     fleet: tuple[str, ...] = ()  # a fleet step: the targets its one notebook covers
     group: GroupRun | None = None  # a step of a group run (`runbook.orchestration.group`)
+    parallel: int = 0  # a fleet's per-target step: up to this many targets at once (`-p parallel`); 0: stage by stage
 
     @property
     def targets(self) -> tuple[str, ...]:
@@ -107,11 +109,13 @@ def sequence_size(steps: Sequence[str]) -> str:
     return f"{len(steps)} steps ({len(distinct)} notebooks; {again})"
 
 
-def plan(names: Sequence[str], files: Sequence[str | Path] = (), pairs: Sequence[tuple[str, str]] = ()) -> list[Step]:
+def plan(names: Sequence[str], files: Sequence[str | Path] = (), pairs: Sequence[tuple[str, str]] = (),
+         limit: str = "") -> list[Step]:
     """Resolve names and check every parameter before anything runs (ParameterError otherwise).
 
     With a `targets` list (a fleet), inspection and the online test become one fleet step each,
-    and every other step one step per target, in the targets' order.
+    and every other step one step per target, in the targets' order. `limit` (`--limit`) selects targets
+    (`runbook.orchestration.rolling.select`); `parallel` given, the per-target steps carry it (a rolling change).
     """
     steps_spec = [(n, notebooks_dir() / NOTEBOOKS[n]) for n in expand(names)]
     declared: dict[str, Param] = {}
@@ -142,16 +146,24 @@ def plan(names: Sequence[str], files: Sequence[str | Path] = (), pairs: Sequence
                              "redis://host:port/db` (or `targets:` for a fleet, `target: sandbox` for a throwaway "
                              "server), or pass -p target URL")
     raw_targets = values.pop("targets", None)
-    lag_given, max_lag = "max_lag_bytes" in values, pop_options(values)
+    lag_given, max_lag = any(k in values for k in GROUP_PARAMS), pop_options(values)
     if raw_targets is None:
         values = validate(values, declared)
-        return _plan_one(steps_spec, per_step, values, group_of([n for n, _ in steps_spec], values, max_lag,
-                                                                lag_given=lag_given))
+        one = _plan_one(steps_spec, per_step, values, group_of([n for n, _ in steps_spec], values, max_lag,
+                                                               lag_given=lag_given))
+        if limit and one:
+            select(one[0].targets, limit)  # one target: --limit must select it
+        return one
     entries = normalize_targets(raw_targets)
+    if limit:
+        chosen = set(select([e["target"] for e in entries], limit))
+        entries = [e for e in entries if e["target"] in chosen]
     if any(is_group({**values, **e}) for e in entries):  # groups (and plain entries) one after another
         if "target" in values:
             raise ParameterError("give either target (one server) or targets (a fleet), not both")
-        return [step for e in entries for values_e in [validate({**values, **e}, declared)]
+        parallel = _parallel(values)
+        return [replace(step, parallel=parallel) for e in entries
+                for values_e in [validate({**values, **e}, declared)]
                 for step in _plan_one(steps_spec, per_step, values_e,
                                       group_of([n for n, _ in steps_spec], values_e, max_lag))]
     if lag_given:
@@ -187,9 +199,19 @@ def _plan_fleet(steps_spec: list[tuple[str, Path]], per_step: list[dict[str, Par
                               stage=stage, fleet=tuple(e["target"] for e in entries)))
             continue
         shared = {k: v for k, v in values.items() if k in spec}
-        steps += [Step(name, path, {**shared, **{k: v for k, v in e.items() if k in spec}}, stage=stage)
+        steps += [Step(name, path, {**shared, **{k: v for k, v in e.items() if k in spec}}, stage=stage,
+                       parallel=int(values.get("parallel", 0)))
                   for e in entries]
     return steps
+
+
+def _parallel(values: dict[str, Any]) -> int:
+    """`parallel` taken out of a fleet's parameters where no notebook of the run declares it (a fleet of groups:
+    each entry runs its own notebooks), checked as the fleet notebook declares it; 0 when not given."""
+    if "parallel" not in values:
+        return 0
+    spec = notebook_parameters(notebooks_dir() / FLEET_NOTEBOOK)["parallel"]
+    return int(validate({"parallel": values.pop("parallel")}, {"parallel": spec})["parallel"])
 
 
 def effective(step: Step, key: str) -> Any:

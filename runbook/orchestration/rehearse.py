@@ -21,10 +21,12 @@ from pathlib import Path
 from typing import Any, Iterator, Sequence
 
 import redis
+import yaml
 
 from runbook.errors import ExitCode, NoReply, ParameterError, PreconditionFailed, WaitTimeout
 from runbook.evidence.archive import Archive
 from runbook.model import ConnectionSpec, Outcome, SettingChange, Status
+from runbook.orchestration.fleet import normalize_targets
 from runbook.orchestration.params import load_files
 from runbook.orchestration.plan import effective, plan
 from runbook.orchestration.runner import RunResult, run
@@ -149,7 +151,7 @@ def connection_from(files: Sequence[str | Path], pairs: Sequence[tuple[str, str]
     if "targets" in merged or any(k == "targets" for k, _ in pairs):
         raise ParameterError(
             f"rehearse takes one target; {', '.join(map(str, files))} lists several (targets:). "
-            "Use a parameter file with a single `target:`, or pass -p target URL."
+            "Use a parameter file with a single `target:`, or pass -p target URL (one of them)."
         )
     steps = plan(["all"], files, pairs)
 
@@ -532,6 +534,33 @@ def rehearse(files: Sequence[str | Path], pairs: Sequence[tuple[str, str]] = (),
     # The evidence must have somewhere to go before the target is read or anything is copied or started.
     store = archive if isinstance(archive, Archive) else Archive(archive)
     store.require_writable()
+    with _one_of_the_fleet(files, pairs) as (files, pairs):
+        return _rehearse(files, pairs, store, with_data=with_data, keep=keep)
+
+
+@contextmanager
+def _one_of_the_fleet(files: Sequence[str | Path], pairs: Sequence[tuple[str, str]]
+                      ) -> Iterator[tuple[Sequence[str | Path], Sequence[tuple[str, str]]]]:
+    """`files` and `pairs` as they are, or, for a fleet file (`targets:`) with `-p target URL`, a one-target params
+    file of that entry (its own keys over the file's shared ones) in a temporary dir, and the pairs without target."""
+    merged = load_files(files) if files else {}
+    chosen = dict(pairs).get("target")
+    if "targets" not in merged or chosen is None:
+        yield files, pairs
+        return
+    entries = normalize_targets(merged.pop("targets"))
+    entry = next((e for e in entries if e["target"] == chosen), None)
+    if entry is None:
+        raise ParameterError(f"rehearse -p target {redact_url(chosen)}: {', '.join(map(str, files))} lists no such "
+                             f"target; its targets are {', '.join(redact_url(e['target']) for e in entries)}")
+    with tempfile.TemporaryDirectory(prefix="runbook-rehearse-") as tmp:
+        one = Path(tmp) / "target.yaml"
+        one.write_text(yaml.safe_dump({**merged, **entry}, sort_keys=False), encoding="utf-8")
+        yield [one], [(k, v) for k, v in pairs if k != "target"]
+
+
+def _rehearse(files: Sequence[str | Path], pairs: Sequence[tuple[str, str]], store: Archive, *, with_data: bool,
+              keep: bool) -> RehearsalResult:
     production = observe(connection_from(files, pairs))
     try:
         with rehearsal_sandbox(production, with_data=with_data, keep=keep) as staged, _pointed_at(staged.sandbox):

@@ -42,8 +42,9 @@ class Stop:
         self.signum = 0
         self.killed = False  # the kernel was killed: the notebook put nothing back
         self.grace_s = grace_s
-        self._kernel: Interruptible | None = None
+        self._kernels: list[Interruptible] = []  # the kernels running a notebook now (a rolling change: several)
         self._timer: threading.Timer | None = None
+        self._guard = threading.Lock()
 
     @property
     def name(self) -> str:
@@ -59,27 +60,36 @@ class Stop:
             self._force()
             return
         self.signum = signum
-        if self._kernel is not None:
-            self._kernel.interrupt()
+        kernels = list(self._kernels)
+        for kernel in kernels:
+            kernel.interrupt()
+        if kernels:
             self._timer = threading.Timer(self.grace_s, self._force)
             self._timer.daemon = True
             self._timer.start()
 
     def _force(self) -> None:
-        kernel = self._kernel
-        if kernel is not None:
+        kernels = list(self._kernels)
+        if kernels:
             self.killed = True
+        for kernel in kernels:
             kernel.kill()
 
     @contextmanager
     def notebook(self, kernel: Interruptible | None) -> Iterator[None]:
-        """While a notebook runs in `kernel`: a signal interrupts it."""
-        self._kernel = kernel
+        """While a notebook runs in `kernel`: a signal interrupts it (and every other kernel running one: the
+        workers of a rolling change each enter here from their own thread)."""
+        if kernel is not None:
+            with self._guard:
+                self._kernels.append(kernel)
         try:
             yield
         finally:
-            self._kernel = None
-            if self._timer is not None:
+            with self._guard:
+                if kernel is not None:
+                    self._kernels.remove(kernel)
+                last = not self._kernels
+            if last and self._timer is not None:
                 self._timer.cancel()
                 self._timer = None
 

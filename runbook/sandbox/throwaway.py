@@ -19,6 +19,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
+from typing import Sequence
 
 import redis
 
@@ -140,19 +141,7 @@ class Sandbox:
         """Write the config (first start only), start the server and wait until it answers PING (a wait named
         `what` on a watching terminal)."""
         for attempt in range(3):
-            if not self.port:
-                self.port = free_port()
-                if self.config_path is not None:
-                    self.config_path.write_text(self._config_text())
-            with (self.root / "stdout.log").open("ab") as out:
-                self._proc = subprocess.Popen(
-                    self._command(),
-                    cwd=self.root,
-                    stdout=out,
-                    stderr=subprocess.STDOUT,
-                    start_new_session=True,
-                    preexec_fn=_die_with_parent,
-                )
+            self._launch()
             try:
                 self._wait_ready(timeout_s, what)
                 return self
@@ -160,6 +149,25 @@ class Sandbox:
                 self.port = 0
                 log.info("port taken, retrying (attempt %d)", attempt + 1)
         raise PreconditionFailed(f"could not start {self.binary} on a free port; see {self.log_path}")
+
+    def _launch(self, taken: set[int] | None = None) -> None:
+        """Write the config (first start, or after a taken port) and start the server process, without waiting.
+        `taken`: ports other servers launched just now will bind (not free yet, but not to be picked)."""
+        if not self.port:
+            self.port = free_port()
+            while taken is not None and self.port in taken:
+                self.port = free_port()
+            if self.config_path is not None:
+                self.config_path.write_text(self._config_text())
+        with (self.root / "stdout.log").open("ab") as out:
+            self._proc = subprocess.Popen(
+                self._command(),
+                cwd=self.root,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+                preexec_fn=_die_with_parent,
+            )
 
     def stop(self, timeout_s: float = 20.0) -> None:
         """SHUTDOWN as configured (saves when save rules exist), then reap the process."""
@@ -305,6 +313,23 @@ class Sandbox:
             if deadline.expired:
                 raise deadline.missed(f"sandbox on port {self.port} did not answer PING")
             deadline.sleep(0.02)
+
+
+def start_many(sandboxes: Sequence[Sandbox], timeout_s: float = 20.0) -> list[Sandbox]:
+    """Start every sandbox, the servers booting at once: each process is launched from this thread (never from a
+    pool: a sandbox gets SIGKILL when the thread that started it exits, PR_SET_PDEATHSIG being per thread), then
+    each is waited for until it answers PING. One whose port was taken meanwhile is started again on another."""
+    taken: set[int] = set()
+    for sb in sandboxes:
+        sb._launch(taken)
+        taken.add(sb.port)
+    for sb in sandboxes:
+        try:
+            sb._wait_ready(timeout_s)
+        except _PortTaken:
+            sb.port = 0
+            sb.start(timeout_s)
+    return list(sandboxes)
 
 
 def _die_with_parent() -> None:

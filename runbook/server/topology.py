@@ -83,6 +83,7 @@ class SentinelView:
     failover_in_progress: bool  # a Sentinel flags one, or the Sentinels disagree on the master
     sentinels: tuple[str, ...]  # every Sentinel: the ones asked, then the others they know (SENTINEL SENTINELS)
     quorum: int
+    down: tuple[str, ...] = ()  # Sentinels that did not answer, or that the others flag s_down / disconnected
 
 
 @dataclass(frozen=True)
@@ -144,7 +145,8 @@ class Topology:
     def from_json(cls, data: Mapping[str, Any]) -> Topology:
         view = data.get("sentinel")
         return cls(str(data["kind"]), str(data["source"]), tuple(Node(**n) for n in data["nodes"]),
-                   SentinelView(**{**view, "sentinels": tuple(view["sentinels"])}) if view else None)
+                   SentinelView(**{**view, "sentinels": tuple(view["sentinels"]),
+                                              "down": tuple(view.get("down", ()))}) if view else None)
 
 
 # -- discovery -------------------------------------------------------------------------------------------------
@@ -326,6 +328,8 @@ def _ask_sentinels(spec: ConnectionSpec) -> tuple[SentinelView, list[str]]:
     replicas: list[str] = []
     known: list[str] = []
     asked: list[str] = []
+    flagged: list[str] = []  # Sentinels the answering ones flag as down
+    silent: list[str] = []  # Sentinels of the URL that did not answer
     for where, client in sentinel_clients(spec, url):
         asked.append(where)
         try:
@@ -336,10 +340,14 @@ def _ask_sentinels(spec: ConnectionSpec) -> tuple[SentinelView, list[str]]:
             state = client.sentinel_master(name)
             if not answers:
                 replicas = [address(r["ip"], r["port"]) for r in client.sentinel_slaves(name)]
-            known += [address(s["ip"], s["port"]) for s in client.sentinel_sentinels(name)]
+            others = client.sentinel_sentinels(name)
+            known += [address(s["ip"], s["port"]) for s in others]
+            flagged += [address(s["ip"], s["port"]) for s in others
+                        if {"s_down", "o_down", "disconnected"} & set(str(s.get("flags", "")).split(","))]
             answers.append((where, {"master": address(str(reply[0]), int(reply[1]))}, state))
         except redis.RedisError as err:
             errors.append(f"{where}: {err}")
+            silent.append(where)
         finally:
             client.close()
     if not answers:
@@ -356,7 +364,8 @@ def _ask_sentinels(spec: ConnectionSpec) -> tuple[SentinelView, list[str]]:
         log.warning("%s: the Sentinels disagree on the master: %s", url, dict(votes))
     sentinels = tuple(dict.fromkeys(asked + sorted(known, key=_address_key)))
     view = SentinelView(name=name, master=master, epoch=int(state.get("config-epoch", 0)), flags=flags,
-                        failover_in_progress=failing, sentinels=sentinels, quorum=int(state.get("quorum", 0)))
+                        failover_in_progress=failing, sentinels=sentinels, quorum=int(state.get("quorum", 0)),
+                        down=tuple(dict.fromkeys(silent + sorted(flagged, key=_address_key))))
     return view, replicas
 
 
@@ -481,7 +490,21 @@ def group_health(topology_now: Topology, *, max_lag_bytes: int, before: Sentinel
                  "master_repl_offset), or lower the write load, then run again")
            if late else Check("lag", Status.PASS, f"largest replica lag {worst} bytes (limit {max_lag_bytes})"))
     checks = [links, lag, _failover_check(topology_now, expected), _view_check(topology_now.sentinel, before)]
+    if topology_now.sentinel is not None:
+        checks.append(_sentinels_check(topology_now.sentinel))
     return checks
+
+
+def _sentinels_check(view: SentinelView) -> Check:
+    """"sentinels": WARN when a Sentinel is down (it did not answer, or the others flag it): the group still fails
+    over with `quorum` Sentinels up, with less margin; the change itself provokes no failover."""
+    up = [s for s in view.sentinels if s not in view.down]
+    if not view.down:
+        return Check("sentinels", Status.PASS, f"{len(up)} Sentinel(s) up (quorum {view.quorum})")
+    return Check("sentinels", Status.WARN, f"Sentinel(s) down: {', '.join(view.down)}; {len(up)} of "
+                 f"{len(view.sentinels)} up (quorum {view.quorum})",
+                 "bring the Sentinels back (their logs; SENTINEL SENTINELS name on one that answers): with fewer "
+                 "than the quorum up, a failure of the primary is not failed over")
 
 
 def _failover_check(now: Topology, expected: Topology | None) -> Check:

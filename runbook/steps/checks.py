@@ -175,16 +175,24 @@ def group_checks(topology: Topology) -> list[Check]:
     drift = [f"{n.address} ({n.role}: appendonly {n.aof_runtime} at runtime, {n.aof_file} in its file)"
              for n in read if n.drift]
     size = f"{len(nodes)} nodes ({topology.kind})"
+    # A node not read is neither up nor on: what it is stays unknown, and says so in every check it would count in.
+    unknown = [n.address for n in nodes if n.error]
+    unknown_note = f"; unknown for {', '.join(unknown)} (not read)" if unknown else ""
+    links = (f"replication link down: {', '.join(down)}" if down else
+             f"every replica read has its link up{unknown_note}" if unknown else "every replica's link is up")
+    aof = (f"AOF off at runtime: {', '.join(off)}{unknown_note}" if off else
+           f"AOF on at runtime on the {len(read)} nodes read{unknown_note}" if unknown else
+           f"AOF on at runtime on all {size}")
     return [
         Check("group_nodes", Status.WARN if unread else Status.PASS,
               f"not read: {', '.join(unread)}" if unread else f"{size} read",
               "check that every node answers with the run's credentials" if unread else ""),
-        Check("group_links", Status.WARN if down else Status.PASS,
-              f"replication link down: {', '.join(down)}" if down else "every replica's link is up",
-              "bring the links up before a change (INFO replication on the replica, its log)" if down else ""),
-        Check("group_aof", Status.WARN if off else Status.PASS,
-              f"AOF off at runtime: {', '.join(off)}" if off else f"AOF on at runtime on all {size}",
-              "run all -p discover true -p apply true: AOF on every node, replicas first" if off else ""),
+        Check("group_links", Status.WARN if down or unknown else Status.PASS, links,
+              "bring the links up before a change (INFO replication on the replica, its log)" if down or unknown
+              else ""),
+        Check("group_aof", Status.WARN if off or unknown else Status.PASS, aof,
+              "run all -p discover true -p apply true: AOF on every node, replicas first" if off else
+              "bring the nodes not read back, then inspect again" if unknown else ""),
         Check("group_drift", Status.WARN if drift else Status.PASS,
               f"runtime differs from the file: {', '.join(drift)}" if drift
               else "no node's file differs from its runtime on appendonly",

@@ -6,6 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Mapping, Sequence
 
+from runbook.errors import PreconditionFailed
 from runbook.model import Check, Status
 from runbook.server.keyspace import ClassStats, KeyClass, KeyMeta, KeySample, class_stats, key_meta, sample_keys
 from runbook.server.target import Target
@@ -54,6 +55,8 @@ class GatewayView:
     def budget_line(self) -> str:
         """What the sample cost and whether it covered the whole keyspace."""
         s, m = self.sample, self.meta
+        if not s.scan_calls:
+            return "no key sample: the server refused it (the advice gateway-keys says what to grant)"
         cover = ("the whole keyspace" if s.finished else
                  f"{len(s.keys)} of {s.dbsize} keys ({len(s.keys) / s.dbsize:.1%}; stopped by the {s.stopped_by})"
                  if s.dbsize else "an empty database")
@@ -138,13 +141,21 @@ def _has_ttl(stats: ClassStats) -> bool:
 
 def view_gateway(target: Target, runtime: Mapping[str, str], *, key_budget: int = 10_000,
                  time_budget_s: float = 1.0) -> GatewayView:
-    """Sample `target`'s keys within the budgets (read-only: SCAN, TYPE, PTTL, DBSIZE, CONFIG GET) and classify."""
-    sample = sample_keys(target.client, key_budget=key_budget, time_budget_s=time_budget_s)
-    meta = key_meta(target.client, sample.keys, time_budget_s=time_budget_s)
-    classes = class_stats(sample, meta)
+    """Sample `target`'s keys within the budgets (read-only: SCAN, TYPE, PTTL, DBSIZE, CONFIG GET) and classify.
+
+    A user the server does not let sample (ACL: no SCAN, TYPE or PTTL) gets an empty sample and the advice
+    `gateway-keys` (warn) saying what to grant: the rest of the inspection, and its verdict, stand."""
     memory = target.config_get(["maxmemory", "maxmemory-policy"])
     maxmemory, policy = int(memory.get("maxmemory", 0) or 0), memory.get("maxmemory-policy", "?")
     appendonly, appendfsync = runtime.get("appendonly", "?"), runtime.get("appendfsync", "?")
+    try:
+        sample = sample_keys(target.client, key_budget=key_budget, time_budget_s=time_budget_s)
+        meta = key_meta(target.client, sample.keys, time_budget_s=time_budget_s)
+    except PreconditionFailed as err:
+        empty = KeySample((), 0, 0, False, 0.0, key_budget, time_budget_s, 0)
+        return GatewayView(empty, KeyMeta({}, {}, 0.0, False), (), maxmemory, policy, appendonly, appendfsync,
+                           (Check("gateway-keys", Status.WARN, f"no key sample: {err}"),))
+    classes = class_stats(sample, meta)
     return GatewayView(sample, meta, classes, maxmemory, policy, appendonly, appendfsync,
                        tuple(gateway_advice(classes, maxmemory=maxmemory, policy=policy, appendonly=appendonly,
                                             appendfsync=appendfsync)))

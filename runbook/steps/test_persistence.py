@@ -470,13 +470,13 @@ def _require_restartable(target: Target, *, allow_restart: bool, restart_command
     (ParameterError), the restart trap (PreconditionFailed)."""
     if not allow_restart:
         raise ParameterError("mode restart restarts the server: pass allow_restart true to confirm")
+    _refuse_under_sentinel(target, "restart")  # first: no restart_command makes it safe
     if not target.is_sandbox and not restart_command:
         raise ParameterError("mode restart needs restart_command for a target that is not the sandbox "
                              "(for example: sudo systemctl restart redis-server)")
     trap = restart_trap(target, config_file)
     if trap:
         raise PreconditionFailed(f"{target.name}: refusing to restart: {trap}")
-    _refuse_under_sentinel(target, "restart")
 
 
 def _refuse_under_sentinel(target: Target, what: str) -> None:
