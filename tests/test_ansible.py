@@ -3,13 +3,15 @@
 The inventory's hosts are `ansible_connection=local`: the play installs the runbook into a venv, writes each host's
 params file, rehearses, then runs `runbook run all -p apply true` with every host's evidence in one S3 archive (moto's
 server on loopback). Two hosts succeed; `replica-1` (a replica, no allow_replica) fails with exit 1 and `blocked-1`
-(its config_file is a copy, not the file the server runs with, and method rewrite) is blocked with exit 3.
+(its config_file is a copy, not the file the server runs with, and method rewrite) is blocked with exit 3; good-2
+and replica-1 skip the rehearsal (runbook_rehearse false, a host var), to keep the file near its budget.
 The three plays run in order, on the same servers: --check (nothing changes), serial 1 with max_fail_percentage 0
 (the play stops at the first host, which fails), then the change itself.
 
 The venv: one for the four hosts (they are one machine: runbook_venv_shared), made by a venv command that also
-reaches this checkout's .venv packages (a .pth, no downloads); the play then pip installs --no-deps a copy of this
-checkout's sources (pyproject.toml, README.md, runbook/, notebooks/) into it.
+reaches this checkout's .venv packages (a .pth: no dependency is downloaded); the play then pip installs --no-deps a
+copy of this checkout's sources (pyproject.toml, README.md, runbook/, notebooks/) into it (pip's isolated build gets
+setuptools as for any source install).
 """
 
 from __future__ import annotations
@@ -131,6 +133,7 @@ class Fleet:
         proc = subprocess.run([str(_ansible_or_skip()), "-i", str(self.inventory), str(PLAYBOOK),
                                "-e", f"runbook_archive={self.archive(play)}", *args],
                               capture_output=True, text=True, env=self.env, timeout=300, cwd=self.root)
+        (self.root / f"{play}.out").write_text(proc.stdout + proc.stderr)  # to read after a failure
         return Play(proc, round(time.monotonic() - t0, 1), self.archive(play))
 
 
@@ -197,12 +200,15 @@ def fleet(endpoint: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[F
                              "runbook_workdir": str(h.workdir)} for name, h in hosts.items()}}}
         inventory["redis"]["hosts"]["blocked-1"].update(runbook_config_file=str(copy),
                                                         runbook_params={"method": "rewrite"})
+        for name in ("good-2", "replica-1"):  # a host var: two rehearsals less to wait for (each is a whole run)
+            inventory["redis"]["hosts"][name]["runbook_rehearse"] = False
         path = root / "inventory.yml"
         path.write_text(yaml.safe_dump(inventory, sort_keys=False))
         env = {k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "ANSIBLE_", "RUNBOOK_"))
                and k != "REDIS_PASSWORD"}
         env.update(aws_env(endpoint), ANSIBLE_HOME=str(root / "ansible-home"), ANSIBLE_NOCOLOR="1",
-                   ANSIBLE_LOCAL_TEMP=str(root / "ansible-tmp"), ANSIBLE_CONFIG=str(root / "no-ansible.cfg"),
+                   ANSIBLE_PIPELINING="1", ANSIBLE_LOCAL_TEMP=str(root / "ansible-tmp"),
+                   ANSIBLE_CONFIG=str(root / "no-ansible.cfg"),
                    PATH=f"{Path(sys.executable).parent}:{os.environ.get('PATH', '')}")
         yield Fleet(hosts, path, env, new_bucket(endpoint), venv, root)
     finally:
@@ -288,9 +294,11 @@ def test_the_change_two_hosts_pass_one_fails_one_is_blocked(fleet: Fleet, check_
         assert host.aof() == "yes", name
         assert re.search(r"^appendonly yes$", host.conf.read_text(), re.M), name
     failed = change_play.fatal("replica-1")
-    assert "runbook rehearse exited 1 (failed)" in failed and "would fail at enable-aof" in failed
+    assert "runbook run all -p apply true exited 1 (failed)" in failed, failed
+    assert "at enable-aof: PreconditionFailed: refusing to change the server: role: the target is a replica" in failed
     blocked = change_play.fatal("blocked-1")
     assert "runbook rehearse exited 3 (blocked: a person must act" in blocked, blocked
+    assert "verdict:" not in blocked  # the sandbox run's own verdict (OK) is not the target's
     assert "would be blocked at persist-config: CONFIG REWRITE writes the server's own file" in blocked
     for name in ("replica-1", "blocked-1"):
         host = fleet.hosts[name]
@@ -311,10 +319,11 @@ def test_every_hosts_records_are_in_the_one_archive(fleet: Fleet, change_play: P
     listed = runbook_cli("archive", "list", "--archive", change_play.archive, "--json", env=fleet.env)
     assert listed.returncode == 0, listed.stderr
     rows = json.loads(listed.stdout)
-    rehearsed = {(r.get("rehearsal") or {}).get("production") for r in rows}
-    assert {h.url for h in fleet.hosts.values()} <= rehearsed, rehearsed
-    changed = {r["target"] for r in rows if r["target"] != "sandbox"}
-    assert changed == {fleet.hosts["good-1"].url, fleet.hosts["good-2"].url}
+    url = {name: h.url for name, h in fleet.hosts.items()}
+    rehearsed = {r["rehearsal"]["of"] for r in rows if r.get("rehearsal")}
+    assert rehearsed == {url["good-1"], url["blocked-1"]}  # good-2 and replica-1: runbook_rehearse false
+    ran = {r["target"] for r in rows if not r.get("rehearsal")}
+    assert ran == {url["good-1"], url["good-2"], url["replica-1"]}  # blocked-1 stopped at its rehearsal
     verify = runbook_cli("archive", "verify", "--archive", change_play.archive, env=fleet.env)
     assert verify.returncode == 0, verify.stdout + verify.stderr
     assert "chain and files intact" in verify.stdout

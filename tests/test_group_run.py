@@ -144,8 +144,11 @@ def test_a_group_is_changed_node_by_node_replicas_first(label: str, kind: str, t
         before = _view(sentinels) if sentinels else None
         source = sentinels.target if sentinels else group.replicas[0].url
         archive = tmp_path / "a"
-        rc, out, err = run_json(archive, "all", "-p", "target", source, *(() if sentinels else ("-p", "discover",
-                                "true")), "-p", "apply", "true", "-p", "destination", str(tmp_path / "bk"))
+        # A plain group is found from its primary's INFO replication: expect_replicas makes the guard's count a
+        # check (without it, a warn: a replica down would not be seen); a Sentinel group is complete as found.
+        rc, out, err = run_json(archive, "all", "-p", "target", source, *(() if sentinels else (
+                                "-p", "discover", "true", "-p", "expect_replicas", "2")),
+                                "-p", "apply", "true", "-p", "destination", str(tmp_path / "bk"))
         assert rc == 0, (err, _ran(out))
         _node_by_node(_node_rows(archive), group)
         assert _aof(group) == [("yes", "yes")] * 3  # every node: on at runtime and in its own file

@@ -135,13 +135,16 @@ def _sandboxes(make_sandbox, binary: Path, n: int) -> list[Sandbox]:
 
 #: Redis 7 runs the whole change (the fleet-wide steps around the rolling part); Valkey 9 the per-target steps only
 #: (the file's time).
-@pytest.mark.parametrize(("label", "names"), [("redis-7", ["all"]), ("valkey-9", list(CHANGING))])
-def test_parallel_4_changes_8_targets_each_in_order_and_up_to_4_at_once(label: str, names: list[str], make_sandbox,
-                                                                          tmp_path: Path) -> None:
-    sbs = _sandboxes(make_sandbox, binary_or_skip(label), 8)
+@pytest.mark.parametrize(("label", "names", "count", "parallel"), [("redis-7", ["all"], 8, 4),
+                                                                    ("valkey-9", list(CHANGING), 4, 2)])
+def test_parallel_n_changes_the_targets_each_in_order_and_up_to_n_at_once(label: str, names: list[str], count: int,
+                                                                            parallel: int, make_sandbox,
+                                                                            tmp_path: Path) -> None:
+    sbs = _sandboxes(make_sandbox, binary_or_skip(label), count)
     archive = tmp_path / "a"
-    rc, out, err = run_json(archive, *names, "-p", "parallel", "4", "-p", "apply", "true", "-p", "destination",
-                            str(tmp_path / "bk"), "-f", str(_fleet_file(tmp_path, [s.url for s in sbs])))
+    rc, out, err = run_json(archive, *names, "-p", "parallel", str(parallel), "-p", "apply", "true",
+                            "-p", "destination", str(tmp_path / "bk"),
+                            "-f", str(_fleet_file(tmp_path, [s.url for s in sbs])))
     assert rc == 0, err
     for sb in sbs:  # every target changed: AOF on at runtime and in its own file
         assert sb.client().config_get("appendonly")["appendonly"] == "yes"
@@ -154,13 +157,13 @@ def test_parallel_4_changes_8_targets_each_in_order_and_up_to_4_at_once(label: s
         assert [n for n, _, _ in steps] == list(CHANGING), target
         assert all(a[2] <= b[1] for a, b in zip(steps, steps[1:])), steps
     whole = {t: (steps[0][1], steps[-1][2]) for t, steps in spans.items()}  # from its backup to its persist-config
-    assert _most_at_once(list(whole.values())) <= 4
+    assert _most_at_once(list(whole.values())) <= parallel
     changing = [(t, s, e) for t, steps in spans.items() for n, s, e in steps if n in ("enable-aof", "persist-config")]
     assert any(a != b and _overlap((s1, e1), (s2, e2)) for a, s1, e1 in changing for b, s2, e2 in changing)
     if names == ["all"]:  # the fleet-wide steps stay one document each, around every target's change
         fleet_steps = [s for s in out["steps"] if s["notebook"] in ("test-persistence", "inspect")]
-        assert len({s["ipynb"] for s in fleet_steps}) == 3 and {s["status"] for s in fleet_steps[-8:]} == {"pass"}
-        assert [s["notebook"] for s in out["steps"][:8]] == ["inspect"] * 8
+        assert len({s["ipynb"] for s in fleet_steps}) == 3 and {s["status"] for s in fleet_steps[-count:]} == {"pass"}
+        assert [s["notebook"] for s in out["steps"][:count]] == ["inspect"] * count
     assert runbook_cli("archive", "verify", "--archive", str(archive)).returncode == 0
 
 
@@ -244,9 +247,10 @@ def test_sigterm_during_a_parallel_change_starts_no_new_target(default_binary: P
         assert [steps[(n, sb.url)]["status"] for n in ("enable-aof", "persist-config")] == ["skipped"] * 2
         assert "stopped by SIGTERM" in steps[("enable-aof", sb.url)]["summary"]["reason"]
         assert sb.client().config_get("appendonly")["appendonly"] == "no"
-    for sb in sbs[:2]:  # in flight: interrupted and put back, or finished before the signal reached it
+    for sb in sbs[:2]:  # in flight: interrupted (put back, or stopped between cells after its change), or done
         enable = steps[("enable-aof", sb.url)]
         assert enable["status"] in ("interrupted", "pass", "warn"), enable
-        if enable["status"] == "interrupted":
+        if enable["summary"].get("put_back"):
             assert sb.client().config_get("appendonly")["appendonly"] == "no"
-        assert steps[("persist-config", sb.url)]["status"] == "skipped"
+        assert steps[("persist-config", sb.url)]["status"] in ("skipped", "interrupted")
+    assert any(steps[("enable-aof", sb.url)]["status"] == "interrupted" for sb in sbs[:2])  # the signal reached one

@@ -244,14 +244,23 @@ def connect(spec: ConnectionSpec, *, url: str = "", sandbox_dir: Path | None = N
 
 @functools.lru_cache(maxsize=1)
 def _driver_info() -> dict[str, object]:
-    """What redis-py names itself with (CLIENT SETINFO), looked up once per process: left to itself, redis-py 7+
-    reads its version from the installed packages' metadata for every client, 7 ms each with this venv (measured:
-    half of a fleet inspection's cost per target). Nothing for a redis-py without `driver_info`."""
+    """Connection options that keep redis-py 7+ from sending what a server before 7.2 answers with an error: CLIENT
+    SETINFO (the library's name and version; also looked up in the installed packages' metadata for every client,
+    7 ms each here) and CLIENT MAINT_NOTIFICATIONS. Each connection then costs three round trips less, and leaves
+    no error replies in the server's errorstats (measured on Redis 7.0: 3 per connection). Nothing for a redis-py
+    without these options."""
+    opts: dict[str, object] = {}
     try:
-        from redis.driver_info import DriverInfo  # noqa: PLC0415  (redis-py 7+ only)
+        import redis.driver_info  # noqa: F401, PLC0415  (redis-py 7+: `driver_info=None` sends no CLIENT SETINFO)
     except ImportError:
-        return {}
-    return {"driver_info": DriverInfo()}
+        return opts
+    opts["driver_info"] = None
+    try:
+        from redis.maint_notifications import MaintNotificationsConfig  # noqa: PLC0415  (redis-py 7+)
+    except ImportError:
+        return opts
+    opts["maint_notifications_config"] = MaintNotificationsConfig(enabled=False)
+    return opts
 
 
 def _resolved(spec: ConnectionSpec, url: str) -> str:
