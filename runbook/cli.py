@@ -180,7 +180,7 @@ def _from_litellm(config: str, out: str | None, force: bool) -> int:
     taken over as it stands (a password written in the file, a variable not set here)."""
     if out is not None and Path(out).resolve() == Path(config).resolve():
         raise ParameterError(f"--out {out} is the LiteLLM config being read: write the params file elsewhere "
-                             "(params/gateway.yaml); this command only reads the gateway's config")
+                             "(a new file under params/); this command only reads the gateway's config")
     found = read_litellm_config(config)
     for line in [*(f"warning: {p}" for p in found.problems), *(f"note: {n}" for n in found.notes)]:
         print(f"runbook: {line}", file=sys.stderr)

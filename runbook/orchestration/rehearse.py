@@ -554,7 +554,7 @@ def _one_of_the_fleet(files: Sequence[str | Path], pairs: Sequence[tuple[str, st
         raise ParameterError(f"rehearse -p target {redact_url(chosen)}: {', '.join(map(str, files))} lists no such "
                              f"target; its targets are {', '.join(redact_url(e['target']) for e in entries)}")
     with tempfile.TemporaryDirectory(prefix="runbook-rehearse-") as tmp:
-        one = Path(tmp) / "target.yaml"
+        one = (Path(tmp) / "target").with_suffix(".yaml")
         one.write_text(yaml.safe_dump({**merged, **entry}, sort_keys=False), encoding="utf-8")
         yield [one], [(k, v) for k, v in pairs if k != "target"]
 

@@ -343,7 +343,8 @@ def _ask_sentinels(spec: ConnectionSpec) -> tuple[SentinelView, list[str]]:
             others = client.sentinel_sentinels(name)
             known += [address(s["ip"], s["port"]) for s in others]
             flagged += [address(s["ip"], s["port"]) for s in others
-                        if {"s_down", "o_down", "disconnected"} & set(str(s.get("flags", "")).split(","))]
+                        if {"s_down", "o_down"} & set(str(s.get("flags", "")).split(","))]  # not "disconnected": a
+            # Sentinel just (re)connecting reads so for a moment
             answers.append((where, {"master": address(str(reply[0]), int(reply[1]))}, state))
         except redis.RedisError as err:
             errors.append(f"{where}: {err}")
