@@ -250,6 +250,11 @@ def test_the_params_file_reaches_the_router_and_cache_servers(label: str, how: s
     assert rc in (0, 1), err
     keys = {s["target"]: s["summary"]["dbsize"] for s in result["steps"]}
     assert keys == {f"redis://127.0.0.1:{router.port}/0": 3, f"redis://127.0.0.1:{cache.port}/0": 5}
+    # Two servers are a fleet: each still gets what the gateway keeps there (its record; the fleet document).
+    sampled = {s["target"]: s["summary"]["gateway_keys"]["sample"]["keys_examined"] for s in result["steps"]}
+    assert sampled == keys
+    fleet_nb = (archive / result["steps"][0]["ipynb"]).read_text()
+    assert "What the gateway keeps" in fleet_nb and "SCAN calls" in fleet_nb
     assert sorted(r["target"] for r in index(archive)) == sorted(keys)
     for path in [out, *archive.rglob("*")]:
         if path.is_file():

@@ -480,6 +480,20 @@ def plot_topology(topology: Any) -> Figure | None:
     return fig
 
 
+def fleet_gateway_sections(result: Any, limit: int = 50) -> None:
+    """`gateway_section` for each inspected member of a fleet that has one (the first `limit`); nothing when the
+    fleet was inspected without `gateway`."""
+    from IPython.display import display  # noqa: PLC0415  (only inside a kernel)
+
+    shown = [m for m in result.members if getattr(m.detail, "gateway", None) is not None]
+    for member in shown[:limit]:
+        display(Markdown(f"### {member.target}"))
+        gateway_section(member.detail.gateway)
+    if len(shown) > limit:
+        display(Markdown(f"{len(shown) - limit} more target(s): their key classes are in their own records "
+                         "(`gateway_keys`)."))
+
+
 def gateway_section(view: Any) -> None:
     """What a gateway keeps in its Redis (`runbook.steps.gateway_view.GatewayView`): the sample's budgets, one row
     per key class, the memory settings and the advice; nothing at all for None (inspect without `gateway`)."""

@@ -16,7 +16,7 @@ from runbook.errors import ParameterError, RunbookError
 from runbook.model import ConnectionSpec, Status, StepSummary, worst
 from runbook.sandbox.handoff import connect, start_own
 from runbook.server.target import check_target_parameter
-from runbook.steps import inspect, test_persistence
+from runbook.steps import gateway_view, inspect, test_persistence
 
 #: What a target entry may set for itself (its connection, and its config file); everything else comes
 #: from the params file as a whole.
@@ -149,6 +149,9 @@ def _check_one(entry: Mapping[str, str], check: str, defaults: ConnectionSpec, o
         try:
             if check == "inspect":
                 member.detail = inspect.inspect_target(server, config_file=config_file)
+                if opts.get("gateway"):  # what an LLM gateway keeps there (a bounded sample; not in the verdict)
+                    member.detail = member.detail.with_gateway(gateway_view.view_gateway(server,
+                                                                                         member.detail.runtime))
                 member.summary = member.detail.summary()
             else:  # without apply, only what the online test would write (`plan_test`)
                 test = test_persistence.online_test if opts["apply"] else test_persistence.plan_test
@@ -164,19 +167,21 @@ def _check_one(entry: Mapping[str, str], check: str, defaults: ConnectionSpec, o
 
 
 def check_fleet(targets: Sequence[Any], defaults: ConnectionSpec, *, check: str = "inspect", parallel: int = 16,
-                keys: int = 1000, ttl_s: int = 3600, timeout_s: float = 120.0, apply: bool = False) -> FleetResult:
+                keys: int = 1000, ttl_s: int = 3600, timeout_s: float = 120.0, apply: bool = False,
+                gateway: bool = False) -> FleetResult:
     """Inspect (read-only) or online-test every target, `parallel` at a time; one target's error stays its own.
 
     The online test writes its canaries only with `apply`; without it, each target's plan says what it would write.
 
     `defaults` is the connection (username, password_env, timeouts, ...) for entries that do not set their own.
+    With `gateway`, each inspection also samples the key classes an LLM gateway keeps (`gateway_view`).
     """
     if check not in CHECKS.values():
         raise ParameterError(f"check must be one of {', '.join(CHECKS.values())}, got {check!r}")
     if parallel < 1:
         raise ParameterError(f"parallel must be at least 1, got {parallel}")
     entries = normalize_targets(list(targets))
-    opts = {"keys": keys, "ttl_s": ttl_s, "timeout_s": timeout_s, "apply": apply}
+    opts = {"keys": keys, "ttl_s": ttl_s, "timeout_s": timeout_s, "apply": apply, "gateway": gateway}
     with ThreadPoolExecutor(max_workers=min(parallel, len(entries)), thread_name_prefix="fleet") as pool:
         members = list(pool.map(lambda e: _check_one(e, check, defaults, opts), entries))
     return FleetResult(check, members)
