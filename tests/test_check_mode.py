@@ -239,6 +239,22 @@ def test_a_plan_of_all_with_aof_off_everywhere_shows_the_file_change_the_apply_m
     assert sorted(applied["applied_directives"]) == sorted(planned["summary"]["planned_directives"])
 
 
+def test_a_plan_where_the_file_already_says_what_enable_aof_would_set_passes(
+        default_binary: Path, make_sandbox, clean_env, tmp_path: Path) -> None:
+    """AOF on in redis.conf, off at runtime (someone ran CONFIG SET appendonly no): enable-aof would switch it on,
+    after which the file already matches. The plan says so, instead of failing persist-config on the drift the
+    apply's first step removes (Ansible's --check of such a host once failed it)."""
+    sb = _server(make_sandbox, default_binary, "rdb-only")
+    sb.config_path.write_text(sb.config_path.read_text() + "appendonly yes\n")
+    before = seen(sb)
+    rc, out, err = run_json(tmp_path / "archive", "enable-aof", "persist-config", "-p", "target", sb.url)
+    assert rc == 0, (err, [(s["notebook"], s["status"], s["summary"].get("error")) for s in out.get("steps", [])])
+    assert_nothing_written(before, seen(sb))
+    enable, persist = out["steps"]
+    assert enable["changed"] == "would" and persist["status"] == "pass"
+    assert persist["summary"]["checks"]["no_drift"]["status"] == "pass"
+
+
 @pytest.mark.notebook
 def test_a_fleet_plan_of_the_online_test_writes_nothing(default_binary: Path, make_sandbox, clean_env,
                                                         tmp_path: Path) -> None:

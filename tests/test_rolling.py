@@ -12,6 +12,7 @@ import re
 import signal
 import subprocess
 import sys
+import time
 from datetime import datetime
 from pathlib import Path
 
@@ -219,6 +220,44 @@ def test_a_group_in_a_parallel_fleet_never_has_two_nodes_in_flight(make_sandbox,
         assert len(of_group) >= 7 and _most_at_once(of_group) == 1  # node after node, guards between
         group_span = (of_group[0][0], of_group[-1][1])
         assert any(_overlap(group_span, (s, e)) for sb in others for _, s, e in spans[sb.url])  # in parallel
+
+
+def test_a_primary_and_its_replica_listed_as_two_targets_are_never_changed_at_once(make_sandbox,
+                                                                                     tmp_path: Path) -> None:
+    """A fleet file may list a primary and its replica as plain entries (no discover): the run reads their
+    replication links first and changes them in one unit, one after the other; the replica is then refused for
+    what it is (exit 1), not blocked by the lock key its primary's change replicated to it (exit 3)."""
+    binary = binary_or_skip("redis-7")
+    primary, replica, *others = _sandboxes(make_sandbox, binary, 4)
+    _replica_of(primary, replica)
+    _wait_link(replica)
+    archive = tmp_path / "a"
+    rc, out, err = run_json(archive, "backup", "enable-aof", "-p", "parallel", "4", "-p", "apply", "true",
+                            "-p", "destination", str(tmp_path / "bk"), "--keep-going",
+                            "-f", str(_fleet_file(tmp_path, [replica.url, primary.url, *(s.url for s in others)])))
+    assert rc == 1, err
+    steps = {(s["notebook"], s["target"]): s for s in out["steps"]}
+    assert steps[("enable-aof", replica.url)]["status"] in ("fail", "error")  # refused (PreconditionFailed)
+    assert "replica" in steps[("enable-aof", replica.url)]["summary"]["error"] + str(
+        steps[("enable-aof", replica.url)]["summary"].get("checks", ""))
+    assert all(s["status"] != "blocked" for s in out["steps"]), [(s["notebook"], s["target"], s["status"])
+                                                                  for s in out["steps"]]
+    spans = _spans(index(archive), ("backup", "enable-aof"))
+    pair = [(s, e) for t in (primary.url, replica.url) for _, s, e in spans.get(t, [])]
+    assert len(pair) >= 3 and _most_at_once(pair) == 1  # the pair one step at a time
+    # The pair is one unit: the replica's failure stops it, as a failed node stops its group (the primary's later
+    # steps skipped, untouched); the other targets are changed beside it.
+    assert steps[("enable-aof", primary.url)]["status"] == "skipped"
+    assert primary.client().config_get("appendonly")["appendonly"] == "no"
+    assert [s.client().config_get("appendonly")["appendonly"] for s in others] == ["yes", "yes"]
+
+
+def _wait_link(replica: Sandbox) -> None:
+    for _ in range(200):
+        if replica.client().info("replication").get("master_link_status") == "up":
+            return
+        time.sleep(0.05)
+    raise AssertionError("the replica's link never came up")
 
 
 def test_sigterm_during_a_parallel_change_starts_no_new_target(default_binary: Path, make_sandbox,

@@ -18,8 +18,13 @@ import re
 import threading
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Callable, Sequence, TypeVar
+from urllib.parse import urlparse
 
-from runbook.errors import ParameterError
+import redis
+
+from runbook.errors import ParameterError, RunbookError
+from runbook.model import ConnectionSpec
+from runbook.server.target import connect
 
 if TYPE_CHECKING:
     from runbook.orchestration.kernel import SharedKernel
@@ -114,10 +119,51 @@ def unit_key(step: Step, nodes: dict[str, str]) -> str:
     return nodes.get(target, target)
 
 
-def units(steps: Sequence[Step]) -> list[tuple[str, list[Step]]]:
+def replication_links(steps: Sequence[Step]) -> dict[str, str]:
+    """The plain targets of `steps` (not of a group run) that replicate from, or to, another of them: target URL ->
+    the URL of the primary among them (read-only: INFO replication of each). A fleet file may list a primary and
+    its replica as two entries; `units` keeps them in one unit, so they are never changed at once. A target that
+    cannot be read here is left alone (its own step fails and says why)."""
+    by_address: dict[str, str] = {}
+    specs: dict[str, ConnectionSpec] = {}
+    for step in steps:
+        url = step.targets[0]
+        parsed = urlparse(url)
+        if step.group is None and parsed.scheme in ("redis", "rediss") and parsed.hostname:
+            by_address[f"{parsed.hostname}:{parsed.port or 6379}"] = url
+            specs.setdefault(url, ConnectionSpec.from_parameters(step.parameters))
+    if len(specs) < 2:
+        return {}
+    links: dict[str, str] = {}
+    for url, spec in specs.items():
+        try:
+            server = connect(spec.replace(target=url, discover=False))
+        except (RunbookError, OSError):
+            continue
+        try:
+            repl = server.client.info("replication")
+        except redis.RedisError:
+            continue
+        finally:
+            server.client.close()
+        primary = by_address.get(f"{repl.get('master_host')}:{repl.get('master_port')}")
+        if repl.get("role") == "slave" and primary is not None:
+            links[url] = primary
+    # A chain (a replica of a replica) ends at the first target that replicates from none of them.
+    for url in list(links):
+        seen = {url}
+        while links[url] in links and links[url] not in seen:
+            seen.add(links[url])
+            links[url] = links[links[url]]
+    return links
+
+
+def units(steps: Sequence[Step], links: dict[str, str] | None = None) -> list[tuple[str, list[Step]]]:
     """`steps` (a fleet's per-target block) as units, in the order of their first step: each target's (or group's)
-    own steps, in order. A worker runs one unit at a time, step after step."""
+    own steps, in order; `links` (`replication_links`) puts a replica listed as its own target in its primary's
+    unit. A worker runs one unit at a time, step after step."""
     nodes = {url: s.group.source for s in steps if s.group is not None for url in s.group.nodes}
+    nodes.update(links or {})
     out: dict[str, list[Step]] = {}
     for step in steps:
         out.setdefault(unit_key(step, nodes), []).append(step)

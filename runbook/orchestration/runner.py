@@ -387,7 +387,7 @@ def _run_rolling(block: list[Step], first: int, result: RunResult, ctx: RunConte
     failed, no new unit starts (the ones running finish their steps; a signal: their current step) and the ones not
     started are recorded as skipped. Results go to the run in the units' order."""
     numbers = {id(s): first + i for i, s in enumerate(block)}
-    work = rolling.units(block)
+    work = rolling.units(block, rolling.replication_links(block))  # a primary and its replica: one unit
     pool = ctx.kernels
 
     def run_unit(worker: int, unit: tuple[str, list[Step]]) -> list[StepResult]:

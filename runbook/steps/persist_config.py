@@ -567,7 +567,7 @@ def boot_check(target: Target, plan: PersistPlan, *, timeout_s: float = 30.0) ->
         if sb is not None:
             sb.cleanup()
         shutil.rmtree(root, ignore_errors=True)
-    runtime = target.runtime_settings()
+    runtime = {**target.runtime_settings(), **plan.assumed}  # a plan on top of enable-aof's: that runtime
     off = [f"{k}: boots with {booted.get(k)!r}, runs with {runtime.get(k)!r}" for k in PERSISTED
            if k != "dir" and k in runtime and normalize(k, booted.get(k)) != normalize(k, runtime.get(k))]
     if off:
@@ -589,7 +589,9 @@ def verify_persist(target: Target, plan: PersistPlan, result: PersistResult) -> 
         return (Check("file_untouched", Status.PASS if same else Status.FAIL,
                       "the config file is byte for byte as before" if same
                       else "the config file changed during the run"),)
-    runtime = target.runtime_settings()
+    # A plan made on top of what enable-aof plans (`assumed`) is checked against that runtime: the real one has not
+    # been changed yet, so it differs from the file exactly where enable-aof would change it.
+    runtime = {**target.runtime_settings(), **plan.assumed}
     checks: list[Check] = []
     try:
         config = read_config(plan.config_file)
