@@ -39,6 +39,8 @@ from runbook.sandbox.throwaway import _die_with_parent, free_port
 
 PLAYBOOK = REPO / "ansible" / "playbook.yml"
 ROLE = REPO / "ansible" / "roles" / "redis_runbook"
+#: The four hosts in one batch, every failure tolerated (the defaults are serial 1, max_fail_percentage 0).
+ALL_AT_ONCE = ("-e", "runbook_serial=100%", "-e", "runbook_max_fail_percentage=100")
 HOSTS = ("replica-1", "good-1", "good-2", "blocked-1")  # inventory order: serial 1 starts with replica-1
 
 
@@ -220,7 +222,7 @@ def fleet(endpoint: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[F
 @pytest.fixture(scope="module")
 def check_play(fleet: Fleet) -> Play:
     """`ansible-playbook --check`: every host's `runbook run all` plan only."""
-    return fleet.play("check", "--check")
+    return fleet.play("check", "--check", *ALL_AT_ONCE)
 
 
 @pytest.fixture(scope="module")
@@ -233,7 +235,7 @@ def serial_play(fleet: Fleet, check_play: Play) -> Play:
 @pytest.fixture(scope="module")
 def change_play(fleet: Fleet, serial_play: Play) -> Play:
     """The change: rehearse, then `run all -p apply true`, on the four hosts at once."""
-    return fleet.play("change")
+    return fleet.play("change", *ALL_AT_ONCE)
 
 
 def test_syntax_check() -> None:

@@ -401,3 +401,13 @@ def test_an_applied_test_is_done_but_is_no_change_of_the_target() -> None:
     assert change_report.describe(TESTED) == "online test: 1000 of 1000 canaries back"
     planned = StepSummary("test-persistence", Status.PASS, Outcome.PLANNED, facts={"mode": "online", "would": "x"})
     assert change_report.describe(planned) == "would run the online test"
+
+
+def test_a_skipped_step_says_why_it_did_not_run() -> None:
+    """The report's line for a step that did not run is its reason (a --max-fail bound, an earlier failure)."""
+    from runbook.evidence.change_report import describe
+    from runbook.model import Status, StepSummary
+
+    reason = "not started: --max-fail 1 reached (1 of 4 targets failed: redis://10.0.0.2:6379/0)"
+    assert describe(StepSummary("enable-aof", Status.SKIPPED, facts={"reason": reason})) == f"not run: {reason}"
+    assert describe(StepSummary("enable-aof", Status.PASS, facts={"reason": "x"})) != "not run: x"

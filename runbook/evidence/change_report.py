@@ -420,6 +420,8 @@ def describe(summary: StepSummary) -> str:
     """What a step did (or, planned, would do) in a few words, from its summary: the one wording of the run's table,
     the change report, `archive show` and a step's page."""
     facts, step = summary.facts, summary.step
+    if summary.verdict == Status.SKIPPED and facts.get("reason"):
+        return f"not run: {facts['reason']}"
     settings = ", ".join(f"{c.setting} {c.before} -> {c.after}" for c in _summary_changes(summary, "")
                          if c.before != c.after)
     if step == "backup" and facts.get("location") and summary.result in (Outcome.DONE, Outcome.PLANNED):
