@@ -390,7 +390,10 @@ def advisories(result: RunResult) -> list[str]:
 
 
 def _print_recap(result: RunResult) -> None:
-    for line in [*advisories(result), recap(result)]:
+    left = result.left_out
+    limited = [f"limit:    --limit left out {len(left)} target(s) of the file: {', '.join(left[:10])}"
+               + (f" and {len(left) - 10} more" if len(left) > 10 else "")] if left else []
+    for line in [*advisories(result), *limited, recap(result)]:
         print(line)
 
 

@@ -118,6 +118,22 @@ def test_limit_selects_targets_before_planning_and_no_match_names_the_targets(tm
     assert not (tmp_path / "a").exists()  # refused before anything ran
 
 
+def test_targets_left_out_by_limit_are_named_in_the_output_the_records_and_the_report(
+        default_binary: Path, make_sandbox, tmp_path: Path) -> None:
+    """An operator reading the evidence sees that a host of the file was left out, and which."""
+    sbs = _sandboxes(make_sandbox, default_binary, 3)
+    archive = tmp_path / "a"
+    proc = runbook_cli("run", "backup", "-f", str(_fleet_file(tmp_path, [s.url for s in sbs])), "--limit",
+                       f"!{sbs[1].url}", "-p", "destination", str(tmp_path / "bk"), "--archive", str(archive))
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    assert f"--limit left out 1 target(s) of the file: {sbs[1].url}" in proc.stdout
+    records = index(archive)
+    assert {r["target"] for r in records} == {sbs[0].url, sbs[2].url}
+    assert all(r["limit"] == {"pattern": f"!{sbs[1].url}", "left_out": [sbs[1].url]} for r in records)
+    report = next((archive / "reports").glob("*.html")).read_text()
+    assert 'id="f-limit"' in report and sbs[1].url in report
+
+
 def test_units_keep_a_targets_steps_together_in_order(tmp_path: Path) -> None:
     steps = [s for s in plan(["all"], [_fleet_file(tmp_path, FLEET)], [("parallel", "2")]) if not s.fleet]
     got = [(key, [s.name for s in unit]) for key, unit in units(steps)]

@@ -83,8 +83,14 @@ def _duration(started: str, ended: str) -> str:
 def _head(r: ChangeReport) -> str:
     steps = f"{len(r.steps)} step(s): " + ", ".join(
         f"{n} {status}" for status, n in _tally(s.status for s in r.steps))
+    targets = _e(", ".join(r.targets) or "-")
+    if r.limit:
+        left = list(r.limit.get("left_out") or [])
+        targets += (f'<br><span id="f-limit">--limit {_e(r.limit.get("pattern", ""))}: left out {len(left)} '
+                    f"target(s) of the file{': ' + _e(', '.join(left[:20])) if left else ''}"
+                    f"{f' and {len(left) - 20} more' if len(left) > 20 else ''}</span>")
     facts = [
-        ("change id", f"<code>{_e(r.change_id)}</code>", "targets", _e(", ".join(r.targets) or "-")),
+        ("change id", f"<code>{_e(r.change_id)}</code>", "targets", targets),
         ("run by", _e(r.operator or "unknown"), "commit", f"<code>{_e(r.commit)}</code> (runbook {_e(r.version)})"),
         ("started (UTC)", _e(utc(r.started)), "ended (UTC)",
          f"{_e(utc(r.ended))} ({_e(_duration(r.started, r.ended))})"),

@@ -135,6 +135,7 @@ class ChangeReport:
     runner_commands: Mapping[str, Sequence[str]] = field(default_factory=dict)
     stopped_by: str = ""
     archive_failure: str = ""
+    limit: Mapping[str, Any] = field(default_factory=dict)  # --limit: {"pattern", "left_out"} (a fleet run)
 
     # -- what the page and the terminal show ------------------------------------------------------------
     @property
@@ -315,7 +316,7 @@ def build(records: Sequence[Mapping[str, Any]], facts: RunFacts | None = None) -
     return ChangeReport(change_id, verdict, css, facts.exit_code, targets, facts.operator,
                         str(first.get("git_commit", "unknown")), str(first.get("runbook_version", "")),
                         min(times, default=""), max(times, default=""), tuple(steps), dict(facts.runner_commands),
-                        facts.stopped_by, facts.archive_failure)
+                        facts.stopped_by, facts.archive_failure, dict(first.get("limit") or {}))
 
 
 def _line(n: int, rec: Mapping[str, Any]) -> StepLine:

@@ -81,6 +81,7 @@ class RunResult:
     archive_failure: str = ""  # the evidence archive failed: the run stopped at a safe point
     kept: str = ""  # where the evidence is after an archive failure
     report: Path | None = None  # the change report (`runbook.evidence.change_report`), when the run wrote one
+    left_out: list[str] = field(default_factory=list)  # the fleet's targets --limit did not select
 
     def changes(self) -> list[str]:
         """What the run changed on its targets, step by step, and what a step cut short may have changed."""
@@ -176,11 +177,15 @@ def run(
     skip_slow_optional_imports()
     failures = rolling.MaxFail.parse(max_fail, keep_going=keep_going)
     steps = plan(names, files, pairs, limit=limit)
+    left_out = _left_out(names, files, pairs, steps) if limit else []
     store = archive if isinstance(archive, Archive) else Archive(archive)
     store.require_writable()  # before a kernel starts or a server is touched
     result = RunResult(change_id=uuid.uuid4().hex[:12], archive=store)
     commit = git_commit()
     extra = dict(record_extra or {})
+    if limit:  # every record says which targets of the file --limit left out
+        extra["limit"] = {"pattern": limit, "left_out": left_out}
+    result.left_out = left_out
     # The rollback notebook reads the archive, and a sandbox target reads the handoff file:
     # the kernel finds both through its environment.
     os.environ[ARCHIVE_ENV] = store.env_value()
@@ -219,6 +224,13 @@ def run(
     else:
         store.close()
     return result
+
+
+def _left_out(names: Sequence[str], files: Sequence[str | Path], pairs: Sequence[tuple[str, str]],
+              steps: Sequence[Step]) -> list[str]:
+    """The targets of the run's files that `--limit` did not select (the plan again, without the limit)."""
+    chosen = {t for s in steps for t in s.targets}
+    return list(dict.fromkeys(t for s in plan(names, files, pairs) for t in s.targets if t not in chosen))
 
 
 def write_change_report(result: RunResult, journal: Journal, runner_commands: dict[str, list[str]], *,
