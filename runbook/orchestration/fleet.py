@@ -2,7 +2,8 @@
 
 A params file lists `targets`, each a URL or a mapping that overrides the connection settings
 for that target. Read-only work (inspection) and the online test cover every target at once in
-one notebook (`07-fleet`); changing steps run per target, one after another (see orchestration.plan).
+one notebook (`07-fleet`); changing steps run per target, one after another, or up to `parallel` at once
+(orchestration.rolling).
 """
 
 from __future__ import annotations
