@@ -52,8 +52,8 @@ NOT_SERVER_BEHAVIOUR = ("test_bad_input.py", "test_archive_integrity.py", "test_
                         "test_alert_rules.py",
                         # These pick Redis 7 and Valkey 9 themselves (topologies, the gateway): already both servers.
                         "test_topology.py", "test_group_run.py", "test_topology_display.py", "test_gateway_config.py",
-                        "test_gateway_keys.py", "test_gateway_traffic.py", "test_sentinel_restart.py", "test_rolling.py",
-                        "test_ansible.py", "test_fleet_scale.py")
+                        "test_gateway_keys.py", "test_gateway_traffic.py", "test_sentinel_restart.py",
+                        "test_rolling.py", "test_ansible.py", "test_fleet_scale.py")
 
 
 #: Files whose tests hold a deadline or a lease against the clock (a frozen server's deadline, a killed run's lock
