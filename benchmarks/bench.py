@@ -353,24 +353,14 @@ def main() -> int:
         if args.json:
             print(json.dumps(r, indent=2, default=str))
         return 0
-    if args.only == "ctrlc":
-        r["ctrl_c"] = ctrl_c_costs(args.repeat)
+    # The rows measured on their own (no sandbox work dir): their key in the JSON, what measures them, their rows.
+    alone = {"ctrlc": ("ctrl_c", ctrl_c_costs, ctrl_c_rows), "rolling": ("rolling", rolling_costs, rolling_rows),
+             "gateway": ("gateway", gateway_costs, gateway_rows)}
+    if args.only in alone:
+        key, costs, rows = alone[args.only]
+        r[key] = costs(args.repeat)
         shutil.rmtree(work, ignore_errors=True)
-        _print_table(ctrl_c_rows(r["ctrl_c"]), args.repeat, "")
-        if args.json:
-            print(json.dumps(r, indent=2, default=str))
-        return 0
-    if args.only == "rolling":
-        r["rolling"] = rolling_costs(args.repeat)
-        shutil.rmtree(work, ignore_errors=True)
-        _print_table(rolling_rows(r["rolling"]), args.repeat, "")
-        if args.json:
-            print(json.dumps(r, indent=2, default=str))
-        return 0
-    if args.only == "gateway":
-        r["gateway"] = gateway_costs(args.repeat)
-        shutil.rmtree(work, ignore_errors=True)
-        _print_table(gateway_rows(r["gateway"]), args.repeat, "")
+        _print_table(rows(r[key]), args.repeat, "")
         if args.json:
             print(json.dumps(r, indent=2, default=str))
         return 0
